@@ -1,0 +1,54 @@
+"""core: the library behind the dashboard (loading, predictions, metrics, CAMs, storage).
+
+Never imports streamlit; everything the dashboard shows is computed here.
+"""
+
+from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
+from core.datasets import ImageDataset, load_image, open_dataset
+from core.errors import (
+    ClassCountMismatchError,
+    ConfigError,
+    DatasetError,
+    ModelLoadError,
+    UserFacingError,
+)
+from core.evaluate import check_classes, evaluate
+from core.metrics import (
+    accuracy,
+    cell_rows,
+    confusion_matrix,
+    most_confused_classes,
+    per_class_metrics,
+    top_confused_pairs,
+)
+from core.models import LoadedModel, architectures, load_model
+from core.predictions import Evaluation, SkippedFile, predict
+
+__all__ = [
+    "ClassCountMismatchError",
+    "ConfigError",
+    "DatasetError",
+    "DatasetSpec",
+    "Evaluation",
+    "ImageDataset",
+    "LoadedModel",
+    "ModelLoadError",
+    "ModelSpec",
+    "ProjectConfig",
+    "SkippedFile",
+    "UserFacingError",
+    "accuracy",
+    "architectures",
+    "cell_rows",
+    "check_classes",
+    "confusion_matrix",
+    "evaluate",
+    "load_config",
+    "load_image",
+    "load_model",
+    "most_confused_classes",
+    "open_dataset",
+    "per_class_metrics",
+    "predict",
+    "top_confused_pairs",
+]

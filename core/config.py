@@ -1,0 +1,217 @@
+"""The project config: a TOML file naming the models and test sets to analyse.
+
+Paths in the file are relative to the file's folder. Example::
+
+    cache_dir = ".cache"              # optional; predictions cache and notes database
+
+    [[models]]
+    name = "digits-cnn"
+    factory = "digits_model:build"    # or: architecture = "resnet18" (any torchvision builder)
+    weights = "digits/weights.safetensors"
+    input_size = [32, 32]
+    channels = 1                      # 1 = grayscale input, 3 = RGB (default)
+    mean = [0.5]
+    std = [0.5]
+
+    [[datasets]]
+    name = "digits-test"
+    root = "digits/test"              # ImageFolder tree; or add csv = "manifest.csv" (path,label)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from core.errors import ConfigError
+
+__all__ = ["DatasetSpec", "ModelSpec", "ProjectConfig", "load_config"]
+
+_MODEL_KEYS = {
+    "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
+    "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
+}  # fmt: skip
+_DATASET_KEYS = {"name", "root", "csv", "classes"}
+_TOP_KEYS = {"cache_dir", "models", "datasets", "notes_db", "tags"}
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``[[models]]`` entry, with paths made absolute."""
+
+    name: str
+    weights: Path | None = None
+    architecture: str | None = None
+    factory: str | None = None
+    factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    module: Path | None = None
+    trusted: bool = False
+    input_size: tuple[int, int] = (224, 224)
+    channels: int = 3
+    mean: tuple[float, ...] = _IMAGENET_MEAN
+    std: tuple[float, ...] = _IMAGENET_STD
+    classes: tuple[str, ...] | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    layer: str | None = None
+    base_dir: Path = Path(".")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One ``[[datasets]]`` entry: an ImageFolder tree, or a CSV manifest under ``root``."""
+
+    name: str
+    root: Path
+    csv: Path | None = None
+    classes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """A parsed project config."""
+
+    path: Path
+    models: tuple[ModelSpec, ...]
+    datasets: tuple[DatasetSpec, ...]
+    cache_dir: Path
+    notes_db: Path
+    tags: tuple[str, ...] = ("label error", "ambiguous", "spurious cue", "model error")
+
+    def model(self, name: str | None = None) -> ModelSpec:
+        """The model called ``name`` (the first one when ``name`` is None)."""
+        return _pick(self.models, name, "model", self.path)
+
+    def dataset(self, name: str | None = None) -> DatasetSpec:
+        """The dataset called ``name`` (the first one when ``name`` is None)."""
+        return _pick(self.datasets, name, "dataset", self.path)
+
+
+def _pick(entries: tuple[Any, ...], name: str | None, kind: str, path: Path) -> Any:
+    if name is None:
+        return entries[0]
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in entries)
+    raise ConfigError(f"{path}: no {kind} named {name!r} (known: {known})")
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    """Read and validate a project config; raises :class:`ConfigError` naming the problem."""
+    path = Path(path).expanduser().resolve()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    _check_keys(data, _TOP_KEYS, f"{path}")
+    base = path.parent
+    models = tuple(_model_spec(m, base, path) for m in _entries(data, "models", path))
+    datasets = tuple(_dataset_spec(d, base, path) for d in _entries(data, "datasets", path))
+    for kind, items in (("model", models), ("dataset", datasets)):
+        names = [item.name for item in items]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}: {kind} names must be unique, got {names}")
+    cache_dir = base / str(data.get("cache_dir", ".cache"))
+    notes_db = base / str(data["notes_db"]) if "notes_db" in data else cache_dir / "notes.sqlite"
+    tags = tuple(str(t) for t in data.get("tags", ProjectConfig.tags))
+    return ProjectConfig(path, models, datasets, cache_dir, notes_db, tags)
+
+
+def _entries(data: dict[str, Any], key: str, path: Path) -> list[dict[str, Any]]:
+    entries = data.get(key)
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: needs at least one [[{key}]] entry")
+    if not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{path}: every {key} entry must be a [[{key}]] table")
+    return entries
+
+
+def _check_keys(entry: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _name(entry: dict[str, Any], kind: str, path: Path) -> str:
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: every [[{kind}]] entry needs a non-empty name")
+    return name
+
+
+def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
+    name = _name(entry, "models", path)
+    where = f"{path}: model {name!r}"
+    _check_keys(entry, _MODEL_KEYS, where)
+    sources = [k for k in ("architecture", "factory", "module") if k in entry]
+    if len(sources) != 1:
+        raise ConfigError(
+            f"{where}: give exactly one of architecture (a torchvision builder), "
+            f"factory (package.module:function) or module (a whole pickled model); got {sources}"
+        )
+    if "module" not in entry and "weights" not in entry:
+        raise ConfigError(
+            f"{where}: needs weights = <state_dict checkpoint (.pt/.pth/.safetensors)>"
+        )
+    channels = int(entry.get("channels", 3))
+    if channels not in (1, 3):
+        raise ConfigError(f"{where}: channels must be 1 or 3, got {channels}")
+    default_mean = _IMAGENET_MEAN if channels == 3 else (0.5,)
+    default_std = _IMAGENET_STD if channels == 3 else (0.5,)
+    mean = tuple(float(v) for v in entry.get("mean", default_mean))
+    std = tuple(float(v) for v in entry.get("std", default_std))
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"{where}: mean and std need {channels} value(s) (one per channel)")
+    size = entry.get("input_size", [224, 224])
+    size = [size, size] if isinstance(size, int) else size
+    if len(size) != 2 or min(int(s) for s in size) < 1:
+        raise ConfigError(f"{where}: input_size must be [height, width], got {size}")
+    device = str(entry.get("device", "auto"))
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"{where}: device must be auto, cpu or cuda, got {device!r}")
+    classes = entry.get("classes")
+    return ModelSpec(
+        name=name,
+        weights=base / entry["weights"] if "weights" in entry else None,
+        architecture=entry.get("architecture"),
+        factory=entry.get("factory"),
+        factory_kwargs=dict(entry.get("factory_kwargs", {})),
+        module=base / entry["module"] if "module" in entry else None,
+        trusted=bool(entry.get("trusted", False)),
+        input_size=(int(size[0]), int(size[1])),
+        channels=channels,
+        mean=mean,
+        std=std,
+        classes=tuple(str(c) for c in classes) if classes is not None else None,
+        device=device,
+        batch_size=int(entry.get("batch_size", 64)),
+        layer=entry.get("layer"),
+        base_dir=base,
+    )
+
+
+def _dataset_spec(entry: dict[str, Any], base: Path, path: Path) -> DatasetSpec:
+    name = _name(entry, "datasets", path)
+    where = f"{path}: dataset {name!r}"
+    _check_keys(entry, _DATASET_KEYS, where)
+    if "root" not in entry and "csv" not in entry:
+        raise ConfigError(f"{where}: needs root = <ImageFolder tree> or csv = <manifest>")
+    csv = (base / entry["csv"]).resolve() if "csv" in entry else None
+    root = (base / entry["root"]).resolve() if "root" in entry else csv.parent  # type: ignore[union-attr]
+    classes = entry.get("classes")
+    return DatasetSpec(
+        name=name,
+        root=root,
+        csv=csv,
+        classes=tuple(str(c) for c in classes) if classes is not None else None,
+    )

@@ -1,0 +1,95 @@
+"""Confusion matrix and per-class metrics over a predictions table (scikit-learn underneath)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+__all__ = [
+    "accuracy",
+    "cell_rows",
+    "confusion_matrix",
+    "most_confused_classes",
+    "per_class_metrics",
+    "top_confused_pairs",
+]
+
+Normalize = Literal["true", "pred", "all"] | None
+"""``"true"``: share of each row (recall view); ``"pred"``: of each column; ``"all"``: of all."""
+
+
+def confusion_matrix(
+    predictions: pd.DataFrame, num_classes: int, normalize: Normalize = None
+) -> np.ndarray:
+    """[true, pred] matrix of counts, or of shares when ``normalize`` is given."""
+    return skm.confusion_matrix(
+        predictions["true"].to_numpy(dtype=int),
+        predictions["pred"].to_numpy(dtype=int),
+        labels=np.arange(num_classes),
+        normalize=normalize,
+    )
+
+
+def accuracy(predictions: pd.DataFrame) -> float:
+    """Share of images whose predicted class is the true class."""
+    if predictions.empty:
+        return float("nan")
+    return float(skm.accuracy_score(predictions["true"], predictions["pred"]))
+
+
+def per_class_metrics(predictions: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class (0 where undefined)."""
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        predictions["true"].to_numpy(dtype=int),
+        predictions["pred"].to_numpy(dtype=int),
+        labels=np.arange(len(classes)),
+        zero_division=0,
+    )
+    return pd.DataFrame(
+        {
+            "class": list(classes),
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": support,
+        }
+    )
+
+
+def top_confused_pairs(
+    predictions: pd.DataFrame, classes: Sequence[str], k: int = 10
+) -> pd.DataFrame:
+    """The ``k`` off-diagonal cells with the most images, largest first."""
+    matrix = confusion_matrix(predictions, len(classes))
+    np.fill_diagonal(matrix, 0)
+    true, pred = np.nonzero(matrix)
+    counts = matrix[true, pred]
+    order = np.lexsort((pred, true, -counts))[:k]  # by count, then row, then column
+    return pd.DataFrame(
+        {
+            "true": true[order],
+            "pred": pred[order],
+            "true_name": [classes[i] for i in true[order]],
+            "pred_name": [classes[i] for i in pred[order]],
+            "count": counts[order],
+        }
+    )
+
+
+def most_confused_classes(predictions: pd.DataFrame, num_classes: int, n: int) -> list[int]:
+    """The ``n`` classes with the most errors (as true or predicted class), in class order."""
+    matrix = confusion_matrix(predictions, num_classes)
+    np.fill_diagonal(matrix, 0)
+    errors = matrix.sum(axis=0) + matrix.sum(axis=1)
+    ranked = sorted(range(num_classes), key=lambda c: (-errors[c], c))[:n]
+    return sorted(ranked)
+
+
+def cell_rows(predictions: pd.DataFrame, true: int, pred: int) -> pd.DataFrame:
+    """The predictions rows of one confusion-matrix cell (true class ``true``, predicted ``pred``)."""
+    mask = (predictions["true"] == true) & (predictions["pred"] == pred)
+    return predictions.loc[mask].reset_index(drop=True)

@@ -1,0 +1,253 @@
+"""Build a trained classifier from a config entry.
+
+Three ways in, as the config says: a torchvision architecture by name plus a state_dict; a
+user factory ``package.module:function`` (importable from the config's folder) plus a
+state_dict; or a whole pickled module, only when the entry says ``trusted = true`` because
+unpickling runs arbitrary code. The returned model is in eval mode on its device.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.transforms import v2
+
+from core.config import ModelSpec
+from core.errors import ModelLoadError
+
+__all__ = ["LoadedModel", "architectures", "load_model", "read_state_dict"]
+
+_IMPORT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready-to-run classifier and what is needed to feed it."""
+
+    spec: ModelSpec
+    module: nn.Module
+    num_classes: int
+    device: torch.device
+    transform: v2.Compose
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) shape of one model input."""
+        return (self.spec.channels, *self.spec.input_size)
+
+
+def architectures() -> list[str]:
+    """Names of the torchvision classification builders that ``architecture =`` accepts."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Build, load and check the model ``spec`` describes; raises :class:`ModelLoadError`."""
+    if spec.module is not None:
+        module = _load_pickled(spec)
+    else:
+        assert spec.weights is not None  # guaranteed by load_config
+        state = read_state_dict(spec.weights)
+        module = _build(spec, state)
+        _load_weights(module, state, spec)
+    device, notes = _device(spec.device)
+    module = module.eval().to(device)
+    if device.type == "cpu":
+        module = module.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+    num_classes = _count_outputs(module, spec, device)
+    if spec.classes is not None and len(spec.classes) != num_classes:
+        raise ModelLoadError(
+            f"model {spec.name!r}: config lists {len(spec.classes)} classes but the model "
+            f"outputs {num_classes}"
+        )
+    return LoadedModel(spec, module, num_classes, device, _transform(spec), tuple(notes))
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict from ``.safetensors`` or ``.pt``/``.pth`` (``weights_only=True``).
+
+    Accepts the common wrappers ``{"state_dict": ...}`` / ``{"model": ...}`` and strips a
+    DataParallel ``module.`` prefix.
+    """
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # every reader raises its own types for a damaged file
+        raise ModelLoadError(
+            f"cannot read checkpoint {path}: {_first_line(exc)}. Expected a state_dict saved "
+            "with torch.save(model.state_dict()) or safetensors; a whole pickled model needs "
+            "module = ... and trusted = true in the config."
+        ) from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"checkpoint {path} does not hold a state_dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _build(spec: ModelSpec, state: dict[str, torch.Tensor]) -> nn.Module:
+    if spec.architecture is not None:
+        builder = _torchvision_builder(spec.architecture, spec.name)
+    else:
+        assert spec.factory is not None
+        builder = _import_factory(spec.factory, spec.base_dir, spec.name)
+    kwargs = dict(spec.factory_kwargs)
+    if "num_classes" in inspect.signature(builder).parameters and "num_classes" not in kwargs:
+        kwargs["num_classes"] = _classes_in_state(builder, kwargs, state, spec)
+    try:
+        module = builder(**kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"model {spec.name!r}: building it failed: {exc}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(
+            f"model {spec.name!r}: factory {spec.factory} returned {type(module).__name__}, "
+            "not a torch.nn.Module"
+        )
+    return module
+
+
+def _torchvision_builder(arch: str, name: str) -> Any:
+    known = architectures()
+    if arch not in known:
+        raise ModelLoadError(
+            f"model {name!r}: unknown architecture {arch!r}. Known torchvision "
+            f"architectures: {', '.join(known)}"
+        )
+    return torchvision.models.get_model_builder(arch)
+
+
+def _classes_in_state(
+    builder: Any, kwargs: dict[str, Any], state: dict[str, torch.Tensor], spec: ModelSpec
+) -> int:
+    """Output count of the checkpoint's classifier: the skeleton's last Linear/Conv layer."""
+    try:
+        with torch.device("meta"):  # no memory, no initialisation
+            skeleton = builder(**kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"model {spec.name!r}: building it failed: {exc}") from None
+    heads = [n for n, m in skeleton.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    key = f"{heads[-1]}.weight" if heads else ""
+    if key not in state:
+        raise ModelLoadError(
+            f"model {spec.name!r}: checkpoint {spec.weights} has no {key!r}, so it is not a "
+            f"state_dict of this architecture (its first keys: {', '.join(list(state)[:5])})"
+        )
+    return int(state[key].shape[0])
+
+
+def _import_factory(target: str, base_dir: Path, name: str) -> Any:
+    module_name, _, func_name = target.partition(":")
+    if not module_name or not func_name:
+        raise ModelLoadError(f"model {name!r}: factory must look like package.module:function")
+    with _IMPORT_LOCK:  # the config's folder is on sys.path only while importing
+        sys.path.insert(0, str(base_dir))
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {name!r}: cannot import {module_name!r} from {base_dir}: {exc}"
+            ) from None
+        finally:
+            sys.path.remove(str(base_dir))
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise ModelLoadError(f"model {name!r}: {module_name} has no function {func_name!r}")
+    return factory
+
+
+def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).split("\n\t", 1)[-1][:600]
+        raise ModelLoadError(
+            f"model {spec.name!r}: checkpoint {spec.weights} does not fit the architecture: "
+            f"{detail}"
+        ) from None
+
+
+def _load_pickled(spec: ModelSpec) -> nn.Module:
+    assert spec.module is not None
+    if not spec.trusted:
+        raise ModelLoadError(
+            f"model {spec.name!r}: refusing to unpickle {spec.module}: loading a whole pickled "
+            "model runs arbitrary code from the file. Save a state_dict instead, or add "
+            "trusted = true to this config entry if you trust where the file came from."
+        )
+    if not spec.module.is_file():
+        raise ModelLoadError(f"model file not found: {spec.module}")
+    try:
+        module = torch.load(spec.module, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot unpickle {spec.module}: {_first_line(exc)}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(
+            f"{spec.module} holds a {type(module).__name__}, not a torch.nn.Module; "
+            "for a state_dict use weights = ... with architecture or factory"
+        )
+    return module
+
+
+def _device(requested: str) -> tuple[torch.device, list[str]]:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), []
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        return torch.device("cpu"), [f"device {requested!r} is not available here; using cpu"]
+    return torch.device(requested), []
+
+
+def _count_outputs(module: nn.Module, spec: ModelSpec, device: torch.device) -> int:
+    probe = torch.zeros(1, *(spec.channels, *spec.input_size), device=device)
+    try:
+        with torch.inference_mode():
+            out = module(probe)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {spec.name!r} fails on an input of shape {tuple(probe.shape)} "
+            f"(check input_size and channels in the config): {_first_line(exc)}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ModelLoadError(
+            f"model {spec.name!r} must return logits of shape [batch, classes], got "
+            f"{getattr(out, 'shape', type(out).__name__)}"
+        )
+    return int(out.shape[1])
+
+
+def _transform(spec: ModelSpec) -> v2.Compose:
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(spec.input_size, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(spec.mean), list(spec.std)),
+        ]
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
