@@ -90,6 +90,6 @@ def most_confused_classes(predictions: pd.DataFrame, num_classes: int, n: int) -
 
 
 def cell_rows(predictions: pd.DataFrame, true: int, pred: int) -> pd.DataFrame:
-    """The predictions rows of one confusion-matrix cell: true class ``true``, predicted ``pred``."""
+    """The predictions rows of one cell: true class ``true``, predicted class ``pred``."""
     mask = (predictions["true"] == true) & (predictions["pred"] == pred)
     return predictions.loc[mask].reset_index(drop=True)
