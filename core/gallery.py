@@ -1,0 +1,86 @@
+"""What the dashboard's cell view shows: a cell's images sorted and paged, and their maps.
+
+For an error (true ≠ predicted) each image gets the map of the predicted and of the true
+class; on the diagonal, of the predicted class and the runner-up. Maps of a page come from a
+shared :class:`~core.map_cache.MapCache` in one batched call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.cam import METHODS
+from core.datasets import ImageDataset, load_image
+from core.map_cache import MapCache, MapRequest
+from core.models import LoadedModel
+
+__all__ = ["compared_classes", "page_count", "page_maps", "page_rows", "sort_rows"]
+
+
+def sort_rows(rows: pd.DataFrame, column: str, ascending: bool) -> pd.DataFrame:
+    """Rows ordered by ``column`` (confidence, true_prob or loss), ties by path."""
+    return rows.sort_values([column, "path"], ascending=[ascending, True], kind="stable")
+
+
+def page_count(n_rows: int, page_size: int) -> int:
+    """Number of pages (at least 1)."""
+    return max(1, math.ceil(n_rows / page_size))
+
+
+def page_rows(rows: pd.DataFrame, page: int, page_size: int) -> pd.DataFrame:
+    """Rows of 1-based ``page``; a page past the end gives the last page."""
+    page = min(max(1, page), page_count(len(rows), page_size))
+    return rows.iloc[(page - 1) * page_size : page * page_size]
+
+
+def compared_classes(row: pd.Series) -> tuple[int, int]:
+    """(predicted class, true class) for an error; (predicted, runner-up) when correct."""
+    pred, true = int(row["pred"]), int(row["true"])
+    if pred != true:
+        return pred, true
+    order = np.argsort(-np.asarray(row["probs"]), kind="stable")
+    return pred, int(order[1]) if len(order) > 1 else pred
+
+
+def page_maps(
+    model: LoadedModel,
+    dataset: ImageDataset,
+    rows: pd.DataFrame,
+    method: str,
+    layer: str | None,
+    cache: MapCache,
+    fingerprint: str,
+    batch_size: int = 64,
+) -> list[list[np.ndarray]]:
+    """Maps at model-input resolution for each row's :func:`compared_classes`, in row order.
+
+    ``fingerprint`` (the evaluation's cache key: weights, files, transform) scopes the cache, so
+    changed weights or images never show stale maps.
+    """
+    compute = partial(METHODS[method], model.module, layer=layer, batch_size=batch_size)
+    scope = (fingerprint, method, layer or "")
+    requests = [
+        MapRequest(
+            image_key=row["path"],
+            classes=compared_classes(row),
+            load=_loader(model, dataset, row["path"]),
+        )
+        for _, row in rows.iterrows()
+    ]
+    return cache.get_many(
+        scope, requests, lambda images, classes: compute(images.to(model.device), classes)
+    )
+
+
+def _loader(model: LoadedModel, dataset: ImageDataset, path: str) -> Callable[[], torch.Tensor]:
+    def load() -> torch.Tensor:
+        image = load_image(dataset.path(path), model.spec.channels)
+        return model.transform(image)
+
+    return load

@@ -1,0 +1,169 @@
+"""Error analysis: the clickable confusion matrix and the selected cell's images with CAMs."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import UserFacingError, most_confused_classes
+from dashboard import resources
+from dashboard.matrix_figure import cell_of_point, matrix_figure
+from dashboard.settings import settings
+from dashboard.url import bind, set_params
+from dashboard.view_state import COLOR_MODES, ViewState, parse_view
+from dashboard.widgets import cell_view, error_panel, sidebar_summary
+
+TOP_N_THRESHOLD = 30  # past this many classes, offer the "most confused classes" view
+
+
+def main() -> None:
+    config_path = str(settings().config)
+    try:
+        config = resources.project(config_path)
+    except UserFacingError as exc:
+        error_panel("The project config could not be loaded", exc)
+        st.stop()
+    models = [m.name for m in config.models]
+    datasets = [d.name for d in config.datasets]
+    view = parse_view(st.query_params.to_dict(), models, datasets)
+    with st.sidebar:
+        st.header("Project")
+        st.caption(f"config: `{config.path.name}`")
+        bind(st.selectbox, "Model", "model", view.model, models, reset=("cell", "page", "layer"))
+        bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("cell", "page"))
+    try:
+        result = _evaluation(config_path, view)
+    except UserFacingError as exc:
+        error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
+        st.stop()
+    view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
+    sidebar_summary(result)
+    st.title("Where is the model wrong, and where did it look?")
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        shown = _matrix(config_path, view, result.classes)
+    with right:
+        _tables(config_path, view)
+    if view.cell is None:
+        st.info("Click any cell of the confusion matrix to see its images and their CAMs.")
+        return
+    if view.cell[0] not in shown or view.cell[1] not in shown:
+        st.caption("The selected cell is outside the classes shown in the matrix.")
+    cell_view(config_path, models, datasets, result)
+
+
+def _evaluation(config_path: str, view: ViewState):  # type: ignore[no-untyped-def]
+    placeholder = st.sidebar.empty()
+
+    def progress(done: int, total: int) -> None:
+        placeholder.progress(done / max(total, 1), text=f"Predicting {done}/{total} images…")
+
+    resources.model(config_path, view.model)  # load errors surface before the bar shows
+    resources.dataset(config_path, view.dataset, view.model)
+    result = resources.evaluation(config_path, view.model, view.dataset, _progress=progress)
+    placeholder.empty()
+    return result
+
+
+def _matrix(config_path: str, view: ViewState, classes: tuple[str, ...]) -> list[int]:
+    counts = resources.matrix(config_path, view.model, view.dataset)
+    n = len(classes)
+    controls = st.columns(2)
+    with controls[0]:
+        bind(
+            st.segmented_control,
+            "Colour by",
+            "color",
+            view.color,
+            list(COLOR_MODES),
+            format_func=COLOR_MODES.get,
+            required=True,
+        )
+    shown = list(range(n))
+    if n > TOP_N_THRESHOLD:
+        with controls[1]:
+            options = [0, 10, 20, 30, 50]
+            top = bind(
+                st.selectbox,
+                "Classes shown",
+                "top",
+                view.top if view.top in options else 0,
+                options,
+                format_func=lambda k: f"all {n}" if k == 0 else f"top {k} most confused",
+            )
+            if top:
+                evaluation = resources.evaluation(config_path, view.model, view.dataset)
+                shown = most_confused_classes(evaluation.predictions, n, top)
+    scope = (view.model, view.dataset, view.color, tuple(shown))
+    state = st.session_state
+    if state.get("chart_scope") != scope or state.get("chart_cell") != view.cell:
+        # A change that did not come from a click on this chart: rebuild it, selection from the URL.
+        state["chart_scope"], state["chart_cell"] = scope, view.cell
+        state["chart_selected"] = view.cell
+        state["chart_version"] = state.get("chart_version", 0) + 1
+    figure = matrix_figure(counts, classes, view.color, shown, state["chart_selected"])
+    key = f"matrix-{state['chart_version']}"
+    st.plotly_chart(
+        figure,
+        key=key,
+        on_select=_on_click,
+        args=(key, shown),
+        selection_mode="points",
+        width="content",
+        config={"displayModeBar": False},
+    )
+    st.caption(f"{int(counts.sum())} images · rows: true class · columns: predicted class")
+    return shown
+
+
+def _on_click(key: str, shown: list[int]) -> None:
+    points = st.session_state[key].selection.points
+    cell = cell_of_point(int(points[0]["point_index"]), shown) if points else None
+    st.session_state["chart_cell"] = cell  # the chart already shows it: keep the figure as is
+    if cell is None:
+        set_params({}, reset=("cell", "page"))
+    else:
+        set_params({"cell": f"{cell[0]},{cell[1]}"}, reset=("page",))
+
+
+def _tables(config_path: str, view: ViewState) -> None:
+    pairs_tab, classes_tab = st.tabs(["Most confused pairs", "Per-class metrics"])
+    with pairs_tab:
+        pairs = resources.confused_pairs(config_path, view.model, view.dataset, 15)
+        if pairs.empty:
+            st.success("No errors: every image is on the diagonal.")
+        else:
+            shown = pairs[["true_name", "pred_name", "count"]].rename(
+                columns={"true_name": "true", "pred_name": "predicted"}
+            )
+            key = f"pairs-{view.model}-{view.dataset}"
+            st.dataframe(
+                shown,
+                key=key,
+                on_select=_on_pair,
+                args=(key, pairs),
+                selection_mode="single-row",
+                hide_index=True,
+                width="stretch",
+            )
+            st.caption("Select a row to open that cell.")
+    with classes_tab:
+        table = resources.class_metrics(config_path, view.model, view.dataset)
+        st.dataframe(
+            table,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.3f")
+                for c in ("precision", "recall", "f1")
+            },
+        )
+
+
+def _on_pair(key: str, pairs) -> None:  # type: ignore[no-untyped-def]
+    rows = st.session_state[key].selection.rows
+    if rows:
+        true, pred = int(pairs.iloc[rows[0]]["true"]), int(pairs.iloc[rows[0]]["pred"])
+        set_params({"cell": f"{true},{pred}"}, reset=("page",))
+
+
+main()

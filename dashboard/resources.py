@@ -1,0 +1,102 @@
+"""Server-wide cached objects: loaded once per server process, shared by every session.
+
+Models, datasets, layer lists and the CAM map store live in ``st.cache_resource`` (never
+mutated by callers; the map store is a thread-safe cache by design); predictions and metrics
+in ``st.cache_data``. Every function takes the config path, so two configs never mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import (
+    Evaluation,
+    ImageDataset,
+    LoadedModel,
+    ProjectConfig,
+    confusion_matrix,
+    evaluate,
+    load_config,
+    load_model,
+    open_dataset,
+    per_class_metrics,
+    top_confused_pairs,
+)
+from core.cam import LayerInfo, candidate_layers, find_target_layer
+from core.map_cache import MapCache
+
+
+@st.cache_resource(show_spinner=False)
+def project(config_path: str) -> ProjectConfig:
+    """The parsed config (errors are not cached: fixing the file and rerunning works)."""
+    return load_config(config_path)
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def model(config_path: str, name: str) -> LoadedModel:
+    """A loaded model, shared by all sessions (thread-safe for inference and CAMs)."""
+    return load_model(project(config_path).model(name))
+
+
+@st.cache_resource(show_spinner="Listing images…")
+def dataset(config_path: str, name: str, model_name: str) -> ImageDataset:
+    """A dataset's file list, with the class order the model's config fixes."""
+    config = project(config_path)
+    return open_dataset(config.dataset(name), config.model(model_name).classes)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def evaluation(
+    config_path: str,
+    model_name: str,
+    dataset_name: str,
+    _progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Predictions (from the disk cache when nothing changed)."""
+    config = project(config_path)
+    return evaluate(
+        model(config_path, model_name),
+        dataset(config_path, dataset_name, model_name),
+        cache_dir=config.cache_dir,
+        progress=_progress,
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def matrix(config_path: str, model_name: str, dataset_name: str) -> np.ndarray:
+    """Confusion-matrix counts [true, pred]."""
+    result = evaluation(config_path, model_name, dataset_name)
+    return confusion_matrix(result.predictions, result.num_classes)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def class_metrics(config_path: str, model_name: str, dataset_name: str) -> pd.DataFrame:
+    """Per-class precision, recall, F1 and support."""
+    result = evaluation(config_path, model_name, dataset_name)
+    return per_class_metrics(result.predictions, result.classes)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def confused_pairs(config_path: str, model_name: str, dataset_name: str, k: int) -> pd.DataFrame:
+    """The ``k`` most confused (true, predicted) pairs."""
+    result = evaluation(config_path, model_name, dataset_name)
+    return top_confused_pairs(result.predictions, result.classes, k)
+
+
+@st.cache_resource(show_spinner=False)
+def layers(config_path: str, model_name: str) -> tuple[list[LayerInfo], str]:
+    """Candidate target layers and the default one (config's ``layer`` or auto-detected)."""
+    loaded = model(config_path, model_name)
+    found = candidate_layers(loaded.module, loaded.input_shape)
+    default = loaded.spec.layer or find_target_layer(loaded.module, loaded.input_shape)
+    return found, default
+
+
+@st.cache_resource(show_spinner=False)
+def map_cache() -> MapCache:
+    """The server-wide store of computed CAM maps."""
+    return MapCache()

@@ -1,0 +1,238 @@
+"""Page pieces: error panel, sidebar summary, the selected cell's gallery and its large view."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+from core.overlay import overlay
+from PIL import Image
+
+from core import Evaluation, ImageDataset, UserFacingError, accuracy, cell_rows, load_image
+from core.cam import METHODS as CAM_FUNCTIONS
+from core.cam import layer_activations
+from core.gallery import compared_classes, page_count, page_maps, page_rows, sort_rows
+from dashboard import resources
+from dashboard.url import bind
+from dashboard.view_state import METHODS, PAGE_SIZES, SORTS, ViewState, parse_view
+
+DISPLAY_PX = 150  # small images are enlarged (nearest neighbour) to at least this size
+CARDS_PER_ROW = 2
+
+
+def error_panel(title: str, exc: BaseException) -> None:
+    """A clear, specific message; the rest of the app keeps working."""
+    st.error(f"**{title}.** {exc}", icon="🚫")
+
+
+def sidebar_summary(result: Evaluation) -> None:
+    """Accuracy, counts and the files that could not be read."""
+    table = result.predictions
+    errors = int((table["true"] != table["pred"]).sum())
+    with st.sidebar:
+        st.metric("Accuracy", f"{accuracy(table):.2%}")
+        cols = st.columns(3)
+        cols[0].metric("Images", len(table))
+        cols[1].metric("Errors", errors)
+        cols[2].metric("Skipped", len(result.skipped))
+        if result.skipped:
+            with st.expander(f"{len(result.skipped)} unreadable file(s) skipped"):
+                for skipped in result.skipped:
+                    st.text(f"{skipped.path}: {skipped.reason}")
+
+
+@st.fragment
+def cell_view(
+    config_path: str, models: Sequence[str], datasets: Sequence[str], result: Evaluation
+) -> None:
+    """Heading, controls, download and the paged gallery of the selected cell.
+
+    A fragment: paging, sorting and CAM settings rerun only this part of the page. The view is
+    read from the URL here, because a fragment rerun keeps the arguments of the last full run.
+    """
+    view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
+    if view.cell is None:
+        return
+    true, pred = view.cell
+    names = result.classes
+    column, ascending, _ = SORTS[view.sort]
+    rows = sort_rows(cell_rows(result.predictions, true, pred), column, ascending)
+    st.divider()
+    st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {len(rows)} images")
+    layers, default_layer = resources.layers(config_path, view.model)
+    layer = view.layer if view.layer in {info.name for info in layers} else default_layer
+    _controls(view, [info.name for info in layers], layer, len(rows))
+    if rows.empty:
+        st.info("No images in this cell.")
+        return
+    st.download_button(
+        "Download this cell's rows (CSV)",
+        _csv(rows, names),
+        file_name=f"cell_{names[true]}_{names[pred]}.csv".replace(" ", "_"),
+        mime="text/csv",
+    )
+    _gallery(config_path, view, result, page_rows(rows, view.page, view.page_size), layer)
+
+
+def _controls(view: ViewState, layer_names: list[str], layer: str, n_rows: int) -> None:
+    cols = st.columns([3, 1.3, 2, 3, 2])
+    with cols[0]:
+        bind(
+            st.selectbox,
+            "Sort by",
+            "sort",
+            view.sort,
+            list(SORTS),
+            ("page",),
+            format_func=lambda s: SORTS[s][2],
+        )
+    with cols[1]:
+        bind(st.selectbox, "Per page", "page_size", view.page_size, list(PAGE_SIZES), ("page",))
+    with cols[2]:
+        bind(st.selectbox, "Method", "method", view.method, list(METHODS))
+    with cols[3]:
+        bind(st.selectbox, "Target layer", "layer", layer, layer_names)
+    with cols[4]:
+        bind(st.slider, "Overlay opacity", "opacity", view.opacity, min_value=0.0, max_value=1.0)
+    pages = page_count(n_rows, view.page_size)
+    if pages > 1:
+        with st.columns([1, 5])[0]:
+            bind(
+                st.number_input,
+                f"Page (of {pages})",
+                "page",
+                min(view.page, pages),
+                min_value=1,
+                max_value=pages,
+                step=1,
+            )
+
+
+def _gallery(
+    config_path: str, view: ViewState, result: Evaluation, rows: pd.DataFrame, layer: str
+) -> None:
+    model = resources.model(config_path, view.model)
+    dataset = resources.dataset(config_path, view.dataset, view.model)
+    cache = resources.map_cache()
+    try:
+        maps: list[list[np.ndarray | None]] = page_maps(
+            model, dataset, rows, view.method, layer, cache, result.fingerprint
+        )  # type: ignore[assignment]
+    except (ValueError, UserFacingError) as exc:  # e.g. classic CAM on a model without GAP head
+        st.warning(f"{view.method} cannot be computed for this model: {exc}")
+        maps = [[None, None] for _ in range(len(rows))]
+    records = list(rows.iterrows())
+    for start in range(0, len(records), CARDS_PER_ROW):
+        chunk = zip(
+            st.columns(CARDS_PER_ROW),
+            records[start : start + CARDS_PER_ROW],
+            maps[start : start + CARDS_PER_ROW],
+            strict=False,
+        )
+        for col, (_, row), row_maps in chunk:
+            with col, st.container(border=True):
+                _card(config_path, dataset, row, row_maps, result.classes, view, layer)
+
+
+def _card(
+    config_path: str,
+    dataset: ImageDataset,
+    row: pd.Series,
+    maps: list[np.ndarray | None],
+    names: tuple[str, ...],
+    view: ViewState,
+    layer: str,
+) -> None:
+    first, second = compared_classes(row)
+    diagonal = int(row["true"]) == int(row["pred"])
+    try:
+        image = load_image(dataset.path(row["path"]), 3)
+    except Exception as exc:  # the file changed or vanished since the evaluation
+        st.warning(f"{row['path']}: cannot be shown ({exc})")
+        return
+    st.markdown(f"**{row['path']}**")
+    runner_up = f" · runner-up {names[second]} ({row['probs'][second]:.1%})" if diagonal else ""
+    st.caption(
+        f"predicted **{names[first]}** ({row['confidence']:.1%}) · "
+        f"true {names[int(row['true'])]} ({row['true_prob']:.1%}){runner_up}"
+    )
+    panels = st.columns(3)
+    panels[0].image(_enlarge(image), caption="image", width="stretch")
+    other = f"runner-up {names[second]}" if diagonal else f"true {names[second]}"
+    labels = (f"{view.method} · predicted {names[first]}", f"{view.method} · {other}")
+    for panel, cam_map, label in zip(panels[1:], maps, labels, strict=True):
+        if cam_map is None:
+            panel.caption("no map")
+        else:
+            shown = _enlarge(overlay(image, cam_map, alpha=view.opacity))
+            panel.image(shown, caption=label, width="stretch")
+    if st.button("Inspect", key=f"inspect:{row['path']}", help="Any class; layer activations"):
+        _inspect(config_path, view, row, names, layer)
+
+
+@st.dialog("Inspect image", width="large")
+def _inspect(
+    config_path: str, view: ViewState, row: pd.Series, names: tuple[str, ...], layer: str
+) -> None:
+    model = resources.model(config_path, view.model)
+    dataset = resources.dataset(config_path, view.dataset, view.model)
+    image = load_image(dataset.path(row["path"]), 3)
+    x = model.transform(load_image(dataset.path(row["path"]), model.spec.channels))[None]
+    st.markdown(f"**{row['path']}** · true {names[int(row['true'])]}")
+    cols = st.columns(2)
+    cls = cols[0].selectbox(
+        "Map for class",
+        range(len(names)),
+        index=int(row["pred"]),
+        format_func=lambda i: f"{names[i]} ({row['probs'][i]:.1%})",
+    )
+    method = cols[1].selectbox("Method", METHODS, index=METHODS.index(view.method))
+    left, right = st.columns(2)
+    left.image(_enlarge(image, 320), caption="image", width="stretch")
+    try:
+        cam_map = CAM_FUNCTIONS[method](
+            model.module, x.to(model.device), torch.tensor([cls]), layer=layer
+        )
+        right.image(
+            _enlarge(overlay(image, cam_map[0], alpha=view.opacity), 320),
+            caption=f"{method} · {names[cls]} · layer {layer}",
+            width="stretch",
+        )
+    except ValueError as exc:
+        right.warning(str(exc))
+    layers, _ = resources.layers(config_path, view.model)
+    layer_names = [info.name for info in layers]
+    chosen = st.selectbox(
+        "Activations of layer",
+        layer_names,
+        index=layer_names.index(layer) if layer in layer_names else len(layer_names) - 1,
+    )
+    acts = layer_activations(model.module, x.to(model.device), chosen, top_n=8)
+    st.caption(f"top {len(acts.channels)} channels of {chosen} by mean activation")
+    grid = st.columns(4)
+    for i, (channel, mean) in enumerate(
+        zip(acts.channels.tolist(), acts.means.tolist(), strict=True)
+    ):
+        grid[i % 4].image(
+            _enlarge(overlay(image, acts.maps[i], alpha=1.0), 160),
+            caption=f"channel {channel} · mean {mean:.3g}",
+            width="stretch",
+        )
+
+
+def _enlarge(image: Image.Image, at_least: int = DISPLAY_PX) -> Image.Image:
+    side = max(image.size)
+    if side >= at_least:
+        return image
+    factor = -(-at_least // side)
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def _csv(rows: pd.DataFrame, names: tuple[str, ...]) -> bytes:
+    out = rows.drop(columns=["probs"]).assign(
+        true=[names[i] for i in rows["true"]], pred=[names[i] for i in rows["pred"]]
+    )
+    return out.to_csv(index=False).encode()

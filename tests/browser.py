@@ -1,0 +1,176 @@
+"""Helpers for driving the dashboard in headless Chromium (Playwright), as a person would.
+
+A server is a real ``streamlit run dashboard/app.py`` on a free 127.0.0.1 port; cells are
+clicked by pixel position, computed from the Plotly layout inside the page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "tests" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def streamlit_server(*app_args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run the dashboard; yields its base URL; stops it afterwards."""
+    port = free_port()
+    home = tempfile.mkdtemp(prefix="st-home-")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+        "--server.headless", "true", "--server.port", str(port),
+        "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+    ]  # fmt: skip
+    if app_args:
+        command += ["--", *app_args]
+    log = open(Path(home) / "server.log", "w+")  # noqa: SIM115 (closed in finally)
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "HOME": home, **(env or {})},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"streamlit exited early:\n{log.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("streamlit did not become healthy in 60 s")
+
+
+@contextmanager
+def chromium() -> Iterator[object]:
+    """A headless Chromium browser context (Playwright) with a throw-away profile."""
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    env = {**os.environ, "HOME": profile, "XDG_CONFIG_HOME": profile, "XDG_CACHE_HOME": profile}
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            env=env,
+            viewport={"width": 1500, "height": 1100},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for_matrix(page, timeout: float = 60_000) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_function(
+        "() => { const g = document.querySelector('.js-plotly-plot');"
+        " return g && g._fullLayout && g._fullLayout.xaxis && g.data && g.data.length === 2; }",
+        timeout=timeout,
+    )
+
+
+def cell_centre(page, true: int, pred: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Viewport pixel position of the centre of cell (true, pred) of the shown matrix."""
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    return page.evaluate(
+        """([row, col]) => {
+            const g = document.querySelector('.js-plotly-plot');
+            const box = g.getBoundingClientRect();
+            const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
+            return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
+        }""",
+        [true, pred],
+    )
+
+
+def click_cell(page, true: int, pred: int) -> None:  # type: ignore[no-untyped-def]
+    """Click a matrix cell with the mouse, like a person."""
+    x, y = cell_centre(page, true, pred)
+    page.mouse.click(x, y)
+
+
+HEADING = re.compile(r"true (.+) → predicted (.+): (\d+) images")
+
+
+def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 60_000) -> int:  # type: ignore[no-untyped-def]
+    """Wait until the cell heading and every card's three panels are shown; returns N."""
+    heading = page.get_by_text(
+        re.compile(rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: \d+ images")
+    )
+    heading.first.wait_for(timeout=timeout)
+    n = int(HEADING.search(heading.first.inner_text()).group(3))  # type: ignore[union-attr]
+    page.wait_for_function(
+        "() => !document.querySelector('[data-stale=\"true\"]') &&"
+        " document.querySelectorAll('[data-testid=\"stImage\"]').length > 0",
+        timeout=timeout,
+    )
+    return n
+
+
+def gallery_cards(page) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """File name and panel captions of each gallery card on the page."""
+    return page.evaluate(
+        """() => Array.from(document.querySelectorAll('[data-testid="stVerticalBlockBorderWrapper"], [data-testid="stVerticalBlock"]'))
+            .filter(b => b.querySelector(':scope [data-testid="stImage"]') && b.querySelectorAll('[data-testid="stImage"]').length === 3
+                         && b.querySelector('strong'))
+            .map(b => ({
+                path: b.querySelector('strong').innerText,
+                captions: Array.from(b.querySelectorAll('[data-testid="stImageCaption"], [data-testid="stCaptionContainer"]')).map(c => c.innerText),
+                images: Array.from(b.querySelectorAll('[data-testid="stImage"] img')).map(i => i.naturalWidth),
+            }))"""
+    )
+
+
+def screenshot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
