@@ -12,7 +12,7 @@ from core.errors import (
     ModelLoadError,
     UserFacingError,
 )
-from core.evaluate import check_classes, evaluate
+from core.evaluate import EvaluationJob, check_classes, evaluate
 from core.metrics import (
     accuracy,
     cell_rows,
@@ -30,6 +30,7 @@ __all__ = [
     "DatasetError",
     "DatasetSpec",
     "Evaluation",
+    "EvaluationJob",
     "ImageDataset",
     "LoadedModel",
     "ModelLoadError",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from core.errors import ClassCountMismatchError
 from core.models import LoadedModel
 from core.predictions import Evaluation, Progress, predict
 
-__all__ = ["check_classes", "evaluate"]
+__all__ = ["EvaluationJob", "check_classes", "evaluate"]
 
 
 def check_classes(model: LoadedModel, dataset: ImageDataset) -> None:
@@ -44,3 +46,37 @@ def evaluate(
     if cache is not None:
         cache.save(key, result)
     return result
+
+
+class EvaluationJob:
+    """:func:`evaluate` running in a background thread, with its progress readable any time.
+
+    Lets a UI show one progress bar to every viewer waiting for the same evaluation.
+    """
+
+    def __init__(
+        self, model: LoadedModel, dataset: ImageDataset, cache_dir: Path | None = None
+    ) -> None:
+        self.done, self.total = 0, len(dataset)
+        self._future: Future[Evaluation] = Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(model, dataset, cache_dir), name="evaluation", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, model: LoadedModel, dataset: ImageDataset, cache_dir: Path | None) -> None:
+        try:
+            self._future.set_result(evaluate(model, dataset, cache_dir, self._progress))
+        except BaseException as exc:  # handed to whoever asks for the result
+            self._future.set_exception(exc)
+
+    def _progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    @property
+    def finished(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> Evaluation:
+        """Wait for the evaluation; re-raises its error."""
+        return self._future.result(timeout)

@@ -7,19 +7,18 @@ in ``st.cache_data``. Every function takes the config path, so two configs never
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core import (
     Evaluation,
+    EvaluationJob,
     ImageDataset,
     LoadedModel,
     ProjectConfig,
+    check_classes,
     confusion_matrix,
-    evaluate,
     load_config,
     load_model,
     open_dataset,
@@ -49,21 +48,24 @@ def dataset(config_path: str, name: str, model_name: str) -> ImageDataset:
     return open_dataset(config.dataset(name), config.model(model_name).classes)
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def evaluation_job(config_path: str, model_name: str, dataset_name: str) -> EvaluationJob:
+    """The (possibly still running) evaluation; one per server, whoever asked first."""
+    loaded = model(config_path, model_name)
+    data = dataset(config_path, dataset_name, model_name)
+    check_classes(loaded, data)  # a mismatch is reported at once, not from the thread
+    return EvaluationJob(loaded, data, project(config_path).cache_dir)
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
-def evaluation(
-    config_path: str,
-    model_name: str,
-    dataset_name: str,
-    _progress: Callable[[int, int], None] | None = None,
-) -> Evaluation:
-    """Predictions (from the disk cache when nothing changed)."""
-    config = project(config_path)
-    return evaluate(
-        model(config_path, model_name),
-        dataset(config_path, dataset_name, model_name),
-        cache_dir=config.cache_dir,
-        progress=_progress,
-    )
+def evaluation(config_path: str, model_name: str, dataset_name: str) -> Evaluation:
+    """Predictions (from the disk cache when nothing changed); waits for the job."""
+    job = evaluation_job(config_path, model_name, dataset_name)
+    try:
+        return job.result()
+    except Exception:
+        evaluation_job.clear(config_path, model_name, dataset_name)  # let a rerun retry
+        raise
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

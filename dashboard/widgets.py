@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
-from core.overlay import overlay
 from PIL import Image
 
 from core import Evaluation, ImageDataset, UserFacingError, accuracy, cell_rows, load_image
 from core.cam import METHODS as CAM_FUNCTIONS
-from core.cam import layer_activations
+from core.cam import LayerInfo, layer_activations
 from core.gallery import compared_classes, page_count, page_maps, page_rows, sort_rows
+from core.overlay import overlay
 from dashboard import resources
 from dashboard.url import bind
 from dashboard.view_state import METHODS, PAGE_SIZES, SORTS, ViewState, parse_view
@@ -25,7 +25,7 @@ CARDS_PER_ROW = 2
 
 def error_panel(title: str, exc: BaseException) -> None:
     """A clear, specific message; the rest of the app keeps working."""
-    st.error(f"**{title}.** {exc}", icon="🚫")
+    st.error(f"**{title}.** {exc}", icon=":material/error:")
 
 
 def sidebar_summary(result: Evaluation) -> None:
@@ -61,10 +61,11 @@ def cell_view(
     column, ascending, _ = SORTS[view.sort]
     rows = sort_rows(cell_rows(result.predictions, true, pred), column, ascending)
     st.divider()
-    st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {len(rows)} images")
+    count = f"{len(rows)} image" + ("" if len(rows) == 1 else "s")
+    st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {count}")
     layers, default_layer = resources.layers(config_path, view.model)
     layer = view.layer if view.layer in {info.name for info in layers} else default_layer
-    _controls(view, [info.name for info in layers], layer, len(rows))
+    _controls(view, {info.name: _layer_label(info) for info in layers}, layer, len(rows))
     if rows.empty:
         st.info("No images in this cell.")
         return
@@ -77,7 +78,11 @@ def cell_view(
     _gallery(config_path, view, result, page_rows(rows, view.page, view.page_size), layer)
 
 
-def _controls(view: ViewState, layer_names: list[str], layer: str, n_rows: int) -> None:
+def _layer_label(info: LayerInfo) -> str:
+    return f"{info.name} · {info.type_name} · {'×'.join(str(s) for s in info.shape)}"
+
+
+def _controls(view: ViewState, layer_labels: dict[str, str], layer: str, n_rows: int) -> None:
     cols = st.columns([3, 1.3, 2, 3, 2])
     with cols[0]:
         bind(
@@ -94,7 +99,14 @@ def _controls(view: ViewState, layer_names: list[str], layer: str, n_rows: int) 
     with cols[2]:
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
     with cols[3]:
-        bind(st.selectbox, "Target layer", "layer", layer, layer_names)
+        bind(
+            st.selectbox,
+            "Target layer",
+            "layer",
+            layer,
+            list(layer_labels),
+            format_func=layer_labels.get,
+        )
     with cols[4]:
         bind(st.slider, "Overlay opacity", "opacity", view.opacity, min_value=0.0, max_value=1.0)
     pages = page_count(n_rows, view.page_size)
@@ -132,8 +144,8 @@ def _gallery(
             maps[start : start + CARDS_PER_ROW],
             strict=False,
         )
-        for col, (_, row), row_maps in chunk:
-            with col, st.container(border=True):
+        for offset, (col, (_, row), row_maps) in enumerate(chunk):
+            with col, st.container(border=True, key=f"card-{start + offset}"):
                 _card(config_path, dataset, row, row_maps, result.classes, view, layer)
 
 
@@ -160,7 +172,7 @@ def _card(
         f"true {names[int(row['true'])]} ({row['true_prob']:.1%}){runner_up}"
     )
     panels = st.columns(3)
-    panels[0].image(_enlarge(image), caption="image", width="stretch")
+    panels[0].image(_enlarge(image), caption="image", width="stretch", output_format="PNG")
     other = f"runner-up {names[second]}" if diagonal else f"true {names[second]}"
     labels = (f"{view.method} · predicted {names[first]}", f"{view.method} · {other}")
     for panel, cam_map, label in zip(panels[1:], maps, labels, strict=True):
@@ -168,7 +180,7 @@ def _card(
             panel.caption("no map")
         else:
             shown = _enlarge(overlay(image, cam_map, alpha=view.opacity))
-            panel.image(shown, caption=label, width="stretch")
+            panel.image(shown, caption=label, width="stretch", output_format="PNG")
     if st.button("Inspect", key=f"inspect:{row['path']}", help="Any class; layer activations"):
         _inspect(config_path, view, row, names, layer)
 
@@ -191,7 +203,7 @@ def _inspect(
     )
     method = cols[1].selectbox("Method", METHODS, index=METHODS.index(view.method))
     left, right = st.columns(2)
-    left.image(_enlarge(image, 320), caption="image", width="stretch")
+    left.image(_enlarge(image, 320), caption="image", width="stretch", output_format="PNG")
     try:
         cam_map = CAM_FUNCTIONS[method](
             model.module, x.to(model.device), torch.tensor([cls]), layer=layer
@@ -200,6 +212,7 @@ def _inspect(
             _enlarge(overlay(image, cam_map[0], alpha=view.opacity), 320),
             caption=f"{method} · {names[cls]} · layer {layer}",
             width="stretch",
+            output_format="PNG",
         )
     except ValueError as exc:
         right.warning(str(exc))
@@ -220,6 +233,7 @@ def _inspect(
             _enlarge(overlay(image, acts.maps[i], alpha=1.0), 160),
             caption=f"channel {channel} · mean {mean:.3g}",
             width="stretch",
+            output_format="PNG",
         )
 
 

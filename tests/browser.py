@@ -88,25 +88,26 @@ def _wait_healthy(url: str, process: subprocess.Popen, log) -> None:  # type: ig
 
 @contextmanager
 def chromium() -> Iterator[object]:
-    """A headless Chromium browser context (Playwright) with a throw-away profile."""
+    """A headless Chromium (Playwright ``Browser``); each ``new_context()`` is a fresh profile."""
     from playwright.sync_api import sync_playwright
 
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    env = {**os.environ, "HOME": profile, "XDG_CONFIG_HOME": profile, "XDG_CACHE_HOME": profile}
+    home = tempfile.mkdtemp(prefix="chromium-home-")
+    env = {**os.environ, "HOME": home, "XDG_CONFIG_HOME": home, "XDG_CACHE_HOME": home}
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            env=env,
-            viewport={"width": 1500, "height": 1100},
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, env=env
         )
         try:
-            yield context
+            yield browser
         finally:
-            context.close()
-            shutil.rmtree(profile, ignore_errors=True)
+            browser.close()
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def new_page(browser):  # type: ignore[no-untyped-def]
+    """A page in a fresh context (own cookies and storage), sized like a laptop screen."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    return context.new_page()
 
 
 def wait_for_matrix(page, timeout: float = 60_000) -> None:  # type: ignore[no-untyped-def]
@@ -137,35 +138,37 @@ def click_cell(page, true: int, pred: int) -> None:  # type: ignore[no-untyped-d
     page.mouse.click(x, y)
 
 
-HEADING = re.compile(r"true (.+) → predicted (.+): (\d+) images")
+HEADING = re.compile(r"true (.+) → predicted (.+): (\d+) images?")
 
 
 def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 60_000) -> int:  # type: ignore[no-untyped-def]
     """Wait until the cell heading and every card's three panels are shown; returns N."""
     heading = page.get_by_text(
-        re.compile(rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: \d+ images")
+        re.compile(rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: \d+ images?$")
     )
     heading.first.wait_for(timeout=timeout)
     n = int(HEADING.search(heading.first.inner_text()).group(3))  # type: ignore[union-attr]
     page.wait_for_function(
-        "() => !document.querySelector('[data-stale=\"true\"]') &&"
-        " document.querySelectorAll('[data-testid=\"stImage\"]').length > 0",
+        """() => {
+            if (document.querySelector('[data-stale="true"]')) return false;
+            const imgs = document.querySelectorAll('[class*="st-key-card-"] img');
+            return imgs.length > 0 && Array.from(imgs).every(i => i.complete && i.naturalWidth > 0);
+        }""",
         timeout=timeout,
     )
     return n
 
 
 def gallery_cards(page) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
-    """File name and panel captions of each gallery card on the page."""
+    """File name, panel captions and rendered image widths of each gallery card."""
     return page.evaluate(
-        """() => Array.from(document.querySelectorAll('[data-testid="stVerticalBlockBorderWrapper"], [data-testid="stVerticalBlock"]'))
-            .filter(b => b.querySelector(':scope [data-testid="stImage"]') && b.querySelectorAll('[data-testid="stImage"]').length === 3
-                         && b.querySelector('strong'))
-            .map(b => ({
-                path: b.querySelector('strong').innerText,
-                captions: Array.from(b.querySelectorAll('[data-testid="stImageCaption"], [data-testid="stCaptionContainer"]')).map(c => c.innerText),
-                images: Array.from(b.querySelectorAll('[data-testid="stImage"] img')).map(i => i.naturalWidth),
-            }))"""
+        """() => Array.from(document.querySelectorAll('[class*="st-key-card-"]')).map(card => ({
+            path: card.querySelector('strong').innerText,
+            captions: Array.from(card.querySelectorAll('[data-testid="stImageCaption"]'))
+                .map(c => c.innerText),
+            loaded: Array.from(card.querySelectorAll('[data-testid="stImage"] img'))
+                .map(i => i.complete && i.naturalWidth > 0),
+        }))"""
     )
 
 

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from functools import partial
+
 import streamlit as st
 
-from core import UserFacingError, most_confused_classes
+from core import (
+    ClassCountMismatchError,
+    DatasetError,
+    Evaluation,
+    ModelLoadError,
+    UserFacingError,
+    most_confused_classes,
+)
 from dashboard import resources
 from dashboard.matrix_figure import cell_of_point, matrix_figure
 from dashboard.settings import settings
@@ -33,7 +43,7 @@ def main() -> None:
     try:
         result = _evaluation(config_path, view)
     except UserFacingError as exc:
-        error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
+        error_panel(_failure_title(exc, view), exc)
         st.stop()
     view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
     sidebar_summary(result)
@@ -51,23 +61,31 @@ def main() -> None:
     cell_view(config_path, models, datasets, result)
 
 
-def _evaluation(config_path: str, view: ViewState):  # type: ignore[no-untyped-def]
-    placeholder = st.sidebar.empty()
+def _failure_title(exc: UserFacingError, view: ViewState) -> str:
+    if isinstance(exc, ModelLoadError):
+        return f"Model {view.model!r} could not be loaded"
+    if isinstance(exc, DatasetError):
+        return f"Dataset {view.dataset!r} could not be read"
+    if isinstance(exc, ClassCountMismatchError):
+        return f"Model {view.model!r} does not fit dataset {view.dataset!r}"
+    return f"Cannot evaluate {view.model!r} on {view.dataset!r}"
 
-    def progress(done: int, total: int) -> None:
-        placeholder.progress(done / max(total, 1), text=f"Predicting {done}/{total} images…")
 
-    resources.model(config_path, view.model)  # load errors surface before the bar shows
-    resources.dataset(config_path, view.dataset, view.model)
-    result = resources.evaluation(config_path, view.model, view.dataset, _progress=progress)
-    placeholder.empty()
-    return result
+def _evaluation(config_path: str, view: ViewState) -> Evaluation:
+    job = resources.evaluation_job(config_path, view.model, view.dataset)
+    if not job.finished:
+        bar = st.sidebar.progress(0.0, text="Predicting…")
+        while not job.finished:
+            bar.progress(job.done / max(job.total, 1), text=f"Predicting {job.done}/{job.total}…")
+            time.sleep(0.2)
+        bar.empty()
+    return resources.evaluation(config_path, view.model, view.dataset)
 
 
 def _matrix(config_path: str, view: ViewState, classes: tuple[str, ...]) -> list[int]:
     counts = resources.matrix(config_path, view.model, view.dataset)
     n = len(classes)
-    controls = st.columns(2)
+    controls = st.columns([3, 2])
     with controls[0]:
         bind(
             st.segmented_control,
@@ -105,8 +123,7 @@ def _matrix(config_path: str, view: ViewState, classes: tuple[str, ...]) -> list
     st.plotly_chart(
         figure,
         key=key,
-        on_select=_on_click,
-        args=(key, shown),
+        on_select=partial(_on_click, key, shown),
         selection_mode="points",
         width="content",
         config={"displayModeBar": False},
@@ -139,8 +156,7 @@ def _tables(config_path: str, view: ViewState) -> None:
             st.dataframe(
                 shown,
                 key=key,
-                on_select=_on_pair,
-                args=(key, pairs),
+                on_select=partial(_on_pair, key, pairs),
                 selection_mode="single-row",
                 hide_index=True,
                 width="stretch",

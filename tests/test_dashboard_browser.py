@@ -1,0 +1,191 @@
+"""The dashboard in a real browser (headless Chromium), clicked the way a person would.
+
+Expected galleries are computed independently with ``core``; the page must list exactly the
+images ``core`` puts in the clicked cell, each with both CAM panels rendered.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core import cell_rows, evaluate, load_config, load_model, open_dataset, top_confused_pairs
+from core.gallery import page_rows, sort_rows
+from dashboard.matrix_figure import point_of_cell
+from tests.browser import (
+    ROOT,
+    chromium,
+    click_cell,
+    gallery_cards,
+    new_page,
+    screenshot,
+    streamlit_server,
+    wait_for_gallery,
+    wait_for_matrix,
+)
+
+pytestmark = pytest.mark.browser
+SAMPLE = ROOT / "sample_models"
+
+
+def write_config(folder: Path) -> Path:
+    """A config using the sample's files, a second model and dataset, and a broken entry."""
+    shutil.copy(SAMPLE / "digits_model.py", folder / "digits_model.py")
+    test_root = SAMPLE / "digits" / "test"
+    even = sorted(p for p in test_root.rglob("*.png") if int(p.parent.name) % 2 == 0)
+    lines = [
+        "path,label",
+        *(f"{p.relative_to(test_root).as_posix()},{p.parent.name}" for p in even),
+    ]
+    (folder / "even.csv").write_text("\n".join(lines) + "\n")
+    weights = (SAMPLE / "digits" / "weights.safetensors").as_posix()
+    model = 'factory = "digits_model:build"\ninput_size = [32, 32]\nchannels = 1\nstd = [0.5]\n'
+    config = f"""
+cache_dir = "cache"
+[[models]]
+name = "digits-cnn"
+weights = "{weights}"
+mean = [0.5]
+{model}
+[[models]]
+name = "digits-cnn-shifted"
+weights = "{weights}"
+mean = [0.6]
+{model}
+[[models]]
+name = "broken"
+weights = "missing.safetensors"
+mean = [0.5]
+{model}
+[[datasets]]
+name = "digits-test"
+root = "{test_root.as_posix()}"
+[[datasets]]
+name = "digits-even"
+csv = "{(folder / "even.csv").as_posix()}"
+root = "{test_root.as_posix()}"
+classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+"""
+    path = folder / "config.toml"
+    path.write_text(config)
+    return path
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_config(tmp_path_factory.mktemp("project"))
+
+
+def expected(config_path: Path, model: str = "digits-cnn", dataset: str = "digits-test"):  # type: ignore[no-untyped-def]
+    """The evaluation as core computes it (also warms the server's disk cache)."""
+    config = load_config(config_path)
+    loaded = load_model(config.model(model))
+    data = open_dataset(config.dataset(dataset), loaded.spec.classes)
+    return evaluate(loaded, data, cache_dir=config.cache_dir)
+
+
+@pytest.fixture(scope="module")
+def server(project: Path):  # type: ignore[no-untyped-def]
+    expected(project)
+    with streamlit_server("--config", str(project)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    with chromium() as context:
+        yield context
+
+
+def _first_page(result, true: int, pred: int, size: int = 24) -> list[str]:  # type: ignore[no-untyped-def]
+    rows = sort_rows(cell_rows(result.predictions, true, pred), "confidence", ascending=False)
+    return list(page_rows(rows, 1, size)["path"]), len(rows)  # type: ignore[return-value]
+
+
+def _assert_gallery(page, result, true: int, pred: int, method: str = "Grad-CAM") -> None:  # type: ignore[no-untyped-def]
+    names = result.classes
+    n = wait_for_gallery(page, names[true], names[pred])
+    paths, total = _first_page(result, true, pred)
+    assert n == total
+    cards = gallery_cards(page)
+    assert [c["path"] for c in cards] == paths  # exactly core's images, in sort order
+    other = "true" if true != pred else "runner-up"
+    for card in cards:
+        captions = card["captions"]
+        assert captions[0] == "image"
+        assert captions[1] == f"{method} · predicted {names[pred]}"
+        assert captions[2].startswith(f"{method} · {other} ")
+        assert card["loaded"] == [True, True, True]  # all three panels actually rendered
+    assert f"cell={true}%2C{pred}" in page.url or f"cell={true},{pred}" in page.url
+
+
+def test_click_off_diagonal_then_diagonal_cell(server: str, browser, project: Path) -> None:  # type: ignore[no-untyped-def]
+    result = expected(project)
+    pair = top_confused_pairs(result.predictions, result.classes, 1).iloc[0]
+    page = new_page(browser)
+    page.goto(server)
+    wait_for_matrix(page)
+    screenshot(page, "01_start")
+    click_cell(page, int(pair["true"]), int(pair["pred"]))
+    _assert_gallery(page, result, int(pair["true"]), int(pair["pred"]))
+    page.locator('[class*="st-key-card-0"]').scroll_into_view_if_needed()
+    screenshot(page, "02_error_cell")
+    click_cell(page, 9, 9)
+    _assert_gallery(page, result, 9, 9)
+    assert len(gallery_cards(page)) == 24  # a full first page of a 50+ image cell
+    screenshot(page, "03_diagonal_cell")
+    page.context.close()
+
+
+def test_deep_link_restores_the_view(server: str, browser, project: Path) -> None:  # type: ignore[no-untyped-def]
+    result = expected(project)
+    # a fresh context: no cookies, no session, nothing but the URL
+    page = new_page(browser)
+    page.goto(f"{server}/?model=digits-cnn&dataset=digits-test&cell=9,9&method=Grad-CAM%2B%2B")
+    wait_for_matrix(page)
+    _assert_gallery(page, result, 9, 9, method="Grad-CAM++")
+    selected = page.evaluate(
+        "() => document.querySelector('.js-plotly-plot').data[1].selectedpoints"
+    )
+    assert selected == [point_of_cell((9, 9), list(range(10)))]
+    screenshot(page, "04_deep_link")
+
+
+def _choose(page, label: str, option: str) -> None:  # type: ignore[no-untyped-def]
+    page.get_by_test_id("stSelectbox").filter(has_text=label).first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_switch_dataset_and_model(server: str, browser, project: Path) -> None:  # type: ignore[no-untyped-def]
+    even = expected(project, dataset="digits-even")
+    shifted = expected(project, model="digits-cnn-shifted", dataset="digits-even")
+    page = new_page(browser)
+    page.goto(server)
+    wait_for_matrix(page)
+    _choose(page, "Dataset", "digits-even")
+    page.get_by_text(f"{len(even.predictions)} images · rows: true class").wait_for()
+    assert "dataset=digits-even" in page.url
+    _choose(page, "Model", "digits-cnn-shifted")
+    page.wait_for_url(re.compile("model=digits-cnn-shifted"))
+    accuracy = (shifted.predictions["true"] == shifted.predictions["pred"]).mean()
+    page.get_by_test_id("stMetricValue").filter(has_text=f"{accuracy:.2%}").wait_for()
+    pair = (0, 0)
+    click_cell(page, *pair)
+    _assert_gallery(page, shifted, *pair)
+    page.context.close()
+
+
+def test_broken_entry_shows_error_panel_and_app_keeps_working(server: str, browser) -> None:  # type: ignore[no-untyped-def]
+    page = new_page(browser)
+    page.goto(f"{server}/?model=broken")
+    alert = page.get_by_test_id("stAlert").filter(has_text="checkpoint not found")
+    alert.wait_for()
+    assert "missing.safetensors" in alert.inner_text()
+    screenshot(page, "05_error_panel")
+    _choose(page, "Model", "digits-cnn")
+    wait_for_matrix(page)
+    assert page.get_by_test_id("stAlert").filter(has_text="checkpoint not found").count() == 0
+    page.context.close()
