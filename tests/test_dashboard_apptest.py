@@ -1,0 +1,100 @@
+"""Page logic with Streamlit's AppTest, driven through query parameters (no browser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import cell_rows
+from core.gallery import page_rows, sort_rows
+from tests.projects import ROOT, expected, write_config
+
+APP = str(ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_config(tmp_path_factory.mktemp("apptest"))
+    expected(path)  # fill the disk cache once
+    return path
+
+
+def run(project: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
+    monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(project))
+    at = AppTest.from_file(APP, default_timeout=120)
+    for name, value in params.items():
+        at.query_params[name] = value
+    return at.run()
+
+
+def _card_paths(at: AppTest) -> list[str]:
+    return [
+        m.value.strip("*") for m in at.markdown if m.value.startswith("**") and ".png" in m.value
+    ]
+
+
+def test_without_a_cell_the_page_invites_a_click(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    at = run(project, monkeypatch)
+    assert not at.exception
+    assert any("Click any cell" in i.value for i in at.info)
+    assert at.query_params.get("cell") is None
+
+
+def test_cell_and_page_from_the_url(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    result = expected(project)
+    rows = sort_rows(cell_rows(result.predictions, 9, 9), "loss", ascending=False)
+    at = run(project, monkeypatch, cell="9,9", sort="loss_desc", page="2", page_size="12")
+    assert not at.exception
+    assert any(f"true *9* → predicted *9*: {len(rows)} images" in s.value for s in at.subheader)
+    assert _card_paths(at) == list(page_rows(rows, 2, 12)["path"])
+
+
+def test_invalid_url_values_fall_back(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    at = run(project, monkeypatch, model="../../etc/passwd", cell="99,1", page="abc")
+    assert not at.exception
+    assert at.selectbox(key="url:model").value == "digits-cnn"
+    assert any("Click any cell" in i.value for i in at.info)
+
+
+def test_changing_dataset_updates_url_and_clears_cell(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    at = run(project, monkeypatch, cell="3,9", page="2")
+    at.selectbox(key="url:dataset").set_value("digits-even").run()
+    assert not at.exception
+    assert (
+        at.query_params["dataset"] == ["digits-even"] or at.query_params["dataset"] == "digits-even"
+    )
+    assert "cell" not in at.query_params and "page" not in at.query_params
+    even = expected(project, dataset="digits-even")
+    assert any(f"{len(even.predictions)} images" in c.value for c in at.caption)
+
+
+def test_broken_model_entry_shows_error_and_others_stay_usable(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    at = run(project, monkeypatch, model="broken")
+    assert not at.exception
+    assert any("checkpoint not found" in e.value for e in at.error)
+    at.selectbox(key="url:model").set_value("digits-cnn").run()
+    assert not at.exception and not at.error
+    assert any("Accuracy" in m.label for m in at.metric)
+
+
+def test_bad_config_file_shows_error_panel(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "config.toml"
+    bad.write_text("[[models]\nname = ")
+    at = run(bad, monkeypatch)
+    assert not at.exception
+    assert any("not valid TOML" in e.value for e in at.error)
+
+
+def test_class_count_mismatch_names_both_numbers(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    text = config.read_text().replace(
+        'classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]',
+        'classes = ["0", "2", "4", "6", "8"]',
+    )
+    config.write_text(text)
+    at = run(config, monkeypatch, dataset="digits-even")
+    assert not at.exception
+    message = " ".join(e.value for e in at.error)
+    assert "10 classes" in message and "has 5" in message
