@@ -4,7 +4,7 @@ Never imports streamlit; everything the dashboard shows is computed here.
 """
 
 from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
-from core.datasets import ImageDataset, load_image, open_dataset
+from core.datasets import ImageDataset, dataset_key, load_image, open_dataset
 from core.errors import (
     ClassCountMismatchError,
     ConfigError,
@@ -22,6 +22,7 @@ from core.metrics import (
     top_confused_pairs,
 )
 from core.models import LoadedModel, architectures, load_model
+from core.notes import Note, NotesError, NotesStore
 from core.predictions import Evaluation, SkippedFile, predict
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "ModelSpec",
+    "Note",
+    "NotesError",
+    "NotesStore",
     "ProjectConfig",
     "SkippedFile",
     "UserFacingError",
@@ -43,6 +47,7 @@ __all__ = [
     "cell_rows",
     "check_classes",
     "confusion_matrix",
+    "dataset_key",
     "evaluate",
     "load_config",
     "load_image",

@@ -22,7 +22,14 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from core.config import DatasetSpec
 from core.errors import DatasetError
 
-__all__ = ["ImageDataset", "Sample", "load_image", "open_dataset", "resolve_inside"]
+__all__ = [
+    "ImageDataset",
+    "Sample",
+    "dataset_key",
+    "load_image",
+    "open_dataset",
+    "resolve_inside",
+]
 
 EXTENSIONS = tuple(sorted({*IMG_EXTENSIONS, ".tif", ".tiff", ".gif"}))
 
@@ -141,6 +148,16 @@ def resolve_inside(root: Path, rel: str | Path) -> Path:
     if not path.is_relative_to(root):
         raise DatasetError(f"path {str(rel)!r} escapes the dataset root {root}")
     return path
+
+
+def dataset_key(spec: DatasetSpec) -> str:
+    """A stable identity of a dataset (its root and manifest), for keying notes and tags.
+
+    Unlike :meth:`ImageDataset.fingerprint` it does not change when a file is added or edited,
+    so notes written on an image are never orphaned by an unrelated change.
+    """
+    where = f"{spec.root.resolve()}\0{spec.csv.resolve() if spec.csv else ''}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
 def open_dataset(spec: DatasetSpec, classes: Sequence[str] | None = None) -> ImageDataset:

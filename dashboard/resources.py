@@ -27,6 +27,7 @@ from core import (
 )
 from core.cam import LayerInfo, candidate_layers, find_target_layer
 from core.map_cache import MapCache
+from core.notes import NotesStore
 
 
 @st.cache_resource(show_spinner=False)
@@ -102,3 +103,10 @@ def layers(config_path: str, model_name: str) -> tuple[list[LayerInfo], str]:
 def map_cache() -> MapCache:
     """The server-wide store of computed CAM maps."""
     return MapCache()
+
+
+@st.cache_resource(show_spinner=False)
+def notes_store(config_path: str, read_only: bool) -> NotesStore:
+    """The team's tags and notes (SQLite beside the cache, or the config's ``notes_db``)."""
+    config = project(config_path)
+    return NotesStore(config.notes_db, read_only=read_only, default_tags=config.tags)

@@ -18,6 +18,7 @@ class Settings:
 
     config: Path
     read_only: bool = False
+    login: bool = False
 
 
 def settings(argv: list[str] | None = None) -> Settings:
@@ -25,7 +26,10 @@ def settings(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="streamlit run dashboard/app.py --")
     parser.add_argument("--config", type=Path, help="project config (TOML)")
     parser.add_argument("--read-only", action="store_true", help="hide tag and note editing")
+    parser.add_argument(
+        "--login", action="store_true", help="require st.login (OIDC in .streamlit/secrets.toml)"
+    )
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     config = args.config or os.environ.get("CAM_DASHBOARD_CONFIG") or DEFAULT_CONFIG
     read_only = args.read_only or os.environ.get("CAM_DASHBOARD_READ_ONLY") == "1"
-    return Settings(Path(config).expanduser().resolve(), read_only)
+    return Settings(Path(config).expanduser().resolve(), read_only, args.login)

@@ -13,9 +13,13 @@ from PIL import Image
 from core import Evaluation, ImageDataset, UserFacingError, accuracy, cell_rows, load_image
 from core.cam import METHODS as CAM_FUNCTIONS
 from core.cam import LayerInfo, layer_activations
+from core.datasets import dataset_key
 from core.gallery import compared_classes, page_count, page_maps, page_rows, sort_rows
+from core.notes import PathSummary
 from core.overlay import overlay
 from dashboard import resources
+from dashboard.notes_ui import badges, editor
+from dashboard.settings import settings
 from dashboard.url import bind
 from dashboard.view_state import METHODS, PAGE_SIZES, SORTS, ViewState, parse_view
 
@@ -60,12 +64,18 @@ def cell_view(
     names = result.classes
     column, ascending, _ = SORTS[view.sort]
     rows = sort_rows(cell_rows(result.predictions, true, pred), column, ascending)
+    store = resources.notes_store(config_path, settings().read_only)
+    notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
+    if view.tag:
+        rows = rows[rows["path"].isin(store.paths_with_tag(notes_key, view.tag))]
     st.divider()
     count = f"{len(rows)} image" + ("" if len(rows) == 1 else "s")
-    st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {count}")
+    tagged = f" tagged “{view.tag}”" if view.tag else ""
+    st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}")
     layers, default_layer = resources.layers(config_path, view.model)
     layer = view.layer if view.layer in {info.name for info in layers} else default_layer
     _controls(view, {info.name: _layer_label(info) for info in layers}, layer, len(rows))
+    _tag_filter(view, store.all_tags(notes_key))
     if rows.empty:
         st.info("No images in this cell.")
         return
@@ -75,11 +85,27 @@ def cell_view(
         file_name=f"cell_{names[true]}_{names[pred]}.csv".replace(" ", "_"),
         mime="text/csv",
     )
-    _gallery(config_path, view, result, page_rows(rows, view.page, view.page_size), layer)
+    page = page_rows(rows, view.page, view.page_size)
+    summaries = store.counts_by_path(notes_key, page["path"])
+    _gallery(config_path, view, result, page, layer, summaries)
 
 
 def _layer_label(info: LayerInfo) -> str:
     return f"{info.name} · {info.type_name} · {'×'.join(str(s) for s in info.shape)}"
+
+
+def _tag_filter(view: ViewState, tags: list[str]) -> None:
+    options = ["", *tags] if view.tag in tags or not view.tag else ["", view.tag, *tags]
+    with st.columns([3, 7])[0]:
+        bind(
+            st.selectbox,
+            "Only images tagged",
+            "tag",
+            view.tag,
+            options,
+            ("page",),
+            format_func=lambda t: t or "(any image)",
+        )
 
 
 def _controls(view: ViewState, layer_labels: dict[str, str], layer: str, n_rows: int) -> None:
@@ -124,7 +150,12 @@ def _controls(view: ViewState, layer_labels: dict[str, str], layer: str, n_rows:
 
 
 def _gallery(
-    config_path: str, view: ViewState, result: Evaluation, rows: pd.DataFrame, layer: str
+    config_path: str,
+    view: ViewState,
+    result: Evaluation,
+    rows: pd.DataFrame,
+    layer: str,
+    summaries: dict[str, PathSummary],
 ) -> None:
     model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
@@ -147,6 +178,7 @@ def _gallery(
         for offset, (col, (_, row), row_maps) in enumerate(chunk):
             with col, st.container(border=True, key=f"card-{start + offset}"):
                 _card(config_path, dataset, row, row_maps, result.classes, view, layer)
+                badges(summaries.get(row["path"]))
 
 
 def _card(
@@ -224,6 +256,16 @@ def _inspect(
         index=layer_names.index(layer) if layer in layer_names else len(layer_names) - 1,
     )
     acts = layer_activations(model.module, x.to(model.device), chosen, top_n=8)
+    _activation_grid(image, acts, chosen)
+    st.divider()
+    editor(
+        resources.notes_store(config_path, settings().read_only),
+        dataset_key(resources.project(config_path).dataset(view.dataset)),
+        row["path"],
+    )
+
+
+def _activation_grid(image: Image.Image, acts, chosen: str) -> None:  # type: ignore[no-untyped-def]
     st.caption(f"top {len(acts.channels)} channels of {chosen} by mean activation")
     grid = st.columns(4)
     for i, (channel, mean) in enumerate(

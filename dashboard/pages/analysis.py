@@ -17,6 +17,7 @@ from core import (
 )
 from dashboard import resources
 from dashboard.matrix_figure import cell_of_point, matrix_figure
+from dashboard.notes_ui import author_input
 from dashboard.settings import settings
 from dashboard.url import bind, set_params
 from dashboard.view_state import COLOR_MODES, ViewState, parse_view
@@ -26,7 +27,12 @@ TOP_N_THRESHOLD = 30  # past this many classes, offer the "most confused classes
 
 
 def main() -> None:
-    config_path = str(settings().config)
+    server = settings()
+    if server.login and not st.user.is_logged_in:
+        st.title("CAM error analysis")
+        st.button("Log in", on_click=st.login, type="primary")
+        st.stop()
+    config_path = str(server.config)
     try:
         config = resources.project(config_path)
     except UserFacingError as exc:
@@ -40,6 +46,7 @@ def main() -> None:
         st.caption(f"config: `{config.path.name}`")
         bind(st.selectbox, "Model", "model", view.model, models, reset=("cell", "page", "layer"))
         bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("cell", "page"))
+    author_input(server)
     try:
         result = _evaluation(config_path, view)
     except UserFacingError as exc:

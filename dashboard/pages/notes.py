@@ -1,6 +1,42 @@
-"""Tags & notes: everything the team wrote, with a CSV export."""
+"""Tags & notes: everything the team wrote on a dataset's images, with a CSV export."""
 
+from __future__ import annotations
+
+import io
+
+import pandas as pd
 import streamlit as st
 
-st.title("Tags & notes")
-st.info("Coming with team sessions.")
+from core import UserFacingError
+from core.datasets import dataset_key
+from dashboard import resources
+from dashboard.settings import settings
+from dashboard.widgets import error_panel
+
+
+def main() -> None:
+    server = settings()
+    st.title("Tags & notes")
+    try:
+        config = resources.project(str(server.config))
+        store = resources.notes_store(str(server.config), server.read_only)
+    except UserFacingError as exc:
+        error_panel("Tags and notes are unavailable", exc)
+        st.stop()
+    names = [d.name for d in config.datasets]
+    current = st.query_params.get("dataset")
+    name = st.selectbox("Dataset", names, index=names.index(current) if current in names else 0)
+    csv = store.export_csv(dataset_key(config.dataset(name)))
+    table = pd.read_csv(io.StringIO(csv), dtype=str, keep_default_na=False)
+    table["dataset"] = name
+    st.caption(f"{len(table)} tags and notes · stored in `{config.notes_db}`")
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.download_button(
+        "Download as CSV",
+        table.to_csv(index=False).encode(),
+        file_name=f"tags_and_notes_{name}.csv",
+        mime="text/csv",
+    )
+
+
+main()
