@@ -21,7 +21,7 @@ def author_input(config: Settings) -> None:
     if config.read_only:
         st.sidebar.caption("Read-only server: tags and notes are shown, not edited.")
         return
-    if config.login and st.user.is_logged_in:
+    if config.login and st.user.get("is_logged_in", False):
         st.sidebar.caption(f"Signed in as **{author()}**")
         st.sidebar.button("Log out", on_click=st.logout)
         return
@@ -30,7 +30,7 @@ def author_input(config: Settings) -> None:
 
 def author() -> str:
     """The current writer's name ('' when unknown)."""
-    if st.user.is_logged_in:
+    if st.user.get("is_logged_in", False):
         return str(st.user.get("name") or st.user.get("email") or "")
     return str(st.session_state.get(AUTHOR_KEY, "")).strip()
 

@@ -110,7 +110,7 @@ def new_page(browser):  # type: ignore[no-untyped-def]
     return context.new_page()
 
 
-def wait_for_matrix(page, timeout: float = 60_000) -> None:  # type: ignore[no-untyped-def]
+def wait_for_matrix(page, timeout: float = 120_000) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_function(
         "() => { const g = document.querySelector('.js-plotly-plot');"
         " return g && g._fullLayout && g._fullLayout.xaxis && g.data && g.data.length === 2; }",
@@ -141,7 +141,7 @@ def click_cell(page, true: int, pred: int) -> None:  # type: ignore[no-untyped-d
 HEADING = re.compile(r"true (.+) → predicted (.+): (\d+) images?")
 
 
-def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 60_000) -> int:  # type: ignore[no-untyped-def]
+def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_000) -> int:  # type: ignore[no-untyped-def]
     """Wait until the cell heading and every card's three panels are shown; returns N."""
     heading = page.get_by_text(
         re.compile(rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: \d+ images?$")

@@ -28,7 +28,7 @@ TOP_N_THRESHOLD = 30  # past this many classes, offer the "most confused classes
 
 def main() -> None:
     server = settings()
-    if server.login and not st.user.is_logged_in:
+    if server.login and not st.user.get("is_logged_in", False):
         st.title("CAM error analysis")
         st.button("Log in", on_click=st.login, type="primary")
         st.stop()

@@ -29,7 +29,7 @@ def main() -> None:
     csv = store.export_csv(dataset_key(config.dataset(name)))
     table = pd.read_csv(io.StringIO(csv), dtype=str, keep_default_na=False)
     table["dataset"] = name
-    st.caption(f"{len(table)} tags and notes · stored in `{config.notes_db}`")
+    st.caption(f"{len(table)} tags and notes · stored in `{config.notes_db.name}`")
     st.dataframe(table, hide_index=True, width="stretch")
     st.download_button(
         "Download as CSV",
