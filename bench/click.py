@@ -1,0 +1,73 @@
+"""Click → first gallery page, measured in headless Chromium against a real server.
+
+    python bench/click.py [--rounds 4]
+
+Round 1 visits every non-empty cell of the sample once (cold: maps are computed); later
+rounds revisit them (warm: maps come from the server-wide cache). The time runs from the
+mouse click to the moment the cell's heading and every image of its first page are loaded.
+Target: p50 ≤ 1 s on the sample on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.browser import (  # noqa: E402
+    chromium,
+    click_cell,
+    new_page,
+    streamlit_server,
+    wait_for_gallery,
+    wait_for_matrix,
+)
+from tests.projects import expected, write_config  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    config = write_config(Path(tempfile.mkdtemp(prefix="bench-click-")))
+    result = expected(config)
+    counts = result.predictions.groupby(["true", "pred"]).size()
+    cells = [(int(t), int(p)) for (t, p) in counts.index]
+    names = result.classes
+    timings: dict[str, list[float]] = {"cold (maps computed)": [], "warm (maps cached)": []}
+    with streamlit_server("--config", str(config)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(url)
+        wait_for_matrix(page)
+        for round_ in range(args.rounds):
+            kind = "cold (maps computed)" if round_ == 0 else "warm (maps cached)"
+            for true, pred in cells:  # consecutive cells differ: a second click would deselect
+                start = time.perf_counter()
+                click_cell(page, true, pred)
+                wait_for_gallery(page, names[true], names[pred])
+                timings[kind].append(time.perf_counter() - start)
+    print(f"\nclick → first page on the sample ({len(cells)} non-empty cells, page size 24)\n")
+    print("| clicks | n | p50 s | p95 s | max s | p50 ÷ 1 s target |")
+    print("|---|---|---|---|---|---|")
+    for kind, values in timings.items():
+        if values:
+            p50 = statistics.median(values)
+            print(
+                f"| {kind} | {len(values)} | {p50:.3f} | {percentile(values, 0.95):.3f} | "
+                f"{max(values):.3f} | {p50:.2f}× {'PASS' if p50 <= 1.0 else 'FAIL'} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
