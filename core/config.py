@@ -33,6 +33,7 @@ __all__ = ["DatasetSpec", "ModelSpec", "ProjectConfig", "load_config"]
 _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
+    "datasets",
 }  # fmt: skip
 _DATASET_KEYS = {"name", "root", "csv", "classes"}
 _TOP_KEYS = {"cache_dir", "models", "datasets", "notes_db", "tags"}
@@ -59,6 +60,7 @@ class ModelSpec:
     device: str = "auto"
     batch_size: int = 64
     layer: str | None = None
+    datasets: tuple[str, ...] | None = None  # the datasets it is evaluated on (None: all)
     base_dir: Path = Path(".")
 
 
@@ -86,6 +88,11 @@ class ProjectConfig:
     def model(self, name: str | None = None) -> ModelSpec:
         """The model called ``name`` (the first one when ``name`` is None)."""
         return _pick(self.models, name, "model", self.path)
+
+    def datasets_for(self, model: str) -> list[str]:
+        """Names of the datasets ``model`` is evaluated on (all, unless its entry lists some)."""
+        allowed = self.model(model).datasets
+        return [d.name for d in self.datasets if allowed is None or d.name in allowed]
 
     def dataset(self, name: str | None = None) -> DatasetSpec:
         """The dataset called ``name`` (the first one when ``name`` is None)."""
@@ -115,16 +122,33 @@ def load_config(path: str | Path) -> ProjectConfig:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     _check_keys(data, _TOP_KEYS, f"{path}")
     base = path.parent
-    models = tuple(_model_spec(m, base, path) for m in _entries(data, "models", path))
-    datasets = tuple(_dataset_spec(d, base, path) for d in _entries(data, "datasets", path))
+    models = tuple(_checked(_model_spec, m, base, path) for m in _entries(data, "models", path))
+    datasets = tuple(
+        _checked(_dataset_spec, d, base, path) for d in _entries(data, "datasets", path)
+    )
     for kind, items in (("model", models), ("dataset", datasets)):
         names = [item.name for item in items]
         if len(set(names)) != len(names):
             raise ConfigError(f"{path}: {kind} names must be unique, got {names}")
+    known = {d.name for d in datasets}
+    for spec in models:
+        unknown = sorted(set(spec.datasets or ()) - known)
+        if unknown:
+            raise ConfigError(f"{path}: model {spec.name!r} lists unknown datasets {unknown}")
     cache_dir = base / str(data.get("cache_dir", ".cache"))
     notes_db = base / str(data["notes_db"]) if "notes_db" in data else cache_dir / "notes.sqlite"
     tags = tuple(str(t) for t in data.get("tags", ProjectConfig.tags))
     return ProjectConfig(path, models, datasets, cache_dir, notes_db, tags)
+
+
+def _checked(build: Any, entry: dict[str, Any], base: Path, path: Path) -> Any:
+    """``build(entry)``; a value of the wrong type (``channels = "x"``) is a ConfigError."""
+    try:
+        return build(entry, base, path)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: entry {entry.get('name')!r} has an invalid value: {exc}"
+        ) from None
 
 
 def _entries(data: dict[str, Any], key: str, path: Path) -> list[dict[str, Any]]:
@@ -179,6 +203,12 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
     device = str(entry.get("device", "auto"))
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"{where}: device must be auto, cpu or cuda, got {device!r}")
+    trusted = entry.get("trusted", False)
+    if not isinstance(trusted, bool):  # bool("false") is True
+        raise ConfigError(f"{where}: trusted must be true or false (unquoted), got {trusted!r}")
+    batch_size = int(entry.get("batch_size", 64))
+    if batch_size < 1:
+        raise ConfigError(f"{where}: batch_size must be at least 1, got {batch_size}")
     classes = entry.get("classes")
     return ModelSpec(
         name=name,
@@ -187,15 +217,16 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         factory=entry.get("factory"),
         factory_kwargs=dict(entry.get("factory_kwargs", {})),
         module=base / entry["module"] if "module" in entry else None,
-        trusted=bool(entry.get("trusted", False)),
+        trusted=trusted,
         input_size=(int(size[0]), int(size[1])),
         channels=channels,
         mean=mean,
         std=std,
         classes=tuple(str(c) for c in classes) if classes is not None else None,
         device=device,
-        batch_size=int(entry.get("batch_size", 64)),
+        batch_size=batch_size,
         layer=entry.get("layer"),
+        datasets=tuple(str(d) for d in entry["datasets"]) if "datasets" in entry else None,
         base_dir=base,
     )
 

@@ -39,8 +39,11 @@ def main() -> None:
         error_panel("The project config could not be loaded", exc)
         st.stop()
     models = [m.name for m in config.models]
-    datasets = [d.name for d in config.datasets]
+    view = parse_view(st.query_params.to_dict(), models, [d.name for d in config.datasets])
+    datasets = config.datasets_for(view.model)
     view = parse_view(st.query_params.to_dict(), models, datasets)
+    if st.query_params.get("dataset", view.dataset) != view.dataset:  # not one for this model
+        set_params({"dataset": view.dataset}, reset=("cell", "page"))
     with st.sidebar:
         st.header("Project")
         st.caption(f"config: `{config.path.name}`")
