@@ -64,11 +64,11 @@ class PredictionCache:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             table = pd.read_parquet(table_path)
-        except (OSError, ValueError):
+            table["probs"] = [np.asarray(p, dtype=np.float32) for p in table["probs"]]
+            skipped = tuple(SkippedFile(s["path"], s["reason"]) for s in meta["skipped"])
+            return Evaluation(table, tuple(meta["classes"]), skipped, key, meta.get("meta", {}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged entry
             return None
-        table["probs"] = [np.asarray(p, dtype=np.float32) for p in table["probs"]]
-        skipped = tuple(SkippedFile(s["path"], s["reason"]) for s in meta["skipped"])
-        return Evaluation(table, tuple(meta["classes"]), skipped, key, meta.get("meta", {}))
 
     def save(self, key: str, evaluation: Evaluation) -> None:
         """Store ``evaluation`` under ``key`` atomically."""

@@ -26,6 +26,8 @@ def confusion_matrix(
     predictions: pd.DataFrame, num_classes: int, normalize: Normalize = None
 ) -> np.ndarray:
     """[true, pred] matrix of counts, or of shares when ``normalize`` is given."""
+    if predictions.empty:  # every image unreadable: scikit-learn refuses empty input
+        return np.zeros((num_classes, num_classes), dtype=np.int64 if normalize is None else float)
     return skm.confusion_matrix(
         predictions["true"].to_numpy(dtype=int),
         predictions["pred"].to_numpy(dtype=int),
@@ -43,12 +45,16 @@ def accuracy(predictions: pd.DataFrame) -> float:
 
 def per_class_metrics(predictions: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """Precision, recall, F1 and support per class (0 where undefined)."""
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        predictions["true"].to_numpy(dtype=int),
-        predictions["pred"].to_numpy(dtype=int),
-        labels=np.arange(len(classes)),
-        zero_division=0,
-    )
+    if predictions.empty:  # scikit-learn refuses empty input
+        zeros = np.zeros(len(classes))
+        precision, recall, f1, support = zeros, zeros, zeros, zeros.astype(np.int64)
+    else:
+        precision, recall, f1, support = skm.precision_recall_fscore_support(
+            predictions["true"].to_numpy(dtype=int),
+            predictions["pred"].to_numpy(dtype=int),
+            labels=np.arange(len(classes)),
+            zero_division=0,
+        )
     return pd.DataFrame(
         {
             "class": list(classes),

@@ -12,6 +12,8 @@ import importlib
 import inspect
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,22 @@ class LoadedModel:
     num_classes: int
     device: torch.device
     transform: v2.Compose
+    """PIL image → normalised model input [C, H, W]: :attr:`resize` then :attr:`normalize`."""
     warnings: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def resize(self) -> v2.Compose:
+        """PIL image → uint8 tensor [C, H, W] at the input size (cheap; runs in loader workers)."""
+        return _resize(self.spec)
+
+    @property
+    def normalize(self) -> v2.Compose:
+        """uint8 image or batch → normalised float32 model input (one op for a whole batch)."""
+        return _normalize(self.spec)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -74,7 +87,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             f"model {spec.name!r}: config lists {len(spec.classes)} classes but the model "
             f"outputs {num_classes}"
         )
-    return LoadedModel(spec, module, num_classes, device, _transform(spec), tuple(notes))
+    transform = v2.Compose([*_resize(spec).transforms, *_normalize(spec).transforms])
+    return LoadedModel(spec, module, num_classes, device, transform, tuple(notes))
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -115,7 +129,11 @@ def _build(spec: ModelSpec, state: dict[str, torch.Tensor]) -> nn.Module:
         assert spec.factory is not None
         builder = _import_factory(spec.factory, spec.base_dir, spec.name)
     kwargs = dict(spec.factory_kwargs)
-    if "num_classes" in inspect.signature(builder).parameters and "num_classes" not in kwargs:
+    # torchvision builders take num_classes through **kwargs, so their signature hides it
+    takes_classes = (
+        spec.architecture is not None or "num_classes" in inspect.signature(builder).parameters
+    )
+    if takes_classes and "num_classes" not in kwargs:
         kwargs["num_classes"] = _classes_in_state(builder, kwargs, state, spec)
     try:
         module = builder(**kwargs)
@@ -162,27 +180,35 @@ def _import_factory(target: str, base_dir: Path, name: str) -> Any:
     module_name, _, func_name = target.partition(":")
     if not module_name or not func_name:
         raise ModelLoadError(f"model {name!r}: factory must look like package.module:function")
-    with _IMPORT_LOCK:  # the config's folder is on sys.path only while importing
-        sys.path.insert(0, str(base_dir))
+    with _on_path(base_dir):
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
             raise ModelLoadError(
                 f"model {name!r}: cannot import {module_name!r} from {base_dir}: {exc}"
             ) from None
-        finally:
-            sys.path.remove(str(base_dir))
     factory = getattr(module, func_name, None)
     if not callable(factory):
         raise ModelLoadError(f"model {name!r}: {module_name} has no function {func_name!r}")
     return factory
 
 
+@contextmanager
+def _on_path(folder: Path) -> Iterator[None]:
+    """The config's folder on sys.path, only while importing or unpickling."""
+    with _IMPORT_LOCK:
+        sys.path.insert(0, str(folder))
+        try:
+            yield
+        finally:
+            sys.path.remove(str(folder))
+
+
 def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        detail = str(exc).split("\n\t", 1)[-1][:600]
+        detail = " ".join(str(exc).split("\n\t")[1:] or [str(exc)])[:600]  # one line
         raise ModelLoadError(
             f"model {spec.name!r}: checkpoint {spec.weights} does not fit the architecture: "
             f"{detail}"
@@ -200,7 +226,8 @@ def _load_pickled(spec: ModelSpec) -> nn.Module:
     if not spec.module.is_file():
         raise ModelLoadError(f"model file not found: {spec.module}")
     try:
-        module = torch.load(spec.module, map_location="cpu", weights_only=False)
+        with _on_path(spec.base_dir):  # the model's classes may live next to the config
+            module = torch.load(spec.module, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise ModelLoadError(f"cannot unpickle {spec.module}: {_first_line(exc)}") from None
     if not isinstance(module, nn.Module):
@@ -237,15 +264,12 @@ def _count_outputs(module: nn.Module, spec: ModelSpec, device: torch.device) -> 
     return int(out.shape[1])
 
 
-def _transform(spec: ModelSpec) -> v2.Compose:
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.Resize(spec.input_size, antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(spec.mean), list(spec.std)),
-        ]
-    )
+def _resize(spec: ModelSpec) -> v2.Compose:
+    return v2.Compose([v2.PILToTensor(), v2.Resize(spec.input_size, antialias=True)])
+
+
+def _normalize(spec: ModelSpec) -> v2.Compose:
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
 
 
 def _first_line(exc: BaseException) -> str:

@@ -54,8 +54,11 @@ def predict(
     num_workers: int | None = None,
     progress: Progress | None = None,
 ) -> Evaluation:
-    """Run ``model`` over every image of ``dataset``; unreadable files are skipped and listed."""
-    data = dataset.with_transform(model.transform, model.spec.channels)
+    """Run ``model`` over every image of ``dataset``; unreadable files are skipped and listed.
+
+    Loader workers decode and resize to uint8; normalisation runs once per batch.
+    """
+    data = dataset.with_transform(model.resize, model.spec.channels)
     loader = DataLoader(
         data,
         batch_size=batch_size or model.spec.batch_size,
@@ -63,19 +66,22 @@ def predict(
         collate_fn=_collate,
         pin_memory=model.device.type == "cuda",
     )
-    parts: list[pd.DataFrame] = []
+    indices: list[int] = []
+    labels: list[int] = []
+    logits: list[torch.Tensor] = []
     skipped: list[SkippedFile] = []
-    done = 0
+    normalize = model.normalize
     with torch.inference_mode():
-        for indices, labels, images, failed in loader:
+        for batch_indices, batch_labels, images, failed in loader:
             skipped += [SkippedFile(data.samples[s.index][0], s.error or "") for s in failed]
-            if indices:
-                logits = model.module(_to_device(images, model.device)).float().cpu()
-                parts.append(_rows(data, indices, labels, logits))
-            done += len(indices) + len(failed)
+            if batch_indices:
+                inputs = normalize(_to_device(images, model.device))
+                logits.append(model.module(inputs).float().cpu())
+                indices += batch_indices
+                labels += batch_labels
             if progress is not None:
-                progress(done, len(data))
-    table = pd.concat(parts, ignore_index=True) if parts else _empty_table()
+                progress(len(indices) + len(skipped), len(data))
+    table = _rows(data, indices, labels, torch.cat(logits)) if logits else _empty_table()
     return Evaluation(table, tuple(dataset.classes), tuple(skipped))
 
 

@@ -1,0 +1,313 @@
+"""Test sets: ImageFolder and CSV listings, image mode conversion, unreadable files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.config import DatasetSpec
+from core.datasets import load_image, open_dataset
+from core.errors import DatasetError, UserFacingError
+from core.predictions import predict
+
+# --- listing ----------------------------------------------------------------------------
+
+
+def test_image_folder_classes_are_sorted_folder_names(make_image_folder) -> None:
+    root = make_image_folder({"zebra": 2, "Ant": 1, "cat": 3, "c10": 1, "c2": 1})
+    (root / "notes.txt").write_text("not a class")
+    (root / "cat" / "readme.txt").write_text("not an image")
+    dataset = open_dataset(DatasetSpec("d", root))
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert dataset.classes == folders
+    assert len(dataset) == 8
+    for rel, label in dataset.samples:
+        assert rel.split("/")[0] == dataset.classes[label]
+        assert (root / rel).is_file()
+        assert rel.endswith(".png")
+        assert not Path(rel).is_absolute()
+
+
+def test_explicit_class_list_sets_the_order(make_image_folder) -> None:
+    root = make_image_folder({"a": 1, "b": 2, "c": 3})
+    order = ["c", "a", "b", "unseen"]
+    for dataset in (
+        open_dataset(DatasetSpec("d", root, classes=tuple(order))),
+        open_dataset(DatasetSpec("d", root), classes=order),  # e.g. the model's class list
+    ):
+        assert dataset.classes == order
+        counts = np.bincount([label for _, label in dataset.samples], minlength=len(order))
+        assert counts.tolist() == [3, 1, 2, 0]
+        for rel, label in dataset.samples:
+            assert rel.split("/")[0] == order[label]
+
+
+def test_class_list_conflicts(make_image_folder) -> None:
+    root = make_image_folder({"a": 1, "b": 1, "c": 1})
+    with pytest.raises(DatasetError, match="not in the class list") as info:
+        open_dataset(DatasetSpec("d", root, classes=("a", "b")))
+    assert "'c'" in str(info.value)
+    with pytest.raises(DatasetError, match="model"):
+        open_dataset(DatasetSpec("d", root, classes=("a", "b", "c")), classes=["c", "b", "a"])
+
+
+def test_manifest(tmp_path: Path, make_image_folder) -> None:
+    make_image_folder({"x": 2, "y": 2}, root=tmp_path / "set")
+    (tmp_path / "set" / "manifest.csv").write_text(
+        "path,label,comment\nx/000.png,dog,a\ny/000.png,cat,b\n./x/001.png,cat,c\ny/001.png,dog,d\n"
+    )
+    spec = DatasetSpec("d", tmp_path / "set", csv=tmp_path / "set" / "manifest.csv")
+    dataset = open_dataset(spec)
+    assert dataset.classes == ["cat", "dog"]
+    assert dataset.samples == [
+        ("x/000.png", 1),
+        ("y/000.png", 0),
+        ("x/001.png", 0),
+        ("y/001.png", 1),
+    ]
+    explicit = open_dataset(spec, classes=["dog", "cat", "bird"])
+    assert [label for _, label in explicit.samples] == [0, 1, 1, 0]
+    assert explicit.classes == ["dog", "cat", "bird"]
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        ("a/0.png,horse", ["line 3", "'horse'", "class list"]),
+        ("../outside.png,cat", ["line 3", "escapes"]),
+        ("a/../../outside.png,cat", ["line 3", "escapes"]),
+        ("{outside},cat", ["line 3", "escapes"]),
+    ],
+)
+def test_manifest_bad_rows(tmp_path: Path, row: str, words: list[str]) -> None:
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "a" / "0.png")
+    outside = tmp_path / "outside.png"
+    Image.new("L", (8, 8)).save(outside)
+    manifest = root / "manifest.csv"
+    manifest.write_text(f"path,label\na/0.png,cat\n{row.format(outside=outside)}\n")
+    with pytest.raises(DatasetError) as info:
+        open_dataset(DatasetSpec("d", root, csv=manifest, classes=("cat", "dog")))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_manifest_without_path_and_label_columns(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,class\na.png,cat\n")
+    with pytest.raises(DatasetError, match="path,label"):
+        open_dataset(DatasetSpec("d", tmp_path, csv=manifest))
+
+
+def test_symlink_escaping_an_image_folder_is_refused(tmp_path: Path, make_image_folder) -> None:
+    root = make_image_folder({"a": 1, "b": 1}, root=tmp_path / "root")
+    secret = tmp_path / "elsewhere" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(secret)
+    (root / "a" / "link.png").symlink_to(secret)
+    with pytest.raises(DatasetError, match="escapes") as info:
+        open_dataset(DatasetSpec("d", root))
+    assert "link.png" in str(info.value)
+
+
+def test_symlink_inside_the_root_is_fine(make_image_folder) -> None:
+    root = make_image_folder({"a": 1, "b": 1})
+    (root / "b" / "copy.png").symlink_to(root / "a" / "000.png")
+    dataset = open_dataset(DatasetSpec("d", root))
+    assert len(dataset) == 3
+
+
+def test_path_of_an_image_refuses_what_is_not_listed(make_image_folder) -> None:
+    root = make_image_folder({"a": 1, "b": 1})
+    dataset = open_dataset(DatasetSpec("d", root))
+    assert dataset.path("a/000.png") == (root / "a" / "000.png").resolve()
+    for rel in ("../x.png", "a/999.png", "/etc/passwd"):
+        with pytest.raises(DatasetError):
+            dataset.path(rel)
+
+
+@pytest.mark.parametrize("kind", ["no images", "no class folders", "missing root", "empty csv"])
+def test_empty_or_missing_dataset(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    csv = None
+    if kind == "no images":
+        (root / "a").mkdir()
+        (root / "a" / "notes.txt").write_text("x")
+        words = ["no images", str(root)]
+    elif kind == "no class folders":
+        Image.new("L", (8, 8)).save(root / "flat.png")
+        words = ["class sub-folders"]
+    elif kind == "missing root":
+        root = tmp_path / "absent"
+        words = ["not found", "absent"]
+    else:
+        csv = root / "m.csv"
+        csv.write_text("path,label\n")
+        words = ["no images"]
+    with pytest.raises(DatasetError) as info:
+        open_dataset(DatasetSpec("d", root, csv=csv))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_dataset_errors_are_user_facing() -> None:
+    assert issubclass(DatasetError, UserFacingError)
+
+
+# --- image modes ------------------------------------------------------------------------
+
+
+def _gray_of(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma, as PIL's L conversion defines it."""
+    rgb = rgb.astype(np.float64)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def _stored_mode(path: Path) -> str:
+    with Image.open(path) as image:
+        return image.mode
+
+
+def _check(path: Path, expected_rgb: np.ndarray) -> None:
+    """``load_image`` gives ``expected_rgb`` (±1) for channels=3 and its luma for channels=1."""
+    rgb = load_image(path, 3)
+    assert rgb.mode == "RGB"
+    np.testing.assert_allclose(np.asarray(rgb, dtype=float), expected_rgb, atol=1.01)
+    gray = load_image(path, 1)
+    assert gray.mode == "L"
+    np.testing.assert_allclose(np.asarray(gray, dtype=float), _gray_of(expected_rgb), atol=1.01)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+def test_rgb_and_grayscale(tmp_path: Path, rng) -> None:
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    _check(tmp_path / "rgb.png", rgb)
+    gray = rng.integers(0, 256, (12, 10), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    assert _stored_mode(tmp_path / "gray.png") == "L"
+    _check(tmp_path / "gray.png", np.repeat(gray[..., None], 3, axis=2))
+
+
+def test_palette_without_transparency(tmp_path: Path, rng) -> None:
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    index = rng.integers(0, 256, (9, 11), dtype=np.uint8)
+    image = Image.new("P", (11, 9))
+    image.putdata(index.ravel().tolist())
+    image.putpalette(palette.ravel().tolist())
+    image.save(tmp_path / "p.png")
+    assert _stored_mode(tmp_path / "p.png") == "P"
+    _check(tmp_path / "p.png", palette[index])
+
+
+def test_palette_with_transparency_is_composited_over_white(tmp_path: Path, rng) -> None:
+    palette = rng.integers(0, 256, (16, 3), dtype=np.uint8)
+    palette[3] = (10, 20, 30)  # the transparent entry's own colour must not show
+    index = rng.integers(0, 16, (9, 11), dtype=np.uint8)
+    index[0, :] = 3
+    image = Image.new("P", (11, 9))
+    image.putdata(index.ravel().tolist())
+    image.putpalette(palette.ravel().tolist())
+    image.save(tmp_path / "pt.png", transparency=3)
+    with Image.open(tmp_path / "pt.png") as check:
+        assert check.mode == "P" and "transparency" in check.info
+    expected = palette[index].astype(float)
+    expected[index == 3] = 255.0
+    _check(tmp_path / "pt.png", expected)
+
+
+def test_rgba_and_la_are_composited_over_white(tmp_path: Path, rng) -> None:
+    rgb = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (8, 10), dtype=np.uint8)
+    alpha[0, :], alpha[1, :] = 0, 255
+    Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA").save(tmp_path / "rgba.png")
+    a = alpha[..., None].astype(float) / 255.0
+    expected = rgb * a + 255.0 * (1 - a)
+    assert (expected[0] == 255).all()  # fully transparent: white, whatever the colour
+    _check(tmp_path / "rgba.png", expected)
+    gray = rng.integers(0, 256, (8, 10), dtype=np.uint8)
+    Image.fromarray(np.dstack([gray, alpha]), mode="LA").save(tmp_path / "la.png")
+    expected_gray = gray * a[..., 0] + 255.0 * (1 - a[..., 0])
+    _check(tmp_path / "la.png", np.repeat(expected_gray[..., None], 3, axis=2))
+
+
+def test_16_bit_is_scaled_not_clipped(tmp_path: Path, rng) -> None:
+    values = rng.integers(0, 65536, (10, 12), dtype=np.uint16)
+    values[0, :4] = [0, 32768, 65535, 257 * 77]
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as check:
+        assert check.mode.startswith("I")  # stored as 16-bit
+    gray = load_image(tmp_path / "deep.png", 1)
+    assert np.asarray(gray)[0, :4].tolist() == [0, 128, 255, 77]
+    expected = values.astype(float) * 255.0 / 65535.0
+    _check(tmp_path / "deep.png", np.repeat(expected[..., None], 3, axis=2))
+
+
+def test_float_image_spanning_0_to_1(tmp_path: Path, rng) -> None:
+    values = rng.random((10, 12)).astype(np.float32)
+    values[0, 0], values[0, 1] = 0.0, 1.0
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    with Image.open(tmp_path / "float.tif") as check:
+        assert check.mode == "F"
+    expected = values.astype(float) * 255.0
+    _check(tmp_path / "float.tif", np.repeat(expected[..., None], 3, axis=2))
+
+
+def test_dataset_yields_what_the_model_takes(make_image_folder, digits_model) -> None:
+    root = make_image_folder({"a": 1}, mode="RGBA", size=(20, 24))
+    dataset = open_dataset(DatasetSpec("d", root)).with_transform(digits_model.transform, 1)
+    sample = dataset[0]
+    assert sample.error is None
+    assert sample.image.shape == (1, 32, 32)
+    raw = open_dataset(DatasetSpec("d", root))[0]  # no transform: uint8 C×H×W as stored
+    assert raw.image.shape == (3, 20, 24)
+
+
+# --- unreadable files -------------------------------------------------------------------
+
+
+def test_corrupt_files_are_skipped_with_reasons(
+    tmp_path: Path, digits_subset, digits_model
+) -> None:
+    root = digits_subset(per_class=2)
+    (root / "3" / "garbage.png").write_bytes(os.urandom(800))
+    jpeg = np.asarray(load_image(next((root / "5").glob("*.png")), 3))
+    Image.fromarray(np.tile(jpeg, (4, 4, 1))).save(root / "5" / "truncated.jpg", quality=95)
+    data = (root / "5" / "truncated.jpg").read_bytes()
+    (root / "5" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "7" / "empty.png").write_bytes(b"")
+    dataset = open_dataset(DatasetSpec("d", root))
+    assert len(dataset) == 23  # listed by extension; decoding happens later
+    bad = {"3/garbage.png", "5/truncated.jpg", "7/empty.png"}
+    for index, (rel, _) in enumerate(dataset.samples):
+        sample = dataset[index]
+        assert (sample.image is None) == (rel in bad)
+        assert (sample.error is not None) == (rel in bad)
+
+    result = predict(digits_model, dataset, batch_size=8, num_workers=0)
+    assert {s.path for s in result.skipped} == bad
+    reasons = {s.path: s.reason for s in result.skipped}
+    assert "truncated" in reasons["5/truncated.jpg"]
+    assert all(reason for reason in reasons.values())
+    assert len(result.predictions) == 20
+    assert set(result.predictions["path"]) == {rel for rel, _ in dataset.samples} - bad
+
+
+def test_every_file_unreadable_is_still_not_fatal(tmp_path: Path, digits_model) -> None:
+    for digit in range(10):
+        (tmp_path / "d" / str(digit)).mkdir(parents=True)
+    (tmp_path / "d" / "0" / "a.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "d" / "4" / "b.jpg").write_bytes(os.urandom(64))
+    result = predict(digits_model, open_dataset(DatasetSpec("d", tmp_path / "d")), num_workers=0)
+    assert result.predictions.empty
+    assert {s.path for s in result.skipped} == {"0/a.png", "4/b.jpg"}

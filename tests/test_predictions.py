@@ -1,0 +1,366 @@
+"""Predictions table, the evaluation cache and ``evaluate``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from core.cache import PredictionCache, evaluation_key
+from core.config import DatasetSpec
+from core.datasets import open_dataset
+from core.errors import ClassCountMismatchError
+from core.evaluate import check_classes, evaluate
+from core.models import load_model
+from core.predictions import COLUMNS, Evaluation, SkippedFile, predict
+
+# ``core.evaluate`` the attribute is the function; the module is needed to patch ``predict``
+evaluate_module = importlib.import_module("core.evaluate")
+
+
+def reference_outputs(root: Path, rels: list[str], reference, mean: float, std: float):
+    """Logits of the digits CNN computed without core: PIL → numpy → normalise → forward."""
+    pixels = []
+    for rel in rels:
+        with Image.open(root / rel) as image:
+            assert image.mode == "L" and image.size == (32, 32)  # no resize/convert needed
+            pixels.append(np.asarray(image, dtype=np.float32) / 255.0)
+    x = (torch.from_numpy(np.stack(pixels))[:, None] - mean) / std
+    with torch.inference_mode():
+        return reference(x)
+
+
+def assert_same_evaluation(a, b) -> None:
+    pd.testing.assert_frame_equal(
+        a.predictions.drop(columns="probs"), b.predictions.drop(columns="probs")
+    )
+    np.testing.assert_array_equal(
+        np.stack(a.predictions["probs"]), np.stack(b.predictions["probs"])
+    )
+    assert a.classes == b.classes
+    assert a.skipped == b.skipped
+
+
+# --- predictions table ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_table_matches_an_independent_computation(
+    digits_subset, digits_model, digits_reference, workers
+) -> None:
+    root = digits_subset(per_class=3)
+    for source, target in (("0", "6"), ("1", "7"), ("4", "9")):  # wrong labels: true != pred
+        first = sorted((root / source).iterdir())[0]
+        first.rename(root / target / f"from{source}_{first.name}")
+    dataset = open_dataset(DatasetSpec("d", root))
+    calls: list[tuple[int, int]] = []
+    result = predict(
+        digits_model,
+        dataset,
+        batch_size=7,
+        num_workers=workers,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    table = result.predictions
+    assert tuple(table.columns) == COLUMNS
+    assert len(table) == len(dataset) == 30
+    assert result.classes == tuple(str(d) for d in range(10))
+    assert result.skipped == ()
+    assert table["index"].tolist() == list(range(30))
+    assert table["path"].tolist() == [rel for rel, _ in dataset.samples]
+    assert table["true"].tolist() == [int(rel.split("/")[0]) for rel in table["path"]]
+
+    spec = digits_model.spec
+    logits = reference_outputs(
+        root, table["path"].tolist(), digits_reference, spec.mean[0], spec.std[0]
+    )
+    true = torch.tensor(table["true"].to_numpy())
+    softmax = logits.softmax(dim=1).numpy()
+    probs = np.stack(table["probs"])
+    assert probs.shape == (30, 10)
+    np.testing.assert_allclose(probs, softmax, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert table["pred"].tolist() == softmax.argmax(axis=1).tolist()
+    np.testing.assert_allclose(table["confidence"], softmax.max(axis=1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        table["true_prob"], softmax[np.arange(30), true.numpy()], rtol=1e-4, atol=1e-6
+    )
+    loss = F.cross_entropy(logits, true, reduction="none").numpy()
+    np.testing.assert_allclose(table["loss"], loss, rtol=1e-4, atol=1e-5)
+    assert (table["true"] != table["pred"]).sum() >= 3  # the relabelled ones at least
+
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and len(set(done)) == len(done)
+    assert done[-1] == 30 and len(calls) == 5  # ceil(30 / 7) batches
+    assert {t for _, t in calls} == {30}
+
+
+def test_progress_counts_unreadable_files(digits_subset, digits_model) -> None:
+    root = digits_subset(per_class=1)
+    (root / "2" / "bad.png").write_bytes(b"not an image")
+    calls: list[tuple[int, int]] = []
+    result = predict(
+        digits_model,
+        open_dataset(DatasetSpec("d", root)),
+        batch_size=4,
+        num_workers=0,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    assert calls[-1] == (11, 11)
+    assert len(result.predictions) == 10
+    assert [s.path for s in result.skipped] == ["2/bad.png"]
+
+
+# --- evaluate + cache -------------------------------------------------------------------
+
+
+@pytest.fixture
+def counted(monkeypatch) -> list[int]:
+    """Counts the times ``evaluate`` really runs the model."""
+    calls: list[int] = []
+    original = evaluate_module.predict
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "predict", counting)
+    return calls
+
+
+@pytest.fixture
+def project(tmp_path: Path, digits_subset, sample_config):
+    """A digits model with its own copy of the weights, a small test set and a cache folder."""
+    spec = sample_config.model("digits-cnn")
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(spec.weights.read_bytes())
+    spec = replace(spec, weights=weights)
+    root = digits_subset(per_class=2)
+    return spec, root, tmp_path / "cache"
+
+
+def run(spec, root: Path, cache: Path, **kwargs):
+    """Load everything from scratch (new objects each time) and evaluate."""
+    return evaluate(
+        load_model(spec),
+        open_dataset(DatasetSpec("d", root)),
+        cache_dir=cache,
+        num_workers=0,
+        **kwargs,
+    )
+
+
+def test_second_evaluation_is_a_cache_hit(project, counted, monkeypatch) -> None:
+    spec, root, cache = project
+    first = run(spec, root, cache)
+    assert counted == [1]
+    assert first.fingerprint
+    assert first.meta == {"model": spec.name, "dataset": "d"}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model ran although nothing changed")
+
+    monkeypatch.setattr(evaluate_module, "predict", fail)
+    calls: list[tuple[int, int]] = []
+    second = run(spec, root, cache, progress=lambda d, t: calls.append((d, t)))
+    assert_same_evaluation(first, second)
+    assert second.fingerprint == first.fingerprint
+    assert second.meta == first.meta
+    assert calls == [(20, 20)]
+
+
+def test_no_cache_dir_always_predicts(project, counted) -> None:
+    spec, root, _ = project
+    run(spec, root, None)
+    run(spec, root, None)
+    assert counted == [1, 1]
+
+
+def test_changed_weights_invalidate(project, counted) -> None:
+    spec, root, cache = project
+    first = run(spec, root, cache)
+    state = load_file(str(spec.weights))
+    (bias,) = [k for k, v in state.items() if k.endswith("bias") and v.shape == (10,)]  # head
+    state[bias] = state[bias] + torch.arange(10, dtype=state[bias].dtype)
+    save_file(state, str(spec.weights))
+    second = run(spec, root, cache)
+    assert counted == [1, 1]
+    assert second.fingerprint != first.fingerprint
+    assert not np.allclose(
+        np.stack(first.predictions["probs"]), np.stack(second.predictions["probs"])
+    )
+    run(spec, root, cache)
+    assert counted == [1, 1]  # and the new weights' result is cached in turn
+
+
+def test_changed_images_invalidate(project, counted) -> None:
+    spec, root, cache = project
+    keys = {run(spec, root, cache).fingerprint}
+    # added
+    extra = root / "4" / "extra.png"
+    extra.write_bytes(next((root / "3").glob("*.png")).read_bytes())
+    added = run(spec, root, cache)
+    assert len(added.predictions) == 21
+    keys.add(added.fingerprint)
+    # modified content (and so size)
+    Image.new("L", (32, 32), 255).save(extra)
+    modified = run(spec, root, cache)
+    before = added.predictions.set_index("path").loc["4/extra.png", "probs"]
+    after = modified.predictions.set_index("path").loc["4/extra.png", "probs"]
+    assert not np.allclose(before, after)
+    keys.add(modified.fingerprint)
+    # modified time only
+    st = extra.stat()
+    os.utime(extra, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    keys.add(run(spec, root, cache).fingerprint)
+    # removed
+    extra.unlink()
+    (root / "9" / sorted(p.name for p in (root / "9").iterdir())[0]).unlink()
+    result = run(spec, root, cache)
+    assert len(result.predictions) == 19
+    keys.add(result.fingerprint)
+    assert counted == [1] * 5
+    assert len(keys) == 5
+
+
+def test_changed_transform_invalidates(project, counted) -> None:
+    spec, root, cache = project
+    changes = [{"mean": (0.4,)}, {"std": (0.25,)}, {"input_size": (28, 28)}]
+    results = [run(spec, root, cache)] + [run(replace(spec, **c), root, cache) for c in changes]
+    assert counted == [1] * 4
+    assert len({r.fingerprint for r in results}) == 4
+    probs = [np.stack(r.predictions["probs"]) for r in results]
+    assert not any(np.allclose(probs[0], p) for p in probs[1:])
+    for change, result in zip([{}, *changes], results, strict=True):  # every entry is kept
+        assert_same_evaluation(run(replace(spec, **change), root, cache), result)
+    assert counted == [1] * 4
+
+
+def test_skipped_files_survive_the_cache(project, counted) -> None:
+    spec, root, cache = project
+    (root / "0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    first = run(spec, root, cache)
+    second = run(spec, root, cache)
+    assert counted == [1]
+    assert [s.path for s in second.skipped] == ["0/broken.png"]
+    assert_same_evaluation(first, second)
+
+
+def _corrupt(folder: Path, how: str) -> None:
+    (table,) = folder.glob("*.parquet")
+    (meta,) = folder.glob("*.json")
+    if how == "garbage table":
+        table.write_bytes(os.urandom(300))
+    elif how == "truncated table":
+        table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    elif how == "empty table":
+        table.write_bytes(b"")
+    elif how == "foreign table":
+        pd.DataFrame({"a": [1, 2]}).to_parquet(table)
+    elif how == "garbage meta":
+        meta.write_bytes(b"\xff{not json")
+    elif how == "wrong meta":
+        meta.write_text(json.dumps({"classes": "x"}))
+    elif how == "meta is a list":
+        meta.write_text("[1, 2]")
+    elif how == "missing meta":
+        meta.unlink()
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "garbage table",
+        "truncated table",
+        "empty table",
+        "foreign table",
+        "garbage meta",
+        "wrong meta",
+        "meta is a list",
+        "missing meta",
+    ],
+)
+def test_corrupt_cache_entry_reads_as_a_miss(tmp_path: Path, how: str) -> None:
+    table = pd.DataFrame(
+        {
+            "index": [0, 1],
+            "path": ["a/0.png", "b/0.png"],
+            "true": [0, 1],
+            "pred": [0, 0],
+            "confidence": [0.9, 0.6],
+            "true_prob": [0.9, 0.4],
+            "loss": [-np.log(0.9), -np.log(0.4)],
+            "probs": [np.array([0.9, 0.1], np.float32), np.array([0.6, 0.4], np.float32)],
+        }
+    )
+    store = PredictionCache(tmp_path)
+    store.save("k", Evaluation(table, ("a", "b"), (SkippedFile("c/x.png", "bad"),)))
+    loaded = store.load("k")
+    assert loaded is not None
+    assert_same_evaluation(loaded, Evaluation(table, ("a", "b"), (SkippedFile("c/x.png", "bad"),)))
+    _corrupt(tmp_path, how)
+    assert store.load("k") is None
+
+
+def test_corrupt_cache_is_recomputed_and_rewritten(project, counted) -> None:
+    spec, root, cache = project
+    first = run(spec, root, cache)
+    _corrupt(cache / "predictions", "garbage table")
+    second = run(spec, root, cache)
+    assert counted == [1, 1]
+    assert_same_evaluation(first, second)
+    third = run(spec, root, cache)  # rewritten: a hit again
+    assert counted == [1, 1]
+    assert_same_evaluation(first, third)
+
+
+def test_cache_writes_are_atomic(project, monkeypatch) -> None:
+    spec, root, cache = project
+    model = load_model(spec)
+    dataset = open_dataset(DatasetSpec("d", root))
+    good = evaluate(model, dataset, cache_dir=cache, num_workers=0)
+    folder = cache / "predictions"
+    key = evaluation_key(model, dataset)
+    assert sorted(p.name for p in folder.iterdir()) == [f"{key}.json", f"{key}.parquet"]
+
+    def dies_half_way(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", dies_half_way)
+    store = PredictionCache(folder)
+    with pytest.raises(OSError, match="disk full"):
+        store.save(key, replace(good, predictions=good.predictions.iloc[:3]))
+    with pytest.raises(OSError, match="disk full"):
+        store.save("0" * 32, good)
+    # no temp files left, no half-written entry, and the old entry is intact
+    assert sorted(p.name for p in folder.iterdir()) == [f"{key}.json", f"{key}.parquet"]
+    loaded = store.load(key)
+    assert loaded is not None
+    assert_same_evaluation(good, loaded)
+    assert store.load("0" * 32) is None
+
+
+def test_class_count_mismatch_names_both_numbers(
+    make_image_folder, digits_model, tmp_path: Path
+) -> None:
+    root = make_image_folder({"cat": 1, "dog": 1, "emu": 1}, mode="L")
+    dataset = open_dataset(DatasetSpec("animals", root))
+    with pytest.raises(ClassCountMismatchError) as info:
+        check_classes(digits_model, dataset)
+    message = str(info.value)
+    assert "10" in message and "3" in message
+    assert "cat" in message
+    with pytest.raises(ClassCountMismatchError):
+        evaluate(digits_model, dataset, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # refused before predicting anything
