@@ -73,7 +73,7 @@ class MapCache:
             [list(r.classes) + [r.classes[-1]] * (width - len(r.classes)) for r in requests]
         )
         maps = compute(images, classes).detach().cpu().numpy()
-        out = {}
+        out: dict[Hashable, np.ndarray] = {}
         for i, request in enumerate(requests):
             for k, cls in enumerate(request.classes):
                 out[(scope, request.image_key, cls)] = np.round(maps[i, k] * 255.0).astype(np.uint8)
