@@ -1,0 +1,187 @@
+"""Benchmark: predicted- and true-class Grad-CAMs for a batch, ours vs pytorch-grad-cam vs captum.
+
+Run from the repository root: ``python bench/cam.py`` (about 5 minutes on 2 cores) or
+``python bench/cam.py --quick`` (a smoke run). Contenders share one model object (eval mode,
+channels_last) and run interleaved, round by round, after a warm-up; the table reports medians.
+
+* ours: one ``grad_cam`` call with ``[N, 2]`` classes (one forward, two gradients), layer passed
+  by name (the dashboard detects it once per model);
+* pytorch-grad-cam: two ``GradCAM`` calls, one per class set;
+* captum: two ``LayerGradCam.attribute`` calls plus the same two-stage normalisation;
+* bare forward: ``model(x)`` under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from captum.attr import LayerGradCam
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "sample_models"))
+
+from core.cam import find_target_layer, grad_cam  # noqa: E402
+
+SPEED_UP_TARGET = 6.0
+FORWARD_RATIO_TARGET = 1.2
+
+
+@dataclass
+class Case:
+    name: str
+    model: nn.Module
+    shape: tuple[int, int, int]
+    rounds: int
+
+
+def conv_blocks(channels: tuple[int, ...] = (32, 64, 128, 256), size: int = 128) -> nn.Module:
+    """conv → ReLU → BatchNorm → MaxPool → Dropout blocks, then Flatten + Linear (10 classes)."""
+    blocks: list[nn.Module] = []
+    c_in = 3
+    for c_out in channels:
+        blocks.append(
+            nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.ReLU(),
+                nn.BatchNorm2d(c_out),
+                nn.MaxPool2d(2),
+                nn.Dropout(0.1),
+            )
+        )
+        c_in = c_out
+    side = size // 2 ** len(channels)
+    return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(c_in * side * side, 10))
+
+
+def digits_model() -> nn.Module:
+    from digits_model import build  # sample_models/digits_model.py
+
+    model = build(num_classes=10)
+    weights = ROOT / "sample_models" / "digits" / "weights.safetensors"
+    if weights.exists():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(weights)))
+    return model
+
+
+def normalise(raw: Tensor, size: tuple[int, int]) -> Tensor:
+    """pytorch-grad-cam's normalisation: ReLU, min-max, bilinear resize, min-max (eps 1e-7)."""
+
+    def minmax(m: Tensor) -> Tensor:
+        flat = m.flatten(1)
+        flat = flat - flat.amin(1, keepdim=True)
+        return (flat / (1e-7 + flat.amax(1, keepdim=True))).view(m.shape)
+
+    maps = minmax(raw.clamp_min(0))
+    return minmax(F.interpolate(maps[:, None], size=size, mode="bilinear")[:, 0])
+
+
+def contenders(case: Case, x: Tensor, cls: Tensor) -> dict[str, Callable[[], object]]:
+    model = case.model
+    layer_name = find_target_layer(model, case.shape)
+    layer = model.get_submodule(layer_name)
+    pgc = GradCAM(model, [layer])
+    captum = LayerGradCam(model, layer)
+    size = case.shape[1:]
+
+    def ours() -> object:
+        return grad_cam(model, x, cls, layer=layer_name)
+
+    def pytorch_grad_cam() -> object:
+        return [pgc(x, [ClassifierOutputTarget(int(c)) for c in cls[:, k]]) for k in range(2)]
+
+    def captum_gc() -> object:
+        return [
+            normalise(captum.attribute(x, target=cls[:, k])[:, 0].detach(), size) for k in range(2)
+        ]
+
+    def bare() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    return {"ours": ours, "pgc": pytorch_grad_cam, "captum": captum_gc, "bare": bare}
+
+
+def run_case(case: Case, batch: int) -> dict[str, float]:
+    """Median images/s of every contender (maps for 2 classes per image; bare = 1 forward)."""
+    model = case.model.eval().to(memory_format=torch.channels_last)
+    torch.manual_seed(1)
+    x = torch.randn(batch, *case.shape).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        pred = model(x).argmax(1)
+    true = torch.randint(0, int(model(x[:1]).shape[1]), (batch,))
+    fns = contenders(case, x, torch.stack([pred, true], 1))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for rnd in range(case.rounds + 1):  # round 0 is the warm-up
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if rnd:
+                times[key].append(time.perf_counter() - start)
+    return {k: batch / statistics.median(v) for k, v in times.items()}
+
+
+def cases(quick: bool) -> list[Case]:
+    torch.manual_seed(0)
+    big = 64 if quick else 224
+    rounds = 1 if quick else 5
+    return [
+        Case(f"resnet18 @{big}", torchvision.models.resnet18(weights=None), (3, big, big), rounds),
+        Case(
+            f"mobilenet_v3_small @{big}",
+            torchvision.models.mobilenet_v3_small(weights=None),
+            (3, big, big),
+            rounds,
+        ),
+        Case("conv-block Sequential @128", conv_blocks(), (3, 128, 128), rounds),
+        Case("digits CNN @32", digits_model(), (1, 32, 32), rounds),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (64 px, 1 round)")
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    batch = 8 if args.quick else args.batch
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}\n")
+    print(
+        "| model | ours img/s | pytorch-grad-cam img/s | captum img/s | bare forward img/s "
+        "| ours ÷ pgc speed-up | ours time ÷ bare-forward time |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    verdicts = []
+    for case in cases(args.quick):
+        r = run_case(case, batch)
+        speed_up, ratio = r["ours"] / r["pgc"], r["bare"] / r["ours"]
+        print(
+            f"| {case.name} | {r['ours']:.1f} | {r['pgc']:.1f} | {r['captum']:.1f} "
+            f"| {r['bare']:.1f} | {speed_up:.1f}× | {ratio:.2f} |",
+            flush=True,
+        )
+        verdicts.append((case.name, speed_up, ratio))
+    print()
+    for name, speed_up, ratio in verdicts:
+        ok1 = "PASS" if speed_up >= SPEED_UP_TARGET else "FAIL"
+        ok2 = "PASS" if ratio <= FORWARD_RATIO_TARGET else "FAIL"
+        print(f"{name}: speed-up ≥ {SPEED_UP_TARGET:g}× pgc {ok1}; ", end="")
+        print(f"time ≤ {FORWARD_RATIO_TARGET:g}× bare forward {ok2}")
+
+
+if __name__ == "__main__":
+    main()

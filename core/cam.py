@@ -1,0 +1,638 @@
+"""Class activation maps for PyTorch image classifiers: Grad-CAM, Grad-CAM++, CAM and saliency.
+
+Every map method takes ``(model, images, classes, layer=None, batch_size=64)`` and returns float32
+maps in [0, 1] at input resolution: ``[N, H, W]`` for ``classes`` of shape ``[N]`` (or a Python
+int), ``[N, K, H, W]`` for ``[N, K]``. Scores are raw logits. Normalisation follows
+pytorch-grad-cam exactly: ReLU, per-map min-max at layer resolution (eps 1e-7), bilinear resize
+(half-pixel centres), min-max again.
+
+Speed: the forward runs under ``torch.no_grad()``. A per-call forward hook on the target layer
+switches grad mode on (grad mode is thread-local) and hands the rest of the network a clone of a
+fresh leaf tensor, so autograd records only the part of the network after the target layer, and
+one forward pass serves all K classes of a chunk. Gradients are taken with
+``torch.autograd.grad(..., inputs=leaf)``, so parameters' ``.grad`` never changes. The clone also
+absorbs in-place operations applied to the layer output afterwards (DenseNet's
+``F.relu(features, inplace=True)``, a ResNet block's ``out += identity``), so the activations used
+are the layer's true output — the values captum's ``LayerGradCam`` uses. pytorch-grad-cam instead
+weights the in-place-modified values and differs at such layers.
+
+Thread safety: hooks live only for one call and act only in the thread that registered them, so
+concurrent calls on one shared model (one per dashboard session) do not see each other.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "METHODS",
+    "CamMethod",
+    "LayerActivations",
+    "LayerInfo",
+    "cam",
+    "candidate_layers",
+    "find_target_layer",
+    "grad_cam",
+    "grad_cam_pp",
+    "layer_activations",
+    "saliency",
+]
+
+_EPS = 1e-7  # pytorch-grad-cam's min-max epsilon
+_PP_EPS = 1e-6  # pytorch-grad-cam's Grad-CAM++ denominator epsilon
+
+# torch's ``RemovableHandle`` takes its id from a class counter with ``next_id += 1``, which is not
+# atomic: two threads registering at the same moment can get the same id, and then one hook
+# overwrites the other in the module's hook dict. Our registrations are serialised by this lock.
+_REGISTER_LOCK = threading.Lock()
+
+Classes = int | Tensor | Sequence[int]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A module with a 4-D output: dotted name, class name, output shape (C, H, W) of one image."""
+
+    name: str
+    type_name: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """Top channels of one layer for one image, by mean activation (descending)."""
+
+    layer: str
+    channels: Tensor  # int64 [k] channel indices
+    means: Tensor  # float32 [k] spatial mean of each channel
+    maps: Tensor  # float32 [k, h, w], each channel min-max scaled to [0, 1]
+
+
+class CamMethod(Protocol):
+    """Signature shared by the entries of ``METHODS``."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        classes: Classes,
+        layer: str | None = None,
+        batch_size: int = 64,
+    ) -> Tensor: ...
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+class _Tap:
+    """Per-call forward hook: captures a module's output, only in the thread that created it.
+
+    torch's ``Module._call_impl`` iterates a tuple snapshot of the hook dicts
+    (``(*_global_forward_hooks.items(), *self._forward_hooks.items())``), built in C while holding
+    the GIL, so another thread registering or removing its hook mid-forward cannot break this
+    thread's iteration (registering and removing are single dict operations, and a handle is
+    removed only by the call that made it). The snapshot may still contain another call's hook, or
+    one removed just after the snapshot was taken, which is why a tap does nothing outside its
+    owning thread; all per-call state lives on the tap, never on the module.
+
+    With ``grad=True`` the tap turns grad mode on (thread-local) and replaces the output with a
+    clone of a fresh leaf: autograd then records only the rest of the forward. The clone absorbs
+    later in-place operations, so ``value`` keeps the layer's true output.
+    """
+
+    def __init__(self, grad: bool = False, keep_input: bool = False) -> None:
+        self.thread = threading.get_ident()
+        self.grad = grad
+        self.keep_input = keep_input
+        self.calls = 0
+        self.value: Tensor | None = None
+        self.input: Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
+        if threading.get_ident() != self.thread:
+            return None
+        self.calls += 1
+        if self.calls > 1 or not isinstance(output, Tensor):
+            return None  # reported by checked_value after the forward
+        if self.keep_input and args and isinstance(args[0], Tensor):
+            self.input = args[0].detach()
+        if self.grad:
+            torch.set_grad_enabled(True)
+        self.value = output.detach().requires_grad_(self.grad)
+        return self.value.clone()
+
+    def checked_value(self, name: str) -> Tensor:
+        """The captured output; raises if the module did not run exactly once."""
+        if self.calls != 1:
+            raise ValueError(
+                f"layer {name!r} ran {self.calls} times in one forward pass; "
+                "choose a module that runs exactly once (e.g. not a shared activation)"
+            )
+        if self.value is None:
+            raise ValueError(f"layer {name!r} does not return a single tensor")
+        return self.value
+
+
+@contextmanager
+def _hooked(modules: Sequence[nn.Module], hooks: Sequence[Callable[..., Any]]) -> Iterator[None]:
+    """Register forward hooks for the duration of a block; always removed, also on errors."""
+    handles = []
+    try:
+        for module, hook in zip(modules, hooks, strict=True):
+            with _REGISTER_LOCK:
+                handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# --------------------------------------------------------------------------- checks and inputs
+
+
+def _check_eval(model: nn.Module) -> None:
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        raise ValueError(
+            f"model is in training mode ({', '.join(training[:3])}); call model.eval() first: "
+            "in train mode BatchNorm makes each map depend on its batch and updates running stats"
+        )
+
+
+def _get_module(model: nn.Module, name: str) -> nn.Module:
+    modules: dict[str, nn.Module] = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(name, names, n=5) or names[-5:]
+    raise ValueError(f"unknown layer {name!r}; valid names include: {', '.join(close)}")
+
+
+def _model_param(model: nn.Module) -> Tensor | None:
+    return next((p for p in model.parameters() if p.is_floating_point()), None)
+
+
+def _wants_channels_last(model: nn.Module) -> bool:
+    conv = next((p for p in model.parameters() if p.dim() == 4), None)
+    return (
+        conv is not None
+        and conv.is_contiguous(memory_format=torch.channels_last)
+        and not conv.is_contiguous()
+    )
+
+
+def _to_model(model: nn.Module, x: Tensor, channels_last: bool) -> Tensor:
+    param = _model_param(model)
+    if param is not None:
+        x = x.to(device=param.device, dtype=param.dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _check_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise ValueError("images must be a float tensor [N, C, H, W]")
+
+
+def _class_matrix(classes: Classes, n: int) -> tuple[Tensor, bool]:
+    """Classes as an int64 [N, K] tensor, and whether the caller asked for [N, K]."""
+    if isinstance(classes, int):
+        return torch.full((n, 1), classes, dtype=torch.long), False
+    cls = torch.as_tensor(classes).cpu()
+    if cls.is_floating_point() or cls.is_complex() or cls.dim() not in (1, 2) or len(cls) != n:
+        raise ValueError(f"classes must be an int or an integer tensor [N] or [N, K] with N={n}")
+    return (cls.long()[:, None], False) if cls.dim() == 1 else (cls.long(), True)
+
+
+def _check_logits(logits: Any, cls: Tensor) -> Tensor:
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise ValueError("the model must return a logits tensor [N, num_classes]")
+    if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= logits.shape[1]):
+        raise ValueError(f"class indices must lie in [0, {logits.shape[1]})")
+    return logits
+
+
+def _spatial_shape(images: Tensor) -> tuple[int, int]:
+    return int(images.shape[-2]), int(images.shape[-1])
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def _minmax_(maps: Tensor) -> Tensor:
+    """Per-map ``x - min; x / (1e-7 + max)`` over the last two dims, in place."""
+    flat = maps.view(*maps.shape[:-2], -1)
+    flat.sub_(flat.amin(-1, keepdim=True))
+    flat.div_(flat.amax(-1, keepdim=True).add_(_EPS))
+    return maps
+
+
+def _resize_matrix(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """1-D bilinear resize with half-pixel centres as an [n_out, n_in] matrix, plus a mask of the
+    output positions that are the first or last sample between two input pixels.
+
+    The weights are those of ``F.interpolate(mode="bilinear", align_corners=False)`` (and OpenCV's
+    ``resize``): source ``(i + 0.5) * n_in / n_out - 0.5``, clamped to the edge pixels.
+    """
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    rows = np.arange(n_out)
+    weights = np.zeros((n_out, n_in))
+    weights[rows, lo] += 1 - (src - lo)
+    weights[rows, hi] += src - lo  # a separate statement: adds up where hi == lo (clamped)
+    ends = np.ones(n_out, dtype=bool)
+    ends[1:-1] = (lo[1:-1] != lo[:-2]) | (lo[1:-1] != lo[2:])
+    return weights, ends
+
+
+@dataclass(frozen=True)
+class _Resizer:
+    """pytorch-grad-cam's normalisation from one map size to the input size: ReLU, min-max at map
+    resolution (eps 1e-7), bilinear resize, min-max again — with a single full-resolution pass.
+
+    The resize is linear with weights summing to 1, so the second min-max can be applied to the
+    small maps before resizing. Between four map pixels the resized map is bilinear in the sample
+    offsets, so its extremes over the output grid lie on the first/last sample rows and columns
+    of each cell: the min and max come from a subgrid of about 2h x 2w values. Results agree with
+    resizing first to ~1e-7.
+    """
+
+    wy: Tensor  # [H, h]
+    wx_t: Tensor  # [w, W]
+    corners_y: Tensor  # [~2h, h]
+    corners_x_t: Tensor  # [w, ~2w]
+
+    @classmethod
+    def build(cls, src: tuple[int, int], dst: tuple[int, int], device: torch.device) -> _Resizer:
+        (wy, ends_y), (wx, ends_x) = _resize_matrix(src[0], dst[0]), _resize_matrix(src[1], dst[1])
+
+        def tensor(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
+        return cls(tensor(wy), tensor(wx.T), tensor(wy[ends_y]), tensor(wx[ends_x].T))
+
+    def __call__(self, raw: Tensor, out: Tensor) -> Tensor:
+        """Normalise raw maps [M, h, w] into ``out`` [M, H, W]."""
+        maps = _minmax_(raw.float().clamp_min(0).contiguous())
+        corners = (self.corners_y @ maps @ self.corners_x_t).flatten(1)
+        low = corners.amin(1)[:, None, None]
+        span = (corners.amax(1)[:, None, None] - low).add_(_EPS)
+        scaled = (maps - low).div_(span) @ self.wx_t
+        return torch.matmul(self.wy, scaled, out=out).clamp_(0.0, 1.0)  # rounding: -1e-9
+
+
+def _weighted_maps(weights: Tensor, acts: Tensor) -> Tensor:
+    """sum_c weights[n, k, c] * acts[n, c, h, w] -> [n, k, h, w]."""
+    return torch.einsum("nkc,nchw->nkhw", weights, acts)
+
+
+def _grad_cam_weights(acts: Tensor, grad: Tensor) -> Tensor:
+    """Grad-CAM channel weights [n, C]: the spatial mean of the gradient."""
+    return grad.mean((2, 3))
+
+
+def _grad_cam_pp_weights(acts: Tensor, grad: Tensor) -> Tensor:
+    """Grad-CAM++ channel weights [n, C], as pytorch-grad-cam computes them."""
+    g2 = grad.pow(2)
+    sum_acts = acts.sum((2, 3), keepdim=True)
+    aij = g2 / (2 * g2 + sum_acts * (g2 * grad) + _PP_EPS)
+    aij = torch.where(grad != 0, aij, torch.zeros_like(aij))
+    return (grad.clamp_min(0) * aij).sum((2, 3))
+
+
+def _maps_into(out: Tensor, weights: Tensor, acts: Tensor, resizer: _Resizer | None) -> _Resizer:
+    """Write the normalised maps of one chunk into ``out`` [n, K, H, W]; returns the resizer."""
+    if resizer is None:
+        src, dst = (acts.shape[-2], acts.shape[-1]), (out.shape[-2], out.shape[-1])
+        resizer = _Resizer.build(src, dst, out.device)
+    resizer(_weighted_maps(weights, acts).flatten(0, 1), out.view(-1, *out.shape[-2:]))
+    return resizer
+
+
+# --------------------------------------------------------------------------- layer detection
+
+
+@dataclass
+class _Record:
+    name: str
+    type_name: str
+    shape: tuple[int, ...] | None
+    calls: int = 0
+
+
+def _trace(model: nn.Module, input_shape: Sequence[int]) -> list[_Record]:
+    """Records of every non-root module in forward-completion order, from one dry run on zeros."""
+    _check_eval(model)
+    shape = tuple(int(s) for s in input_shape)
+    shape = shape[1:] if len(shape) == 4 else shape
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W), got {tuple(input_shape)}")
+    order: list[_Record] = []
+    thread = threading.get_ident()
+    named = [(n, m) for n, m in model.named_modules() if n]
+    records = {id(m): _Record(n, type(m).__name__, None) for n, m in named}
+
+    def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if threading.get_ident() != thread:
+            return
+        rec = records[id(module)]
+        rec.calls += 1
+        if rec.calls == 1:
+            rec.shape = tuple(output.shape[1:]) if isinstance(output, Tensor) else None
+            order.append(rec)
+
+    param = _model_param(model)
+    zeros = torch.zeros((1, *shape), device=param.device if param is not None else None)
+    zeros = _to_model(model, zeros, _wants_channels_last(model))
+    with (
+        torch.inference_mode(False),
+        torch.no_grad(),
+        _hooked([m for _, m in named], [record] * len(named)),
+    ):
+        model(zeros)
+    return order
+
+
+def candidate_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]:
+    """Every module (run once per forward) with a 4-D output, in forward-completion order."""
+    return [
+        LayerInfo(r.name, r.type_name, r.shape)
+        for r in _trace(model, input_shape)
+        if r.shape is not None and len(r.shape) == 3 and r.calls == 1
+    ]
+
+
+def find_target_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
+    """Name of the last module to finish whose output is a 4-D map with H > 1 and W > 1.
+
+    Pooling layers and modules that run more than once per forward (e.g. ResNet's shared
+    ``relu``) are skipped. Gives ``layer4`` for ResNets and ``features`` for VGG, MobileNet,
+    EfficientNet, DenseNet and ConvNeXt.
+    """
+    for info in reversed(candidate_layers(model, input_shape)):
+        if "Pool" not in info.type_name and info.shape[1] > 1 and info.shape[2] > 1:
+            return info.name
+    raise ValueError("no module with a spatial (4-D, H>1, W>1) output; pass layer= explicitly")
+
+
+def _resolve_layer(model: nn.Module, images: Tensor, layer: str | None) -> tuple[str, nn.Module]:
+    name = layer if layer is not None else find_target_layer(model, images.shape[1:])
+    return name, _get_module(model, name)
+
+
+def _warn_if_pointlike(acts: Tensor, name: str) -> None:
+    if acts.shape[-2] * acts.shape[-1] == 1:
+        warnings.warn(
+            f"layer {name!r} has a 1x1 feature map at this input size: the map carries no "
+            "location information; choose a shallower layer",
+            stacklevel=4,
+        )
+
+
+# --------------------------------------------------------------------------- gradient methods
+
+
+def _chunk_grads(
+    model: nn.Module, module: nn.Module, name: str, x: Tensor, cls: Tensor
+) -> tuple[Tensor, list[Tensor]]:
+    """One forward with the graph from ``module`` on, then one gradient per class column."""
+    tap = _Tap(grad=True)
+    with torch.inference_mode(False):  # the caller may be in inference mode or no_grad
+        with torch.no_grad(), _hooked([module], [tap]):
+            logits = model(x)
+        leaf = tap.checked_value(name)
+        logits = _check_logits(logits, cls)
+        with torch.enable_grad():
+            grads = _class_grads(logits, cls, leaf)
+    if any(g is None for g in grads) or not logits.requires_grad:
+        raise ValueError(f"the model output does not depend on layer {name!r}")
+    return leaf.detach().float(), [g.float() for g in grads if g is not None]
+
+
+def _class_grads(logits: Tensor, cls: Tensor, wrt: Tensor) -> list[Tensor | None]:
+    """d(sum of logits[i, cls[i, k]]) / d wrt for every column k (samples are independent)."""
+    if not logits.requires_grad:
+        return [None]
+    cls = cls.to(logits.device).clone()  # a normal tensor even if made in inference mode
+    grads: list[Tensor | None] = []
+    for k in range(cls.shape[1]):
+        score = logits.gather(1, cls[:, k : k + 1]).sum()
+        last = k == cls.shape[1] - 1
+        grads.append(torch.autograd.grad(score, wrt, retain_graph=not last, allow_unused=True)[0])
+    return grads
+
+
+def _gradient_method(
+    weight_fn: Callable[[Tensor, Tensor], Tensor],
+    model: nn.Module,
+    images: Tensor,
+    classes: Classes,
+    layer: str | None,
+    batch_size: int,
+) -> Tensor:
+    _check_eval(model)
+    _check_images(images)
+    cls, keep_k = _class_matrix(classes, len(images))
+    name, module = _resolve_layer(model, images, layer)
+    size = _spatial_shape(images)
+    n, k = cls.shape
+    out = torch.empty((n, k, *size), dtype=torch.float32, device=images.device)
+    channels_last = _wants_channels_last(model)
+    resizer = None
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        x = _to_model(model, images[start:stop], channels_last)
+        acts, grads = _chunk_grads(model, module, name, x, cls[start:stop])
+        if start == 0:
+            _warn_if_pointlike(acts, name)
+        weights = torch.stack([weight_fn(acts, g) for g in grads], 1)
+        resizer = _maps_into(out[start:stop], weights, acts, resizer)
+    return out if keep_k else out[:, 0]
+
+
+def grad_cam(
+    model: nn.Module,
+    images: Tensor,
+    classes: Classes,
+    layer: str | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Grad-CAM maps in [0, 1] at input size; one forward per chunk for all K classes."""
+    return _gradient_method(_grad_cam_weights, model, images, classes, layer, batch_size)
+
+
+def grad_cam_pp(
+    model: nn.Module,
+    images: Tensor,
+    classes: Classes,
+    layer: str | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Grad-CAM++ maps (pytorch-grad-cam's weighting) in [0, 1] at input size."""
+    return _gradient_method(_grad_cam_pp_weights, model, images, classes, layer, batch_size)
+
+
+# --------------------------------------------------------------------------- classic CAM
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("CAM needs a global-average-pool + Linear head; use Grad-CAM instead")
+    return linears[-1]
+
+
+def _check_gap_linear(acts: Tensor, head: _Tap, logits: Tensor, names: tuple[str, str]) -> None:
+    """Raise unless the head input is the spatial mean of ``acts`` and its output is the logits."""
+    layer, linear = names
+    why = None
+    x = head.input if head.calls == 1 else None
+    if x is None:
+        why = f"the last Linear {linear!r} does not run exactly once on a tensor"
+    elif x.shape != acts.shape[:2]:
+        why = (
+            f"the input of the last Linear {linear!r} has shape {tuple(x.shape)}, "
+            f"not the {acts.shape[1]} channels of layer {layer!r}"
+        )
+    elif not torch.allclose(x.float(), acts.mean((2, 3)), rtol=1e-3, atol=1e-5):
+        why = f"the input of the last Linear {linear!r} is not the spatial mean of {layer!r}"
+    elif head.value is None or not torch.allclose(head.value.float(), logits.float()):
+        why = f"the output of the last Linear {linear!r} is not the model output"
+    if why:
+        raise ValueError(
+            f"CAM needs a global-average-pool + single Linear head on the target layer: {why}. "
+            "Use Grad-CAM instead (it equals CAM on such models)."
+        )
+
+
+def _cam_chunk(
+    model: nn.Module, modules: tuple[nn.Module, nn.Linear], names: tuple[str, str], x: Tensor
+) -> tuple[Tensor, Tensor]:
+    tap, head = _Tap(), _Tap(keep_input=True)
+    with torch.inference_mode(False), torch.no_grad(), _hooked(modules, [tap, head]):
+        logits = model(x)
+    acts = tap.checked_value(names[0]).float()
+    if not isinstance(logits, Tensor):
+        raise ValueError("the model must return a logits tensor [N, num_classes]")
+    _check_gap_linear(acts, head, logits, names)
+    return acts, logits
+
+
+def cam(
+    model: nn.Module,
+    images: Tensor,
+    classes: Classes,
+    layer: str | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Classic CAM (Zhou et al.): weights are the last Linear's rows; GAP + Linear heads only.
+
+    The head is checked functionally on every chunk; any other head raises ``ValueError``.
+    """
+    _check_eval(model)
+    _check_images(images)
+    cls, keep_k = _class_matrix(classes, len(images))
+    name, module = _resolve_layer(model, images, layer)
+    linear_name, linear = _last_linear(model)
+    size = _spatial_shape(images)
+    n, k = cls.shape
+    out = torch.empty((n, k, *size), dtype=torch.float32, device=images.device)
+    channels_last = _wants_channels_last(model)
+    weight = linear.weight.detach().float()
+    resizer = None
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        x = _to_model(model, images[start:stop], channels_last)
+        acts, logits = _cam_chunk(model, (module, linear), (name, linear_name), x)
+        chunk_cls = cls[start:stop].to(weight.device)
+        _check_logits(logits, chunk_cls)
+        if start == 0:
+            _warn_if_pointlike(acts, name)
+        resizer = _maps_into(out[start:stop], weight[chunk_cls], acts, resizer)
+    return out if keep_k else out[:, 0]
+
+
+# --------------------------------------------------------------------------- saliency
+
+
+def _saliency_chunk(model: nn.Module, x: Tensor, cls: Tensor) -> Tensor:
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
+        grads = _class_grads(_check_logits(model(x), cls), cls, x)
+    if any(g is None for g in grads):
+        raise ValueError("the model output does not depend on its input")
+    return torch.stack([g.float().abs().amax(1) for g in grads if g is not None], 1)
+
+
+def saliency(
+    model: nn.Module,
+    images: Tensor,
+    classes: Classes,
+    layer: str | None = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Vanilla gradient saliency: |d score / d input|, max over channels, min-max per map.
+
+    ``layer`` is accepted for a uniform signature and ignored.
+    """
+    if layer is not None and not isinstance(layer, str):
+        raise TypeError("saliency's 4th argument is the (ignored) layer; pass batch_size= by name")
+    _check_eval(model)
+    _check_images(images)
+    cls, keep_k = _class_matrix(classes, len(images))
+    n, k = cls.shape
+    size = _spatial_shape(images)
+    out = torch.empty((n, k, *size), dtype=torch.float32, device=images.device)
+    channels_last = _wants_channels_last(model)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        x = _to_model(model, images[start:stop], channels_last)
+        maps = _saliency_chunk(model, x, cls[start:stop])
+        out[start:stop] = _minmax_(maps.contiguous())
+    return out if keep_k else out[:, 0]
+
+
+# --------------------------------------------------------------------------- layer activations
+
+
+def layer_activations(
+    model: nn.Module, image: Tensor, layer: str | None = None, top_n: int = 8
+) -> LayerActivations:
+    """The ``top_n`` channels of ``layer`` with the highest mean activation for one image.
+
+    ``image`` is [C, H, W] or [1, C, H, W]; ``layer=None`` uses :func:`find_target_layer`.
+    """
+    _check_eval(model)
+    x = image[None] if image.dim() == 3 else image
+    if x.dim() != 4 or len(x) != 1:
+        raise ValueError("image must be [C, H, W] or [1, C, H, W]")
+    name, module = _resolve_layer(model, x, layer)
+    tap = _Tap()
+    with torch.inference_mode(False), torch.no_grad(), _hooked([module], [tap]):
+        model(_to_model(model, x, _wants_channels_last(model)))
+    acts = tap.checked_value(name)
+    if acts.dim() != 4:
+        raise ValueError(f"layer {name!r} output has shape {tuple(acts.shape)}, not [1, C, H, W]")
+    acts = acts[0].float()
+    means = acts.mean((1, 2))
+    top = torch.argsort(means, descending=True)[: max(1, min(top_n, len(means)))]
+    maps = _minmax_(acts[top].contiguous().clone())
+    return LayerActivations(name, top.cpu(), means[top].cpu(), maps.cpu())
+
+
+METHODS: dict[str, CamMethod] = {
+    "Grad-CAM": grad_cam,
+    "Grad-CAM++": grad_cam_pp,
+    "CAM": cam,
+    "Saliency": saliency,
+}
