@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -193,7 +195,9 @@ def _card(
     first, second = compared_classes(row)
     diagonal = int(row["true"]) == int(row["pred"])
     try:
-        image = load_image(dataset.path(row["path"]), 3)
+        path = str(dataset.path(row["path"]))
+        mtime = os.stat(path).st_mtime_ns  # an edited file is re-read, never shown stale
+        picture = _panel_png(path, mtime, None, 0.0)
     except Exception as exc:  # the file changed or vanished since the evaluation
         st.warning(f"{row['path']}: cannot be shown ({exc})")
         return
@@ -204,15 +208,15 @@ def _card(
         f"true {names[int(row['true'])]} ({row['true_prob']:.1%}){runner_up}"
     )
     panels = st.columns(3)
-    panels[0].image(_enlarge(image), caption="image", width="stretch", output_format="PNG")
+    panels[0].image(picture, caption="image", width="stretch")
     other = f"runner-up {names[second]}" if diagonal else f"true {names[second]}"
     labels = (f"{view.method} · predicted {names[first]}", f"{view.method} · {other}")
     for panel, cam_map, label in zip(panels[1:], maps, labels, strict=True):
         if cam_map is None:
             panel.caption("no map")
         else:
-            shown = _enlarge(overlay(image, cam_map, alpha=view.opacity))
-            panel.image(shown, caption=label, width="stretch", output_format="PNG")
+            shown = _panel_png(path, mtime, cam_map, view.opacity)
+            panel.image(shown, caption=label, width="stretch")
     if st.button("Inspect", key=f"inspect:{row['path']}", help="Any class; layer activations"):
         _inspect(config_path, view, row, names, layer)
 
@@ -277,6 +281,20 @@ def _activation_grid(image: Image.Image, acts, chosen: str) -> None:  # type: ig
             width="stretch",
             output_format="PNG",
         )
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _panel_png(path: str, mtime: int, cam_map: np.ndarray | None, alpha: float) -> bytes:
+    """A gallery panel as PNG bytes: the image, or its overlay with ``cam_map``.
+
+    Cached, so a revisited page re-encodes nothing, and identical bytes keep the same media URL
+    (the browser reuses the file). ``path`` comes from ``ImageDataset.path``: listed files only.
+    """
+    image = load_image(path, 3)
+    shown = image if cam_map is None else overlay(image, cam_map, alpha=alpha)
+    buffer = io.BytesIO()
+    _enlarge(shown).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _enlarge(image: Image.Image, at_least: int = DISPLAY_PX) -> Image.Image:

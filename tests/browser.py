@@ -143,11 +143,14 @@ HEADING = re.compile(r"true (.+) → predicted (.+): (\d+) images?")
 
 def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_000) -> int:  # type: ignore[no-untyped-def]
     """Wait until the cell heading and every card's three panels are shown; returns N."""
-    heading = page.get_by_text(
-        re.compile(rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: \d+ images?$")
+    title = rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: (\d+) images?$"
+    found = page.wait_for_function(  # one read in the page: the heading may be re-rendered
+        "(re) => { const m = document.body.innerText.match(new RegExp(re, 'm'));"
+        " return m ? m[1] : false; }",
+        arg=title,
+        timeout=timeout,
     )
-    heading.first.wait_for(timeout=timeout)
-    n = int(HEADING.search(heading.first.inner_text()).group(3))  # type: ignore[union-attr]
+    n = int(found.json_value())
     page.wait_for_function(
         """() => {
             if (document.querySelector('[data-stale="true"]')) return false;
