@@ -66,7 +66,7 @@ def test_cache_computes_missing_maps_of_a_page_in_one_call() -> None:
     for i, pair in enumerate(maps):
         for cls, m in zip(page[i].classes, pair, strict=True):
             assert m.shape == (4, 4) and abs(m[0, 0] - (i * 0.01 + cls * 0.1)) <= 0.5 / 255 + 1e-6
-    again = cache.get_many("scope", page[:3] + [_request("7", (0, 1), loads)], _compute(calls))
+    again = cache.get_many("scope", [*page[:3], _request("7", (0, 1), loads)], _compute(calls))
     assert calls == [5, 1] and loads[-1] == "7"  # only the new image is loaded and computed
     assert all(np.array_equal(a, b) for a, b in zip(again[0], maps[0], strict=True))
     cache.get_many("other-layer", page[:1], _compute(calls))
