@@ -1,8 +1,10 @@
 """Benchmark: predicted- and true-class Grad-CAMs for a batch, ours vs pytorch-grad-cam vs captum.
 
-Run from the repository root: ``python bench/cam.py`` (about 5 minutes on 2 cores) or
-``python bench/cam.py --quick`` (a smoke run). Contenders share one model object (eval mode,
+Run from the repository root: ``python bench/cam.py`` (about 3 minutes on an idle 2-core machine)
+or ``python bench/cam.py --quick`` (a smoke run). Contenders share one model object (eval mode,
 channels_last) and run interleaved, round by round, after a warm-up; the table reports medians.
+Other processes on the machine skew the timings badly (2 intra-op threads that get descheduled
+make every small op wait), so the CPU use just before and after the run is printed too.
 
 * ours: one ``grad_cam`` call with ``[N, 2]`` classes (one forward, two gradients), layer passed
   by name (the dashboard detects it once per model);
@@ -152,6 +154,20 @@ def cases(quick: bool) -> list[Case]:
     ]
 
 
+def cpu_busy(seconds: float = 1.0) -> str:
+    """Share of the machine's CPU time in use over ``seconds`` (Linux /proc/stat), as text."""
+
+    def sample() -> tuple[int, int]:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, total
+
+    try:
+        (idle0, total0), _, (idle1, total1) = sample(), time.sleep(seconds), sample()
+    except (OSError, ValueError, IndexError):
+        return "unknown"
+    return f"{100 * (1 - (idle1 - idle0) / max(total1 - total0, 1)):.0f}%"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (64 px, 1 round)")
@@ -159,7 +175,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     batch = 8 if args.quick else args.batch
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}")
+    print(f"machine CPU use in the second before the run: {cpu_busy()}\n")
     print(
         "| model | ours img/s | pytorch-grad-cam img/s | captum img/s | bare forward img/s "
         "| ours ÷ pgc speed-up | ours time ÷ bare-forward time |"
@@ -181,6 +198,7 @@ def main() -> None:
         ok2 = "PASS" if ratio <= FORWARD_RATIO_TARGET else "FAIL"
         print(f"{name}: speed-up ≥ {SPEED_UP_TARGET:g}× pgc {ok1}; ", end="")
         print(f"time ≤ {FORWARD_RATIO_TARGET:g}× bare forward {ok2}")
+    print(f"\nmachine CPU use in the second after the run: {cpu_busy()}")
 
 
 if __name__ == "__main__":

@@ -198,9 +198,11 @@ def _to_model(model: nn.Module, x: Tensor, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _check_images(images: Tensor) -> None:
+def _check_images(images: Tensor, batch_size: int) -> None:
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise ValueError("images must be a float tensor [N, C, H, W]")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
 
 def _class_matrix(classes: Classes, n: int) -> tuple[Tensor, bool]:
@@ -314,8 +316,12 @@ def _maps_into(out: Tensor, weights: Tensor, acts: Tensor, resizer: _Resizer | N
     """Write the normalised maps of one chunk into ``out`` [n, K, H, W]; returns the resizer."""
     if resizer is None:
         src, dst = (acts.shape[-2], acts.shape[-1]), (out.shape[-2], out.shape[-1])
-        resizer = _Resizer.build(src, dst, out.device)
-    resizer(_weighted_maps(weights, acts).flatten(0, 1), out.view(-1, *out.shape[-2:]))
+        resizer = _Resizer.build(src, dst, acts.device)
+    same_device = out.device == acts.device
+    target = out if same_device else torch.empty(out.shape, device=acts.device)
+    resizer(_weighted_maps(weights, acts).flatten(0, 1), target.view(-1, *out.shape[-2:]))
+    if not same_device:
+        out.copy_(target)
     return resizer
 
 
@@ -390,12 +396,12 @@ def _resolve_layer(model: nn.Module, images: Tensor, layer: str | None) -> tuple
     return name, _get_module(model, name)
 
 
-def _warn_if_pointlike(acts: Tensor, name: str) -> None:
+def _warn_if_pointlike(acts: Tensor, name: str, stacklevel: int) -> None:
     if acts.shape[-2] * acts.shape[-1] == 1:
         warnings.warn(
             f"layer {name!r} has a 1x1 feature map at this input size: the map carries no "
             "location information; choose a shallower layer",
-            stacklevel=4,
+            stacklevel=stacklevel + 1,
         )
 
 
@@ -441,7 +447,7 @@ def _gradient_method(
     batch_size: int,
 ) -> Tensor:
     _check_eval(model)
-    _check_images(images)
+    _check_images(images, batch_size)
     cls, keep_k = _class_matrix(classes, len(images))
     name, module = _resolve_layer(model, images, layer)
     size = _spatial_shape(images)
@@ -454,7 +460,7 @@ def _gradient_method(
         x = _to_model(model, images[start:stop], channels_last)
         acts, grads = _chunk_grads(model, module, name, x, cls[start:stop])
         if start == 0:
-            _warn_if_pointlike(acts, name)
+            _warn_if_pointlike(acts, name, stacklevel=3)  # the caller of grad_cam(_pp)
         weights = torch.stack([weight_fn(acts, g) for g in grads], 1)
         resizer = _maps_into(out[start:stop], weights, acts, resizer)
     return out if keep_k else out[:, 0]
@@ -540,7 +546,7 @@ def cam(
     The head is checked functionally on every chunk; any other head raises ``ValueError``.
     """
     _check_eval(model)
-    _check_images(images)
+    _check_images(images, batch_size)
     cls, keep_k = _class_matrix(classes, len(images))
     name, module = _resolve_layer(model, images, layer)
     linear_name, linear = _last_linear(model)
@@ -557,7 +563,7 @@ def cam(
         chunk_cls = cls[start:stop].to(weight.device)
         _check_logits(logits, chunk_cls)
         if start == 0:
-            _warn_if_pointlike(acts, name)
+            _warn_if_pointlike(acts, name, stacklevel=2)  # the caller of cam
         resizer = _maps_into(out[start:stop], weight[chunk_cls], acts, resizer)
     return out if keep_k else out[:, 0]
 
@@ -588,7 +594,7 @@ def saliency(
     if layer is not None and not isinstance(layer, str):
         raise TypeError("saliency's 4th argument is the (ignored) layer; pass batch_size= by name")
     _check_eval(model)
-    _check_images(images)
+    _check_images(images, batch_size)
     cls, keep_k = _class_matrix(classes, len(images))
     n, k = cls.shape
     size = _spatial_shape(images)
