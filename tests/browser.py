@@ -119,11 +119,20 @@ def wait_for_matrix(page, timeout: float = 120_000) -> None:  # type: ignore[no-
 
 
 def cell_centre(page, true: int, pred: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Viewport pixel position of the centre of cell (true, pred) of the shown matrix."""
-    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    """Viewport pixel position of the centre of cell (true, pred) of the shown matrix.
+
+    Waits until no element is stale (a rerun may replace the chart), then scrolls and measures
+    in one call inside the page, so the chart cannot be swapped in between.
+    """
+    page.wait_for_function(
+        "() => !document.querySelector('[data-stale=\"true\"]') &&"
+        " document.querySelector('.js-plotly-plot')?._fullLayout?.xaxis",
+        timeout=120_000,
+    )
     return page.evaluate(
         """([row, col]) => {
             const g = document.querySelector('.js-plotly-plot');
+            g.scrollIntoView({block: 'center'});
             const box = g.getBoundingClientRect();
             const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
             return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
@@ -154,8 +163,11 @@ def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_
     page.wait_for_function(
         """() => {
             if (document.querySelector('[data-stale="true"]')) return false;
-            const imgs = document.querySelectorAll('[class*="st-key-card-"] img');
-            return imgs.length > 0 && Array.from(imgs).every(i => i.complete && i.naturalWidth > 0);
+            const cards = Array.from(document.querySelectorAll('[class*="st-key-card-"]'));
+            return cards.length > 0 && cards.every(card => {
+                const imgs = Array.from(card.querySelectorAll('[data-testid="stImage"] img'));
+                return imgs.length === 3 && imgs.every(i => i.complete && i.naturalWidth > 0);
+            });
         }""",
         timeout=timeout,
     )
