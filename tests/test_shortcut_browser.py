@@ -49,7 +49,8 @@ def test_default_start_then_click_the_shortcut_cell(tmp_path: Path) -> None:
         page.get_by_text("540 images · rows: true class").wait_for()  # opens on the digits model
         page.get_by_test_id("stSelectbox").filter(has_text="Model").first.click()
         page.get_by_role("option", name=MODEL, exact=True).click()
-        page.get_by_text(f"{len(result.predictions)} images · rows: true class").wait_for()  # on shapes-test
+        shapes_total = f"{len(result.predictions)} images · rows: true class"
+        page.get_by_text(shapes_total).wait_for()  # now on shapes-test
         click_cell(page, true, star)
         n = wait_for_gallery(page, names[true], MARKED)
         assert n == len(rows) > 0
