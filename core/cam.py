@@ -23,6 +23,7 @@ concurrent calls on one shared model (one per dashboard session) do not see each
 from __future__ import annotations
 
 import difflib
+import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -275,6 +276,7 @@ class _Resizer:
     corners_x_t: Tensor  # [w, ~2w]
 
     @classmethod
+    @functools.lru_cache(maxsize=64)  # read-only tensors: shared safely between threads
     def build(cls, src: tuple[int, int], dst: tuple[int, int], device: torch.device) -> _Resizer:
         (wy, ends_y), (wx, ends_x) = _resize_matrix(src[0], dst[0]), _resize_matrix(src[1], dst[1])
 
@@ -315,7 +317,10 @@ def _grad_cam_pp_weights(acts: Tensor, grad: Tensor) -> Tensor:
 def _maps_into(out: Tensor, weights: Tensor, acts: Tensor, resizer: _Resizer | None) -> _Resizer:
     """Write the normalised maps of one chunk into ``out`` [n, K, H, W]; returns the resizer."""
     if resizer is None:
-        src, dst = (acts.shape[-2], acts.shape[-1]), (out.shape[-2], out.shape[-1])
+        src, dst = (
+            (int(acts.shape[-2]), int(acts.shape[-1])),
+            (int(out.shape[-2]), int(out.shape[-1])),
+        )
         resizer = _Resizer.build(src, dst, acts.device)
     same_device = out.device == acts.device
     target = out if same_device else torch.empty(out.shape, device=acts.device)
