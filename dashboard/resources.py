@@ -28,6 +28,7 @@ from core import (
 from core.cam import LayerInfo, candidate_layers, find_target_layer
 from core.map_cache import MapCache
 from core.notes import NotesStore
+from core.panels import PanelCache
 
 
 @st.cache_resource(show_spinner=False)
@@ -103,6 +104,12 @@ def layers(config_path: str, model_name: str) -> tuple[list[LayerInfo], str]:
 def map_cache() -> MapCache:
     """The server-wide store of computed CAM maps."""
     return MapCache()
+
+
+@st.cache_resource(show_spinner=False)
+def panel_cache() -> PanelCache:
+    """The server-wide store of encoded gallery panels (image and overlays)."""
+    return PanelCache()
 
 
 @st.cache_resource(show_spinner=False)

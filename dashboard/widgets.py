@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import io
-import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from html import escape
 
 import numpy as np
 import pandas as pd
@@ -19,13 +18,13 @@ from core.datasets import dataset_key
 from core.gallery import compared_classes, page_count, page_maps, page_rows, sort_rows
 from core.notes import PathSummary
 from core.overlay import overlay
+from core.panels import enlarge
 from dashboard import resources
 from dashboard.notes_ui import badges, editor
 from dashboard.settings import settings
 from dashboard.url import bind
 from dashboard.view_state import METHODS, PAGE_SIZES, SORTS, ViewState, parse_view
 
-DISPLAY_PX = 150  # small images are enlarged (nearest neighbour) to at least this size
 CARDS_PER_ROW = 2
 
 
@@ -196,27 +195,27 @@ def _card(
     diagonal = int(row["true"]) == int(row["pred"])
     try:
         path = str(dataset.path(row["path"]))
-        mtime = os.stat(path).st_mtime_ns  # an edited file is re-read, never shown stale
-        picture = _panel_png(path, mtime, None, 0.0)
+        urls = resources.panel_cache().panels(path, maps, view.opacity)
     except Exception as exc:  # the file changed or vanished since the evaluation
         st.warning(f"{row['path']}: cannot be shown ({exc})")
         return
-    st.markdown(f"**{row['path']}**")
     runner_up = f" · runner-up {names[second]} ({row['probs'][second]:.1%})" if diagonal else ""
-    st.caption(
-        f"predicted **{names[first]}** ({row['confidence']:.1%}) · "
-        f"true {names[int(row['true'])]} ({row['true_prob']:.1%}){runner_up}"
-    )
-    panels = st.columns(3)
-    panels[0].image(picture, caption="image", width="stretch")
     other = f"runner-up {names[second]}" if diagonal else f"true {names[second]}"
-    labels = (f"{view.method} · predicted {names[first]}", f"{view.method} · {other}")
-    for panel, cam_map, label in zip(panels[1:], maps, labels, strict=True):
-        if cam_map is None:
-            panel.caption("no map")
-        else:
-            shown = _panel_png(path, mtime, cam_map, view.opacity)
-            panel.image(shown, caption=label, width="stretch")
+    st.html(
+        card_html(
+            row["path"],
+            (
+                f"predicted {names[first]}",
+                f" ({row['confidence']:.1%}) · true "
+                f"{names[int(row['true'])]} ({row['true_prob']:.1%}){runner_up}",
+            ),
+            zip(
+                urls,
+                ("image", f"{view.method} · predicted {names[first]}", f"{view.method} · {other}"),
+                strict=True,
+            ),
+        )
+    )
     if st.button("Inspect", key=f"inspect:{row['path']}", help="Any class; layer activations"):
         _inspect(config_path, view, row, names, layer)
 
@@ -239,13 +238,13 @@ def _inspect(
     )
     method = cols[1].selectbox("Method", METHODS, index=METHODS.index(view.method))
     left, right = st.columns(2)
-    left.image(_enlarge(image, 320), caption="image", width="stretch", output_format="PNG")
+    left.image(enlarge(image, 320), caption="image", width="stretch", output_format="PNG")
     try:
         cam_map = CAM_FUNCTIONS[method](
             model.module, x.to(model.device), torch.tensor([cls]), layer=layer
         )
         right.image(
-            _enlarge(overlay(image, cam_map[0], alpha=view.opacity), 320),
+            enlarge(overlay(image, cam_map[0], alpha=view.opacity), 320),
             caption=f"{method} · {names[cls]} · layer {layer}",
             width="stretch",
             output_format="PNG",
@@ -276,33 +275,38 @@ def _activation_grid(image: Image.Image, acts, chosen: str) -> None:  # type: ig
         zip(acts.channels.tolist(), acts.means.tolist(), strict=True)
     ):
         grid[i % 4].image(
-            _enlarge(overlay(image, acts.maps[i], alpha=1.0), 160),
+            enlarge(overlay(image, acts.maps[i], alpha=1.0), 160),
             caption=f"channel {channel} · mean {mean:.3g}",
             width="stretch",
             output_format="PNG",
         )
 
 
-@st.cache_data(show_spinner=False, max_entries=4096)
-def _panel_png(path: str, mtime: int, cam_map: np.ndarray | None, alpha: float) -> bytes:
-    """A gallery panel as PNG bytes: the image, or its overlay with ``cam_map``.
+def card_html(path: str, caption: tuple[str, str], panels: Iterable[tuple[str, str]]) -> str:
+    """One gallery card's file name, caption and panels (data URLs) as escaped HTML.
 
-    Cached, so a revisited page re-encodes nothing, and identical bytes keep the same media URL
-    (the browser reuses the file). ``path`` comes from ``ImageDataset.path``: listed files only.
+    One element per card instead of nine keeps a page of 24 cards quick to render. Every text
+    is escaped: file and class names come from the dataset, never trusted as markup.
     """
-    image = load_image(path, 3)
-    shown = image if cam_map is None else overlay(image, cam_map, alpha=alpha)
-    buffer = io.BytesIO()
-    _enlarge(shown).save(buffer, format="PNG")
-    return buffer.getvalue()
+    figures = "".join(
+        f'<figure style="{_FIGURE}"><img src="{escape(url)}" alt="{escape(label)}" '
+        f'style="{_IMG}"><figcaption style="{_CAPTION}">{escape(label)}</figcaption></figure>'
+        if url
+        else f'<figure style="{_FIGURE}"><figcaption style="{_CAPTION}">no map</figcaption>'
+        "</figure>"
+        for url, label in panels
+    )
+    bold, rest = caption
+    return (
+        f'<div class="cam-card"><p style="margin:0 0 .25rem"><strong>{escape(path)}</strong></p>'
+        f'<p style="{_CAPTION}"><b>{escape(bold)}</b>{escape(rest)}</p>'
+        f'<div style="display:flex;gap:.75rem">{figures}</div></div>'
+    )
 
 
-def _enlarge(image: Image.Image, at_least: int = DISPLAY_PX) -> Image.Image:
-    side = max(image.size)
-    if side >= at_least:
-        return image
-    factor = -(-at_least // side)
-    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+_FIGURE = "flex:1 1 0;min-width:0;margin:0;text-align:center"
+_IMG = "width:100%;height:auto;image-rendering:pixelated;border-radius:.25rem"
+_CAPTION = "font-size:.875rem;color:rgba(49,51,63,.6);margin:.25rem 0"
 
 
 def _csv(rows: pd.DataFrame, names: tuple[str, ...]) -> bytes:

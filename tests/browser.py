@@ -165,7 +165,7 @@ def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_
             if (document.querySelector('[data-stale="true"]')) return false;
             const cards = Array.from(document.querySelectorAll('[class*="st-key-card-"]'));
             return cards.length > 0 && cards.every(card => {
-                const imgs = Array.from(card.querySelectorAll('[data-testid="stImage"] img'));
+                const imgs = Array.from(card.querySelectorAll('figure img'));
                 return imgs.length === 3 && imgs.every(i => i.complete && i.naturalWidth > 0);
             });
         }""",
@@ -179,9 +179,8 @@ def gallery_cards(page) -> list[dict[str, object]]:  # type: ignore[no-untyped-d
     return page.evaluate(
         """() => Array.from(document.querySelectorAll('[class*="st-key-card-"]')).map(card => ({
             path: card.querySelector('strong').innerText,
-            captions: Array.from(card.querySelectorAll('[data-testid="stImageCaption"]'))
-                .map(c => c.innerText),
-            loaded: Array.from(card.querySelectorAll('[data-testid="stImage"] img'))
+            captions: Array.from(card.querySelectorAll('figcaption')).map(c => c.innerText),
+            loaded: Array.from(card.querySelectorAll('figure img'))
                 .map(i => i.complete && i.naturalWidth > 0),
         }))"""
     )

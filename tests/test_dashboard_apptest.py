@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,9 @@ def run(project: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTes
 
 
 def _card_paths(at: AppTest) -> list[str]:
-    return [
-        m.value.strip("*") for m in at.markdown if m.value.startswith("**") and ".png" in m.value
-    ]
+    """File names of the gallery cards, in order (each card is one ``st.html``)."""
+    found = [re.search(r"<strong>(.*?)</strong>", h.value) for h in at.html]
+    return [html.unescape(m.group(1)) for m in found if m]
 
 
 def test_without_a_cell_the_page_invites_a_click(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

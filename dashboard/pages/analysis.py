@@ -55,9 +55,19 @@ def main() -> None:
     except UserFacingError as exc:
         error_panel(_failure_title(exc, view), exc)
         st.stop()
-    view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
     sidebar_summary(result)
     st.title("Where is the model wrong, and where did it look?")
+    explorer(config_path, models, datasets, result)
+
+
+@st.fragment
+def explorer(config_path: str, models: list[str], datasets: list[str], result: Evaluation) -> None:
+    """The matrix, the tables and the selected cell's gallery.
+
+    A fragment: a click on the matrix or a confused pair reruns only this part, not the sidebar.
+    The view is read from the URL here (a fragment rerun keeps the last full run's arguments).
+    """
+    view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
     left, right = st.columns([3, 2], gap="large")
     with left:
         shown = _matrix(config_path, view, result.classes)
@@ -136,7 +146,10 @@ def _matrix(config_path: str, view: ViewState, classes: tuple[str, ...]) -> list
         on_select=partial(_on_click, key, shown),
         selection_mode="points",
         width="content",
-        config={"displayModeBar": False},
+        # Two quick clicks on two cells are two selections, not a double-click that clears
+        # the selection (Plotly's default within 300 ms): the ranges are fixed, so a
+        # double-click has nothing else to do here.
+        config={"displayModeBar": False, "doubleClick": False, "doubleClickDelay": 1},
     )
     st.caption(f"{int(counts.sum())} images · rows: true class · columns: predicted class")
     return shown

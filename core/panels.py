@@ -1,0 +1,116 @@
+"""Gallery panels: an image, or the image with a CAM blended on, as an inline PNG data URL.
+
+A page of the cell view shows three panels per image. Encoding them is the costly part of a
+page once its maps are cached, so :class:`PanelCache` keeps the encoded panels for every
+session of a server, keyed by the file (path and mtime: an edited file is re-read, never shown
+stale), the map's content and the opacity. Data URLs travel inside the page's own message, so
+the browser fetches nothing more.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import numpy as np
+from PIL import Image
+
+from core.datasets import load_image
+from core.overlay import overlay
+
+__all__ = ["PanelCache", "data_url", "enlarge", "panel_png"]
+
+DISPLAY_PX = 150  # smaller images are enlarged (nearest neighbour) to at least this size
+
+
+def enlarge(image: Image.Image, at_least: int = DISPLAY_PX) -> Image.Image:
+    """``image`` scaled up by a whole factor (nearest neighbour) to a long side ≥ ``at_least``."""
+    side = max(image.size)
+    if side >= at_least:
+        return image
+    factor = -(-at_least // side)
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+def panel_png(
+    image: Image.Image, cam_map: np.ndarray | None = None, alpha: float = 0.5, at_least: int = 0
+) -> bytes:
+    """PNG bytes of ``image``, or of ``image`` with ``cam_map`` blended on at opacity ``alpha``."""
+    shown = image if cam_map is None else overlay(image, cam_map, alpha=alpha)
+    buffer = io.BytesIO()
+    enlarge(shown, at_least).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    """``data:image/png;base64,...`` for PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+class PanelCache:
+    """Thread-safe LRU of panel data URLs, bounded by their total size.
+
+    Panels keep the image's own size unless ``at_least`` asks for enlarging: a browser scales
+    small images up itself (CSS ``image-rendering: pixelated``) with fewer bytes on the wire.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20, at_least: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self.at_least = at_least
+        self._urls: OrderedDict[Hashable, str] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._urls)
+
+    def panels(self, path: str, maps: list[np.ndarray | None], alpha: float) -> list[str]:
+        """Data URLs of the image at ``path`` and of one overlay per map (RGB, in order).
+
+        ``path`` must already be vetted (``ImageDataset.path``: listed files only). Raises
+        ``OSError`` when the file cannot be read.
+        """
+        mtime = os.stat(path).st_mtime_ns
+        keys = [(path, mtime, None, 0.0)] + [
+            (path, mtime, _digest(m), float(alpha)) if m is not None else None for m in maps
+        ]
+        found = [self._get(k) if k is not None else "" for k in keys]
+        if any(url is None for url in found):
+            image = load_image(path, 3)
+            for i, key in enumerate(keys):
+                if found[i] is None and key is not None:
+                    cam_map = None if i == 0 else maps[i - 1]
+                    found[i] = self._put(
+                        key, data_url(panel_png(image, cam_map, alpha, self.at_least))
+                    )
+        return [url or "" for url in found]
+
+    def _get(self, key: Hashable) -> str | None:
+        with self._lock:
+            url = self._urls.get(key)
+            if url is not None:
+                self._urls.move_to_end(key)
+            return url
+
+    def _put(self, key: Hashable, url: str) -> str:
+        with self._lock:
+            if key not in self._urls:
+                self._urls[key] = url
+                self._bytes += len(url)
+            while self._bytes > self.max_bytes and len(self._urls) > 1:
+                _, old = self._urls.popitem(last=False)
+                self._bytes -= len(old)
+            return self._urls.get(key, url)
+
+
+def _digest(cam_map: np.ndarray) -> bytes:
+    arr = np.ascontiguousarray(cam_map, dtype=np.float32)
+    return hashlib.blake2b(
+        arr.tobytes(), digest_size=16, person=str(arr.shape).encode()[:16]
+    ).digest()

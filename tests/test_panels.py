@@ -1,0 +1,91 @@
+"""Gallery panels: what the browser is sent is the image and its overlays, cached per content."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import core.panels as panels
+from core.overlay import overlay
+from core.panels import PanelCache, data_url, enlarge, panel_png
+from dashboard.widgets import card_html
+
+
+def _decode(url: str) -> np.ndarray:
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :]))))
+
+
+@pytest.fixture
+def picture(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (12, 16), dtype=np.uint8), mode="L").save(path)
+    return path
+
+
+def test_panels_are_the_image_and_its_overlays(picture: Path) -> None:
+    cam_a = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    cam_b = cam_a.T.copy()
+    urls = PanelCache().panels(str(picture), [cam_a, cam_b], alpha=0.3)
+    image = Image.open(picture)
+    assert np.array_equal(_decode(urls[0]), np.asarray(image.convert("RGB")))
+    assert np.array_equal(_decode(urls[1]), np.asarray(overlay(image, cam_a, alpha=0.3)))
+    assert np.array_equal(_decode(urls[2]), np.asarray(overlay(image, cam_b, alpha=0.3)))
+    assert urls[1] != urls[2]
+
+
+def test_missing_map_gives_an_empty_panel(picture: Path) -> None:
+    urls = PanelCache().panels(str(picture), [np.ones((4, 4), np.float32), None], alpha=0.5)
+    assert urls[0] and urls[1] and urls[2] == ""
+
+
+def test_cache_hit_reads_nothing_and_an_edited_file_is_reread(
+    picture: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = PanelCache()
+    cam = np.eye(8, dtype=np.float32)
+    first = cache.panels(str(picture), [cam], alpha=0.5)
+    reads: list[str] = []
+    real = panels.load_image
+    monkeypatch.setattr(panels, "load_image", lambda p, c: reads.append(p) or real(p, c))
+    assert cache.panels(str(picture), [cam.copy()], alpha=0.5) == first  # same content: a hit
+    assert reads == []
+    assert cache.panels(str(picture), [cam], alpha=0.6)[1] != first[1]  # opacity is in the key
+    Image.new("L", (16, 12), 200).save(picture)
+    stat = picture.stat()
+    os.utime(picture, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = cache.panels(str(picture), [cam], alpha=0.5)
+    assert np.all(_decode(again[0]) == 200) and again[0] != first[0]
+
+
+def test_size_bound_evicts_least_recent(picture: Path) -> None:
+    one = len(data_url(panel_png(Image.open(picture))))
+    cache = PanelCache(max_bytes=one * 3)
+    for k in range(6):
+        cache.panels(str(picture), [np.full((4, 4), k / 6, np.float32)], alpha=0.5)
+    assert 1 <= len(cache) <= 4
+
+
+def test_enlarge_scales_small_images_by_a_whole_factor() -> None:
+    assert enlarge(Image.new("L", (32, 20)), 150).size == (160, 100)
+    assert enlarge(Image.new("L", (224, 224)), 150).size == (224, 224)
+
+
+def test_card_html_escapes_file_and_class_names() -> None:
+    html = card_html(
+        "<img src=x onerror=alert(1)>.png",
+        ("predicted <b>cat</b>", " (90.0%) · true dog & co"),
+        [("data:image/png;base64,AAAA", "image"), ("", "Grad-CAM · <script>")],
+    )
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;.png" in html
+    assert "<script>" not in html and "&lt;script&gt;" not in html  # empty panel: "no map"
+    assert "&lt;b&gt;cat&lt;/b&gt;" in html and "dog &amp; co" in html
+    assert html.count("<img ") == 1 and "no map" in html
