@@ -33,7 +33,7 @@ CENTRE_JS = """([row, col]) => {
     return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
 }"""
 READY_JS = """() => !document.querySelector('[data-stale="true"]') &&
-    Array.from(document.querySelectorAll('[class*="st-key-card-"] img'))
+    Array.from(document.querySelectorAll('.cam-card img'))
         .every(i => i.complete && i.naturalWidth > 0)"""
 
 

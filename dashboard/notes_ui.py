@@ -11,7 +11,7 @@ import streamlit as st
 from core.notes import NotesError, NotesStore, PathSummary
 from dashboard.settings import Settings
 
-__all__ = ["author", "author_input", "badges", "editor"]
+__all__ = ["author", "author_input", "badge_text", "editor"]
 
 AUTHOR_KEY = "author"
 
@@ -35,14 +35,14 @@ def author() -> str:
     return str(st.session_state.get(AUTHOR_KEY, "")).strip()
 
 
-def badges(summary: PathSummary | None) -> None:
-    """One line: the image's tags and its number of notes."""
+def badge_text(summary: PathSummary | None) -> str:
+    """One line of plain text: the image's tags and its number of notes ('' if none)."""
     if summary is None:
-        return
+        return ""
     parts = [f"🏷 {tag}" for tag in sorted(summary.tags)]
     if summary.n_notes:
         parts.append(f"✎ {summary.n_notes} note" + ("s" if summary.n_notes > 1 else ""))
-    st.text(" · ".join(parts))
+    return " · ".join(parts)
 
 
 def editor(store: NotesStore, dataset: str, path: str) -> None:

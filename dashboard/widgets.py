@@ -20,12 +20,10 @@ from core.notes import PathSummary
 from core.overlay import overlay
 from core.panels import enlarge
 from dashboard import resources
-from dashboard.notes_ui import badges, editor
+from dashboard.notes_ui import badge_text, editor
 from dashboard.settings import settings
 from dashboard.url import bind
 from dashboard.view_state import METHODS, PAGE_SIZES, SORTS, ViewState, parse_view
-
-CARDS_PER_ROW = 2
 
 
 def error_panel(title: str, exc: BaseException) -> None:
@@ -168,56 +166,65 @@ def _gallery(
     except (ValueError, UserFacingError) as exc:  # e.g. classic CAM on a model without GAP head
         st.warning(f"{view.method} cannot be computed for this model: {exc}")
         maps = [[None, None] for _ in range(len(rows))]
-    records = list(rows.iterrows())
-    for start in range(0, len(records), CARDS_PER_ROW):
-        chunk = zip(
-            st.columns(CARDS_PER_ROW),
-            records[start : start + CARDS_PER_ROW],
-            maps[start : start + CARDS_PER_ROW],
-            strict=False,
-        )
-        for offset, (col, (_, row), row_maps) in enumerate(chunk):
-            with col, st.container(border=True, key=f"card-{start + offset}"):
-                _card(config_path, dataset, row, row_maps, result.classes, view, layer)
-                badges(summaries.get(row["path"]))
+    cards = [
+        _card(dataset, row, row_maps, result.classes, view, summaries.get(row["path"]))
+        for (_, row), row_maps in zip(rows.iterrows(), maps, strict=True)
+    ]
+    _inspect_picker(config_path, view, rows, result.classes, layer)
+    st.html(f'<div class="cam-gallery" style="{_GRID}">{"".join(cards)}</div>')
 
 
 def _card(
-    config_path: str,
     dataset: ImageDataset,
     row: pd.Series,
     maps: list[np.ndarray | None],
     names: tuple[str, ...],
     view: ViewState,
-    layer: str,
-) -> None:
+    summary: PathSummary | None,
+) -> str:
+    """One card's HTML: file name, probabilities, image and both CAM panels, tags and notes."""
     first, second = compared_classes(row)
     diagonal = int(row["true"]) == int(row["pred"])
     try:
         path = str(dataset.path(row["path"]))
         urls = resources.panel_cache().panels(path, maps, view.opacity)
     except Exception as exc:  # the file changed or vanished since the evaluation
-        st.warning(f"{row['path']}: cannot be shown ({exc})")
-        return
+        return card_html(row["path"], ("", f"cannot be shown ({exc})"), [], "")
     runner_up = f" · runner-up {names[second]} ({row['probs'][second]:.1%})" if diagonal else ""
     other = f"runner-up {names[second]}" if diagonal else f"true {names[second]}"
-    st.html(
-        card_html(
-            row["path"],
-            (
-                f"predicted {names[first]}",
-                f" ({row['confidence']:.1%}) · true "
-                f"{names[int(row['true'])]} ({row['true_prob']:.1%}){runner_up}",
-            ),
-            zip(
-                urls,
-                ("image", f"{view.method} · predicted {names[first]}", f"{view.method} · {other}"),
-                strict=True,
-            ),
-        )
+    caption = (
+        f"predicted {names[first]}",
+        f" ({row['confidence']:.1%}) · true {names[int(row['true'])]} "
+        f"({row['true_prob']:.1%}){runner_up}",
     )
-    if st.button("Inspect", key=f"inspect:{row['path']}", help="Any class; layer activations"):
-        _inspect(config_path, view, row, names, layer)
+    labels = ("image", f"{view.method} · predicted {names[first]}", f"{view.method} · {other}")
+    return card_html(row["path"], caption, zip(urls, labels, strict=True), badge_text(summary))
+
+
+def _inspect_picker(
+    config_path: str, view: ViewState, rows: pd.DataFrame, names: tuple[str, ...], layer: str
+) -> None:
+    """One picker for the large view (instead of a button per card: fewer elements to draw)."""
+    key = "inspect-pick"
+    paths = list(rows["path"])
+    with st.columns([3, 2])[0]:
+        st.selectbox(
+            "Inspect an image: any class, layer activations, tags and notes",
+            paths,
+            index=None,
+            placeholder="Choose an image of this page…",
+            key=key,
+            on_change=_picked,
+            args=(key,),
+        )
+    path = st.session_state.pop("inspect-path", None)
+    if path in paths:
+        _inspect(config_path, view, rows.iloc[paths.index(path)], names, layer)
+
+
+def _picked(key: str) -> None:
+    st.session_state["inspect-path"] = st.session_state[key]
+    st.session_state[key] = None  # choosing the same image again opens it again
 
 
 @st.dialog("Inspect image", width="large")
@@ -282,11 +289,14 @@ def _activation_grid(image: Image.Image, acts, chosen: str) -> None:  # type: ig
         )
 
 
-def card_html(path: str, caption: tuple[str, str], panels: Iterable[tuple[str, str]]) -> str:
-    """One gallery card's file name, caption and panels (data URLs) as escaped HTML.
+def card_html(
+    path: str, caption: tuple[str, str], panels: Iterable[tuple[str, str]], badges: str = ""
+) -> str:
+    """One gallery card's file name, caption, panels (data URLs) and badges as escaped HTML.
 
-    One element per card instead of nine keeps a page of 24 cards quick to render. Every text
-    is escaped: file and class names come from the dataset, never trusted as markup.
+    The whole page of cards is one element, which keeps a click on a cell quick to render even
+    with many people on one server. Every text is escaped: file and class names, tags come from
+    the dataset and from users, never trusted as markup.
     """
     figures = "".join(
         f'<figure style="{_FIGURE}"><img src="{escape(url)}" alt="{escape(label)}" '
@@ -298,12 +308,17 @@ def card_html(path: str, caption: tuple[str, str], panels: Iterable[tuple[str, s
     )
     bold, rest = caption
     return (
-        f'<div class="cam-card"><p style="margin:0 0 .25rem"><strong>{escape(path)}</strong></p>'
+        f'<div class="cam-card" style="{_CARD}">'
+        f'<p style="margin:0 0 .25rem"><strong>{escape(path)}</strong></p>'
         f'<p style="{_CAPTION}"><b>{escape(bold)}</b>{escape(rest)}</p>'
-        f'<div style="display:flex;gap:.75rem">{figures}</div></div>'
+        f'<div style="display:flex;gap:.75rem">{figures}</div>'
+        + (f'<p style="{_CAPTION}">{escape(badges)}</p>' if badges else "")
+        + "</div>"
     )
 
 
+_GRID = "display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:1rem"
+_CARD = "border:1px solid rgba(49,51,63,.2);border-radius:.5rem;padding:1rem"
 _FIGURE = "flex:1 1 0;min-width:0;margin:0;text-align:center"
 _IMG = "width:100%;height:auto;image-rendering:pixelated;border-radius:.25rem"
 _CAPTION = "font-size:.875rem;color:rgba(49,51,63,.6);margin:.25rem 0"

@@ -163,7 +163,7 @@ def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_
     page.wait_for_function(
         """() => {
             if (document.querySelector('[data-stale="true"]')) return false;
-            const cards = Array.from(document.querySelectorAll('[class*="st-key-card-"]'));
+            const cards = Array.from(document.querySelectorAll('.cam-card'));
             return cards.length > 0 && cards.every(card => {
                 const imgs = Array.from(card.querySelectorAll('figure img'));
                 return imgs.length === 3 && imgs.every(i => i.complete && i.naturalWidth > 0);
@@ -177,7 +177,7 @@ def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_
 def gallery_cards(page) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
     """File name, panel captions and rendered image widths of each gallery card."""
     return page.evaluate(
-        """() => Array.from(document.querySelectorAll('[class*="st-key-card-"]')).map(card => ({
+        """() => Array.from(document.querySelectorAll('.cam-card')).map(card => ({
             path: card.querySelector('strong').innerText,
             captions: Array.from(card.querySelectorAll('figcaption')).map(c => c.innerText),
             loaded: Array.from(card.querySelectorAll('figure img'))
@@ -191,3 +191,31 @@ def screenshot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def wait_idle(page, timeout: float = 60_000) -> None:  # type: ignore[no-untyped-def]
+    """Wait until no rerun is in progress (nothing stale, no running indicator)."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-stale=\"true\"]') &&"
+        " !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+        timeout=timeout,
+    )
+
+
+def open_inspect(page, index: int = 0):  # type: ignore[no-untyped-def]
+    """Open the large view of the ``index``-th image of the page; returns the dialog."""
+    picker = page.get_by_test_id("stSelectbox").filter(has_text="Inspect an image").first
+    option = page.get_by_role("option").nth(index)
+    for attempt in range(3):  # a rerun that lands mid-click closes the list: open it again
+        wait_idle(page)
+        picker.click()
+        try:
+            option.wait_for(timeout=5_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+    option.click()
+    dialog = page.get_by_role("dialog")
+    dialog.wait_for()
+    return dialog

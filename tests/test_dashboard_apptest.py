@@ -32,9 +32,12 @@ def run(project: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTes
 
 
 def _card_paths(at: AppTest) -> list[str]:
-    """File names of the gallery cards, in order (each card is one ``st.html``)."""
-    found = [re.search(r"<strong>(.*?)</strong>", h.value) for h in at.html]
-    return [html.unescape(m.group(1)) for m in found if m]
+    """File names of the gallery cards, in order (the page's cards are one ``st.html``)."""
+    return [
+        html.unescape(name)
+        for h in at.html
+        for name in re.findall(r'class="cam-card".*?<strong>(.*?)</strong>', h.value)
+    ]
 
 
 def test_without_a_cell_the_page_invites_a_click(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -78,7 +78,7 @@ def test_click_off_diagonal_then_diagonal_cell(server: str, browser, project: Pa
     screenshot(page, "01_start")
     click_cell(page, int(pair["true"]), int(pair["pred"]))
     _assert_gallery(page, result, int(pair["true"]), int(pair["pred"]))
-    page.locator('[class*="st-key-card-0"]').scroll_into_view_if_needed()
+    page.locator(".cam-card").first.scroll_into_view_if_needed()
     screenshot(page, "02_error_cell")
     click_cell(page, 9, 9)
     _assert_gallery(page, result, 9, 9)

@@ -61,6 +61,6 @@ def test_default_start_then_click_the_shortcut_cell(tmp_path: Path) -> None:
             assert card["loaded"] == [True, True, True]
             assert card["captions"][1] == f"Grad-CAM · predicted {MARKED}"
             assert re.match(rf"Grad-CAM · true {names[true]}\b", card["captions"][2])
-        page.locator('[class*="st-key-card-0"]').scroll_into_view_if_needed()
+        page.locator(".cam-card").first.scroll_into_view_if_needed()
         screenshot(page, "shortcut")
         page.context.close()

@@ -12,6 +12,7 @@ from tests.browser import (
     click_cell,
     gallery_cards,
     new_page,
+    open_inspect,
     streamlit_server,
     wait_for_gallery,
     wait_for_matrix,
@@ -62,8 +63,7 @@ def test_eight_users_clicking_different_cells_at_once(project: Path, browser) ->
 def _add_note(page, text: str) -> None:  # type: ignore[no-untyped-def]
     page.get_by_label("Your name (for tags and notes)").fill("Grace")
     page.get_by_label("Your name (for tags and notes)").press("Enter")
-    page.get_by_role("button", name="Inspect").first.click()
-    dialog = page.get_by_role("dialog")
+    dialog = open_inspect(page)
     dialog.get_by_label("Add a note").fill(text)
     dialog.get_by_role("button", name="Save note").click()
     dialog.get_by_text(text, exact=True).wait_for()
@@ -83,8 +83,7 @@ def test_notes_are_shared_plain_text_and_survive_a_restart(project: Path, browse
         reader.goto(url + link)
         wait_for_gallery(reader, "3", "9")
         assert reader.get_by_text("✎ 1 note").count() == 1  # badge on the card
-        reader.get_by_role("button", name="Inspect").first.click()
-        dialog = reader.get_by_role("dialog")
+        dialog = open_inspect(reader)
         dialog.get_by_text(text, exact=True).wait_for()  # shown as typed, not as HTML
         assert dialog.locator("b", has_text="not bold").count() == 0
         reader.context.close()
@@ -97,8 +96,7 @@ def test_read_only_server_hides_editing(project: Path, browser) -> None:  # type
         wait_for_gallery(page, "3", "9")
         page.get_by_text("Read-only server").wait_for()
         assert page.get_by_label("Your name (for tags and notes)").count() == 0
-        page.get_by_role("button", name="Inspect").first.click()
-        dialog = page.get_by_role("dialog")
+        dialog = open_inspect(page)
         dialog.get_by_text("Tags").first.wait_for()
         assert dialog.get_by_label("Add a note").count() == 0
         page.context.close()
