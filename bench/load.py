@@ -9,9 +9,9 @@ p95 ≤ 2 s and 0 errors.
 
 ``--think S``: before each click a user looks at the page for a random 0 to 2·S seconds
 (mean S), as people in a session do; the default 0 is a stress test in which all users click
-at the same moment and again the moment their gallery is complete. All browsers run on the server's own cores, so the latency
-includes their rendering work. The page is checked every 50 ms (not every frame), so the
-measuring itself takes little CPU.
+at the same moment and again the moment their gallery is complete. All browsers run on the
+server's own cores, so the latency includes their rendering work. The page is checked every
+50 ms (not every frame), so the measuring itself takes little CPU.
 """
 
 from __future__ import annotations

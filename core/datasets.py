@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,8 +89,9 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
         root: Path,
         samples: Sequence[tuple[str, int]],
         classes: Sequence[str],
-        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        transform: Callable[[Any], torch.Tensor] | None = None,
         channels: int = 3,
+        tensors: bool = False,
     ) -> None:
         self.name = name
         self.root = root
@@ -97,6 +99,7 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
         self.classes = list(classes)
         self.transform = transform
         self.channels = channels
+        self.tensors = tensors
         self._listed = frozenset(rel for rel, _ in self.samples)
 
     def __len__(self) -> int:
@@ -106,16 +109,22 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
         rel, label = self.samples[index]
         try:
             image = load_image(self.root / rel, self.channels)
-            tensor = self.transform(image) if self.transform else _to_tensor(image)
+            if self.tensors or not self.transform:
+                tensor = _to_tensor(image)
+                tensor = self.transform(tensor) if self.transform else tensor
+            else:
+                tensor = self.transform(image)
         except Exception as exc:  # a corrupt file must not stop the evaluation
             return Sample(index, label, None, f"{type(exc).__name__}: {exc}")
         return Sample(index, label, tensor)
 
     def with_transform(
-        self, transform: Callable[[Image.Image], torch.Tensor], channels: int
+        self, transform: Callable[[Any], torch.Tensor], channels: int, tensors: bool = False
     ) -> ImageDataset:
-        """The same files, fed through another transform."""
-        return ImageDataset(self.name, self.root, self.samples, self.classes, transform, channels)
+        """The same files, fed through another transform (given uint8 tensors if ``tensors``)."""
+        return ImageDataset(
+            self.name, self.root, self.samples, self.classes, transform, channels, tensors
+        )
 
     def path(self, rel: str) -> Path:
         """The absolute path of a listed file; refuses anything that is not listed."""

@@ -12,7 +12,7 @@ import importlib
 import inspect
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +48,9 @@ class LoadedModel:
         return self.spec.name
 
     @property
-    def resize(self) -> v2.Compose:
-        """PIL image → uint8 tensor [C, H, W] at the input size (cheap; runs in loader workers)."""
-        return _resize(self.spec)
+    def resize(self) -> ResizeTo:
+        """uint8 tensor [C, H, W] → the same at the input size (cheap; runs in loader workers)."""
+        return ResizeTo(self.spec.input_size)
 
     @property
     def normalize(self) -> v2.Compose:
@@ -262,6 +262,25 @@ def _count_outputs(module: nn.Module, spec: ModelSpec, device: torch.device) -> 
             f"{getattr(out, 'shape', type(out).__name__)}"
         )
     return int(out.shape[1])
+
+
+class ResizeTo:
+    """uint8 image tensor → the input size, as ``v2.Resize(size, antialias=True)`` does it.
+
+    A plain picklable callable: a ``v2.Compose`` costs more per call than the resize itself on
+    small images.
+    """
+
+    def __init__(self, size: Sequence[int]) -> None:
+        self.size = [int(s) for s in size]
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if list(image.shape[-2:]) == self.size:
+            return image
+        return v2.functional.resize(image, self.size, antialias=True)
+
+    def __repr__(self) -> str:
+        return f"ResizeTo({self.size})"
 
 
 def _resize(spec: ModelSpec) -> v2.Compose:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.config import DatasetSpec
@@ -311,3 +312,18 @@ def test_every_file_unreadable_is_still_not_fatal(tmp_path: Path, digits_model) 
     result = predict(digits_model, open_dataset(DatasetSpec("d", tmp_path / "d")), num_workers=0)
     assert result.predictions.empty
     assert {s.path for s in result.skipped} == {"0/a.png", "4/b.jpg"}
+
+
+@pytest.mark.parametrize("size", [(32, 32), (20, 27)])
+def test_evaluation_pixels_equal_the_cam_pixels(make_image_folder, digits_model, size) -> None:
+    """Evaluation feeds uint8 tensors to a lean resize; CAMs feed PIL images to ``transform``.
+    Both must give the model the same input, resized or not."""
+    root = make_image_folder({"a": 3, "b": 2}, size=size, mode="RGB")
+    dataset = open_dataset(DatasetSpec("d", root))
+    lean = dataset.with_transform(digits_model.resize, 1, tensors=True)
+    full = dataset.with_transform(digits_model.transform, 1)
+    for i in range(len(dataset)):
+        image = lean[i].image
+        assert image is not None and image.dtype == torch.uint8
+        assert image.shape == (1, 32, 32)
+        assert torch.equal(digits_model.normalize(image), full[i].image)
