@@ -1,4 +1,4 @@
-"""Gallery panels: an image, or the image with a CAM blended on, as an inline PNG data URL.
+"""Gallery panels: an image, or the image with a CAM blended on, as an inline data URL.
 
 A page of the cell view shows three panels per image. Encoding them is the costly part of a
 page once its maps are cached, so :class:`PanelCache` keeps the encoded panels for every
@@ -23,9 +23,10 @@ from PIL import Image
 from core.datasets import load_image
 from core.overlay import overlay
 
-__all__ = ["PanelCache", "data_url", "enlarge", "panel_png"]
+__all__ = ["PanelCache", "data_url", "enlarge", "panel_png", "panel_url"]
 
 DISPLAY_PX = 150  # smaller images are enlarged (nearest neighbour) to at least this size
+JPEG_FROM_PX = 96  # panels this large or larger are sent as JPEG
 
 
 def enlarge(image: Image.Image, at_least: int = DISPLAY_PX) -> Image.Image:
@@ -41,15 +42,39 @@ def panel_png(
     image: Image.Image, cam_map: np.ndarray | None = None, alpha: float = 0.5, at_least: int = 0
 ) -> bytes:
     """PNG bytes of ``image``, or of ``image`` with ``cam_map`` blended on at opacity ``alpha``."""
+    return _encode(_panel(image, cam_map, alpha, at_least), "PNG")
+
+
+def data_url(data: bytes, kind: str = "png") -> str:
+    """``data:image/<kind>;base64,...`` for encoded image bytes."""
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
+
+
+def panel_url(
+    image: Image.Image, cam_map: np.ndarray | None = None, alpha: float = 0.5, at_least: int = 0
+) -> str:
+    """A panel as a data URL: PNG (exact pixels) for small images, JPEG (q90) from
+    ``JPEG_FROM_PX`` pixels on, where a page of PNG photos would weigh megabytes."""
+    shown = _panel(image, cam_map, alpha, at_least)
+    if max(shown.size) >= JPEG_FROM_PX:
+        return data_url(_encode(shown.convert("RGB"), "JPEG"), "jpeg")
+    return data_url(_encode(shown, "PNG"))
+
+
+def _panel(
+    image: Image.Image, cam_map: np.ndarray | None, alpha: float, at_least: int
+) -> Image.Image:
     shown = image if cam_map is None else overlay(image, cam_map, alpha=alpha)
+    return enlarge(shown, at_least)
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    enlarge(shown, at_least).save(buffer, format="PNG", compress_level=1)
+    if fmt == "JPEG":
+        image.save(buffer, format="JPEG", quality=90)
+    else:
+        image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def data_url(png: bytes) -> str:
-    """``data:image/png;base64,...`` for PNG bytes."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 class PanelCache:
@@ -86,9 +111,7 @@ class PanelCache:
             for i, key in enumerate(keys):
                 if found[i] is None and key is not None:
                     cam_map = None if i == 0 else maps[i - 1]
-                    found[i] = self._put(
-                        key, data_url(panel_png(image, cam_map, alpha, self.at_least))
-                    )
+                    found[i] = self._put(key, panel_url(image, cam_map, alpha, self.at_least))
         return [url or "" for url in found]
 
     def _get(self, key: Hashable) -> str | None:

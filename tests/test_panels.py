@@ -91,3 +91,20 @@ def test_card_html_escapes_file_and_class_names() -> None:
     assert "&lt;b&gt;cat&lt;/b&gt;" in html and "dog &amp; co" in html
     assert html.count("<img ") == 1 and "no map" in html
     assert "&lt;i&gt;odd&lt;/i&gt; tag · ✎ 1 note" in html  # tags are plain text
+
+
+def test_large_panels_are_jpeg_small_ones_exact_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.integers(0, 256, (14, 14, 3), dtype=np.uint8), np.ones((16, 16, 1)))
+    photo = tmp_path / "photo.png"
+    Image.fromarray(smooth.astype(np.uint8), mode="RGB").save(photo)
+    cam = rng.random((7, 7), dtype=np.float32)
+    urls = PanelCache().panels(str(photo), [cam], alpha=0.5)
+    assert all(u.startswith("data:image/jpeg;base64,") for u in urls)
+    png = data_url(panel_png(Image.open(photo), cam, 0.5))
+    assert len(urls[1]) < len(png) / 2  # a page of photos stays small on the wire
+    decoded = np.asarray(
+        Image.open(io.BytesIO(base64.b64decode(urls[1].split(",", 1)[1]))), dtype=np.float32
+    )
+    exact = np.asarray(overlay(Image.open(photo), cam, alpha=0.5), dtype=np.float32)
+    assert decoded.shape == exact.shape and np.abs(decoded - exact).mean() < 3  # q90: close
