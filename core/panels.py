@@ -38,11 +38,9 @@ def enlarge(image: Image.Image, at_least: int = DISPLAY_PX) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
-def panel_png(
-    image: Image.Image, cam_map: np.ndarray | None = None, alpha: float = 0.5, at_least: int = 0
-) -> bytes:
+def panel_png(image: Image.Image, cam_map: np.ndarray | None = None, alpha: float = 0.5) -> bytes:
     """PNG bytes of ``image``, or of ``image`` with ``cam_map`` blended on at opacity ``alpha``."""
-    return _encode(_panel(image, cam_map, alpha, at_least), "PNG")
+    return _encode(_panel(image, cam_map, alpha), "PNG")
 
 
 def data_url(data: bytes, kind: str = "png") -> str:
@@ -50,22 +48,17 @@ def data_url(data: bytes, kind: str = "png") -> str:
     return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
 
 
-def panel_url(
-    image: Image.Image, cam_map: np.ndarray | None = None, alpha: float = 0.5, at_least: int = 0
-) -> str:
+def panel_url(image: Image.Image, cam_map: np.ndarray | None = None, alpha: float = 0.5) -> str:
     """A panel as a data URL: PNG (exact pixels) for small images, JPEG (q90) from
     ``JPEG_FROM_PX`` pixels on, where a page of PNG photos would weigh megabytes."""
-    shown = _panel(image, cam_map, alpha, at_least)
+    shown = _panel(image, cam_map, alpha)
     if max(shown.size) >= JPEG_FROM_PX:
         return data_url(_encode(shown.convert("RGB"), "JPEG"), "jpeg")
     return data_url(_encode(shown, "PNG"))
 
 
-def _panel(
-    image: Image.Image, cam_map: np.ndarray | None, alpha: float, at_least: int
-) -> Image.Image:
-    shown = image if cam_map is None else overlay(image, cam_map, alpha=alpha)
-    return enlarge(shown, at_least)
+def _panel(image: Image.Image, cam_map: np.ndarray | None, alpha: float) -> Image.Image:
+    return image if cam_map is None else overlay(image, cam_map, alpha=alpha)
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -80,13 +73,12 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
 class PanelCache:
     """Thread-safe LRU of panel data URLs, bounded by their total size.
 
-    Panels keep the image's own size unless ``at_least`` asks for enlarging: a browser scales
-    small images up itself (CSS ``image-rendering: pixelated``) with fewer bytes on the wire.
+    Panels keep the image's own size: a browser scales small images up itself (CSS
+    ``image-rendering: pixelated``) with fewer bytes on the wire.
     """
 
-    def __init__(self, max_bytes: int = 256 << 20, at_least: int = 0) -> None:
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
         self.max_bytes = max_bytes
-        self.at_least = at_least
         self._urls: OrderedDict[Hashable, str] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -111,7 +103,7 @@ class PanelCache:
             for i, key in enumerate(keys):
                 if found[i] is None and key is not None:
                     cam_map = None if i == 0 else maps[i - 1]
-                    found[i] = self._put(key, panel_url(image, cam_map, alpha, self.at_least))
+                    found[i] = self._put(key, panel_url(image, cam_map, alpha))
         return [url or "" for url in found]
 
     def _get(self, key: Hashable) -> str | None:
