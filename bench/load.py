@@ -117,13 +117,8 @@ async def run(users: int, seconds: float, think: float) -> None:
             await browser.close()
     latencies = [t for lat, _ in results for t in lat]
     errors = sum(e for _, e in results)
-    ordered = sorted(latencies)
-    p95 = (
-        ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-        if ordered
-        else float("nan")
-    )
-    p50 = statistics.median(latencies) if latencies else float("nan")
+    p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
+    firsts = [lat[0] for lat, _ in results if lat]
     print(
         f"\n{users} users clicking random cells for {seconds:.0f} s against one server, "
         f"mean think time {think:g} s\n"
@@ -141,6 +136,20 @@ async def run(users: int, seconds: float, think: float) -> None:
         f"{p95 / 2:.2f}× {verdict}",
     ]
     print("| " + " | ".join(str(v) for v in row) + " |")
+    print(
+        f"\neach user's first click: p50 {percentile(firsts, 0.5):.3f} s, "
+        f"max {max(firsts, default=float('nan')):.3f} s"
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (nan for no values)."""
+    if not values:
+        return float("nan")
+    if q == 0.5:
+        return statistics.median(values)
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -17,10 +17,20 @@ import torch
 
 from core.cam import METHODS
 from core.datasets import ImageDataset, load_image
+from core.errors import UserFacingError
 from core.map_cache import MapCache, MapRequest
 from core.models import LoadedModel
+from core.panels import PanelCache
 
-__all__ = ["compared_classes", "page_count", "page_maps", "page_rows", "sort_rows"]
+__all__ = [
+    "compared_classes",
+    "first_pages",
+    "page_count",
+    "page_maps",
+    "page_rows",
+    "sort_rows",
+    "warm_pages",
+]
 
 
 def sort_rows(rows: pd.DataFrame, column: str, ascending: bool) -> pd.DataFrame:
@@ -84,3 +94,56 @@ def _loader(model: LoadedModel, dataset: ImageDataset, path: str) -> Callable[[]
         return model.transform(image)
 
     return load
+
+
+def first_pages(
+    predictions: pd.DataFrame, column: str, ascending: bool, page_size: int, limit: int
+) -> list[pd.DataFrame]:
+    """Page 1 of every non-empty cell, errors first, larger cells first, ``limit`` rows in all.
+
+    The order is the one people click in: the biggest confusions, then the diagonal.
+    """
+    sizes = predictions.groupby(["true", "pred"]).size().reset_index(name="n")
+    sizes["diagonal"] = sizes["true"] == sizes["pred"]
+    order = ["diagonal", "n", "true", "pred"]
+    sizes = sizes.sort_values(order, ascending=[True, False, True, True])
+    pages, total = [], 0
+    for true, pred in zip(sizes["true"], sizes["pred"], strict=True):
+        cell = predictions[(predictions["true"] == true) & (predictions["pred"] == pred)]
+        page = page_rows(sort_rows(cell, column, ascending), 1, page_size)
+        if total + len(page) > limit:
+            break
+        pages.append(page)
+        total += len(page)
+    return pages
+
+
+def warm_pages(
+    model: LoadedModel,
+    dataset: ImageDataset,
+    pages: list[pd.DataFrame],
+    method: str,
+    layer: str | None,
+    maps: MapCache,
+    panels: PanelCache,
+    fingerprint: str,
+    alpha: float,
+) -> int:
+    """Compute and encode the maps of ``pages`` ahead of the first click; returns images done.
+
+    Unreadable files and methods that do not apply to the model are skipped: warming up must
+    never fail where the gallery itself would show a clear message.
+    """
+    done = 0
+    for rows in pages:
+        try:
+            page = page_maps(model, dataset, rows, method, layer, maps, fingerprint)
+        except (ValueError, OSError, UserFacingError):
+            return done
+        for path, row_maps in zip(rows["path"], page, strict=True):
+            try:
+                panels.panels(str(dataset.path(path)), list(row_maps), alpha)
+            except (OSError, UserFacingError):
+                continue
+            done += 1
+    return done

@@ -7,6 +7,8 @@ in ``st.cache_data``. Every function takes the config path, so two configs never
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -26,9 +28,13 @@ from core import (
     top_confused_pairs,
 )
 from core.cam import LayerInfo, candidate_layers, find_target_layer
+from core.gallery import first_pages, warm_pages
 from core.map_cache import MapCache
 from core.notes import NotesStore
 from core.panels import PanelCache
+from dashboard.view_state import SORTS, ViewState
+
+WARM_UP_IMAGES = 2_000  # first pages of the most-clicked cells, computed before anyone clicks
 
 
 @st.cache_resource(show_spinner=False)
@@ -117,3 +123,33 @@ def notes_store(config_path: str, read_only: bool) -> NotesStore:
     """The team's tags and notes (SQLite beside the cache, or the config's ``notes_db``)."""
     config = project(config_path)
     return NotesStore(config.notes_db, read_only=read_only, default_tags=config.tags)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def warm_up(config_path: str, model_name: str, dataset_name: str) -> threading.Thread | None:
+    """Once per server and evaluation: a background thread that computes and encodes page 1 of
+    the cells in the default view (errors first), so first clicks are as quick as later ones.
+    None when the model has no layer to map (the gallery says so when a cell is opened).
+    """
+    try:
+        layer = layers(config_path, model_name)[1]
+    except ValueError:
+        return None
+    default = ViewState()
+    column, ascending, _ = SORTS[default.sort]
+    result = evaluation(config_path, model_name, dataset_name)
+    pages = first_pages(result.predictions, column, ascending, default.page_size, WARM_UP_IMAGES)
+    args = (
+        model(config_path, model_name),
+        dataset(config_path, dataset_name, model_name),
+        pages,
+        default.method,
+        layer,
+        map_cache(),
+        panel_cache(),
+        result.fingerprint,
+        default.opacity,
+    )
+    thread = threading.Thread(target=warm_pages, args=args, name="warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -16,7 +16,7 @@ from core.cam import METHODS as CAM_FUNCTIONS
 from core.cam import LayerInfo, layer_activations
 from core.datasets import dataset_key
 from core.gallery import compared_classes, page_count, page_maps, page_rows, sort_rows
-from core.notes import PathSummary
+from core.notes import NotesStore, PathSummary
 from core.overlay import overlay
 from core.panels import enlarge
 from dashboard import resources
@@ -47,14 +47,45 @@ def sidebar_summary(result: Evaluation) -> None:
                     st.text(f"{skipped.path}: {skipped.reason}")
 
 
+def gallery_settings(config_path: str, view: ViewState) -> None:
+    """Sidebar: how every cell's gallery is drawn (method, layer, opacity) and ordered.
+
+    These live outside the matrix fragment: a click on a cell does not redraw them, which
+    keeps a click cheap for the browser when many people share the server.
+    """
+    layers, default_layer = resources.layers(config_path, view.model)
+    labels = {info.name: _layer_label(info) for info in layers}
+    layer = view.layer if view.layer in labels else default_layer
+    with st.sidebar:
+        st.header("Gallery")
+        bind(st.selectbox, "Method", "method", view.method, list(METHODS))
+        bind(st.selectbox, "Target layer", "layer", layer, list(labels), format_func=labels.get)
+        bind(st.slider, "Overlay opacity", "opacity", view.opacity, min_value=0.0, max_value=1.0)
+        cols = st.columns([3, 2])
+        with cols[0]:
+            bind(
+                st.selectbox,
+                "Sort by",
+                "sort",
+                view.sort,
+                list(SORTS),
+                ("page",),
+                format_func=lambda s: SORTS[s][2],
+            )
+        with cols[1]:
+            bind(st.selectbox, "Per page", "page_size", view.page_size, list(PAGE_SIZES), ("page",))
+
+
 @st.fragment
 def cell_view(
     config_path: str, models: Sequence[str], datasets: Sequence[str], result: Evaluation
 ) -> None:
-    """Heading, controls, download and the paged gallery of the selected cell.
+    """Heading, tag filter, page, picker, download and the paged gallery of the selected cell.
 
-    A fragment: paging, sorting and CAM settings rerun only this part of the page. The view is
-    read from the URL here, because a fragment rerun keeps the arguments of the last full run.
+    A fragment: paging and the tag filter rerun only this part of the page. The view is read
+    from the URL here, because a fragment rerun keeps the arguments of the last full run.
+    Everything is computed before the first element is sent, so the browser receives the
+    cell's elements in one burst and draws the page once, not once per slow step.
     """
     view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
     if view.cell is None:
@@ -67,76 +98,26 @@ def cell_view(
     notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
     if view.tag:
         rows = rows[rows["path"].isin(store.paths_with_tag(notes_key, view.tag))]
-    st.divider()
+    layers, default_layer = resources.layers(config_path, view.model)
+    layer = view.layer if view.layer in {info.name for info in layers} else default_layer
+    page = page_rows(rows, view.page, view.page_size)
+    gallery, problem = _gallery_html(config_path, view, result, page, layer, store, notes_key)
+    tags = store.all_tags(notes_key)
+    # ---- nothing above this line sends anything to the browser
     count = f"{len(rows)} image" + ("" if len(rows) == 1 else "s")
     tagged = f" tagged “{view.tag}”" if view.tag else ""
     st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}")
-    layers, default_layer = resources.layers(config_path, view.model)
-    layer = view.layer if view.layer in {info.name for info in layers} else default_layer
-    _controls(view, {info.name: _layer_label(info) for info in layers}, layer, len(rows))
-    _tag_filter(view, store.all_tags(notes_key))
+    cols = st.columns([3, 4, 1.5, 2.5], vertical_alignment="bottom")
+    with cols[0]:
+        _tag_filter(view, tags)
     if rows.empty:
         st.info("No images in this cell.")
         return
-    st.download_button(
-        "Download this cell's rows (CSV)",
-        _csv(rows, names),
-        file_name=f"cell_{names[true]}_{names[pred]}.csv".replace(" ", "_"),
-        mime="text/csv",
-    )
-    page = page_rows(rows, view.page, view.page_size)
-    summaries = store.counts_by_path(notes_key, page["path"])
-    _gallery(config_path, view, result, page, layer, summaries)
-
-
-def _layer_label(info: LayerInfo) -> str:
-    return f"{info.name} · {info.type_name} · {'×'.join(str(s) for s in info.shape)}"
-
-
-def _tag_filter(view: ViewState, tags: list[str]) -> None:
-    options = ["", *tags] if view.tag in tags or not view.tag else ["", view.tag, *tags]
-    with st.columns([3, 7])[0]:
-        bind(
-            st.selectbox,
-            "Only images tagged",
-            "tag",
-            view.tag,
-            options,
-            ("page",),
-            format_func=lambda t: t or "(any image)",
-        )
-
-
-def _controls(view: ViewState, layer_labels: dict[str, str], layer: str, n_rows: int) -> None:
-    cols = st.columns([3, 1.3, 2, 3, 2])
-    with cols[0]:
-        bind(
-            st.selectbox,
-            "Sort by",
-            "sort",
-            view.sort,
-            list(SORTS),
-            ("page",),
-            format_func=lambda s: SORTS[s][2],
-        )
     with cols[1]:
-        bind(st.selectbox, "Per page", "page_size", view.page_size, list(PAGE_SIZES), ("page",))
-    with cols[2]:
-        bind(st.selectbox, "Method", "method", view.method, list(METHODS))
-    with cols[3]:
-        bind(
-            st.selectbox,
-            "Target layer",
-            "layer",
-            layer,
-            list(layer_labels),
-            format_func=layer_labels.get,
-        )
-    with cols[4]:
-        bind(st.slider, "Overlay opacity", "opacity", view.opacity, min_value=0.0, max_value=1.0)
-    pages = page_count(n_rows, view.page_size)
+        _inspect_picker(config_path, view, page, names, layer)
+    pages = page_count(len(rows), view.page_size)
     if pages > 1:
-        with st.columns([1, 5])[0]:
+        with cols[2]:
             bind(
                 st.number_input,
                 f"Page (of {pages})",
@@ -146,32 +127,62 @@ def _controls(view: ViewState, layer_labels: dict[str, str], layer: str, n_rows:
                 max_value=pages,
                 step=1,
             )
+    with cols[3]:
+        st.download_button(
+            "Download rows (CSV)",
+            _csv(rows, names),
+            file_name=f"cell_{names[true]}_{names[pred]}.csv".replace(" ", "_"),
+            mime="text/csv",
+            help="Every image of this cell (all pages) with its probabilities and loss",
+        )
+    if problem:
+        st.warning(problem)
+    st.html(gallery)
 
 
-def _gallery(
+def _layer_label(info: LayerInfo) -> str:
+    return f"{info.name} · {info.type_name} · {'×'.join(str(s) for s in info.shape)}"
+
+
+def _tag_filter(view: ViewState, tags: list[str]) -> None:
+    options = ["", *tags] if view.tag in tags or not view.tag else ["", view.tag, *tags]
+    bind(
+        st.selectbox,
+        "Only images tagged",
+        "tag",
+        view.tag,
+        options,
+        ("page",),
+        format_func=lambda t: t or "(any image)",
+    )
+
+
+def _gallery_html(
     config_path: str,
     view: ViewState,
     result: Evaluation,
     rows: pd.DataFrame,
     layer: str,
-    summaries: dict[str, PathSummary],
-) -> None:
+    store: NotesStore,
+    notes_key: str,
+) -> tuple[str, str | None]:
+    """The page of cards as one HTML string, and a message when the maps cannot be computed."""
     model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
-    cache = resources.map_cache()
+    problem = None
     try:
         maps: list[list[np.ndarray | None]] = page_maps(
-            model, dataset, rows, view.method, layer, cache, result.fingerprint
+            model, dataset, rows, view.method, layer, resources.map_cache(), result.fingerprint
         )  # type: ignore[assignment]
     except (ValueError, UserFacingError) as exc:  # e.g. classic CAM on a model without GAP head
-        st.warning(f"{view.method} cannot be computed for this model: {exc}")
+        problem = f"{view.method} cannot be computed for this model: {exc}"
         maps = [[None, None] for _ in range(len(rows))]
+    summaries = store.counts_by_path(notes_key, rows["path"]) if len(rows) else {}
     cards = [
         _card(dataset, row, row_maps, result.classes, view, summaries.get(row["path"]))
         for (_, row), row_maps in zip(rows.iterrows(), maps, strict=True)
     ]
-    _inspect_picker(config_path, view, rows, result.classes, layer)
-    st.html(f'<div class="cam-gallery" style="{_GRID}">{"".join(cards)}</div>')
+    return f'<div class="cam-gallery" style="{_GRID}">{"".join(cards)}</div>', problem
 
 
 def _card(
@@ -207,16 +218,15 @@ def _inspect_picker(
     """One picker for the large view (instead of a button per card: fewer elements to draw)."""
     key = "inspect-pick"
     paths = list(rows["path"])
-    with st.columns([3, 2])[0]:
-        st.selectbox(
-            "Inspect an image: any class, layer activations, tags and notes",
-            paths,
-            index=None,
-            placeholder="Choose an image of this page…",
-            key=key,
-            on_change=_picked,
-            args=(key,),
-        )
+    st.selectbox(
+        "Inspect an image: any class, layer activations, tags and notes",
+        paths,
+        index=None,
+        placeholder="Choose an image of this page…",
+        key=key,
+        on_change=_picked,
+        args=(key,),
+    )
     path = st.session_state.pop("inspect-path", None)
     if path in paths:
         _inspect(config_path, view, rows.iloc[paths.index(path)], names, layer)

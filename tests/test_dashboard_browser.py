@@ -87,6 +87,23 @@ def test_click_off_diagonal_then_diagonal_cell(server: str, browser, project: Pa
     page.context.close()
 
 
+def test_a_confused_pair_row_opens_its_cell(server: str, browser, project: Path) -> None:  # type: ignore[no-untyped-def]
+    result = expected(project)
+    pairs = top_confused_pairs(result.predictions, result.classes, 15)
+    true, pred = int(pairs.iloc[0]["true"]), int(pairs.iloc[0]["pred"])
+    page = new_page(browser)
+    page.goto(server)
+    wait_for_matrix(page)
+    page.get_by_text("Most confused pairs").click()  # unfold the table above the matrix
+    grid = page.get_by_test_id("stDataFrame").first
+    grid.wait_for()
+    box = grid.bounding_box()
+    # the first data row's selection box: a 35 px header, then 35 px rows
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)
+    _assert_gallery(page, result, true, pred)
+    page.context.close()
+
+
 def test_deep_link_restores_the_view(server: str, browser, project: Path) -> None:  # type: ignore[no-untyped-def]
     result = expected(project)
     # a fresh context: no cookies, no session, nothing but the URL

@@ -6,10 +6,22 @@ import threading
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
-from core.gallery import compared_classes, page_count, page_rows, sort_rows
+from core import load_config, load_model, open_dataset
+from core.gallery import (
+    compared_classes,
+    first_pages,
+    page_count,
+    page_maps,
+    page_rows,
+    sort_rows,
+    warm_pages,
+)
 from core.map_cache import MapCache, MapRequest
+from core.panels import PanelCache
+from tests.projects import expected, write_config
 
 
 def _rows(n: int) -> pd.DataFrame:
@@ -99,3 +111,58 @@ def test_cache_is_safe_under_concurrent_sessions() -> None:
     for t in threads:
         t.join()
     assert not errors and len(fresh) == 16
+
+
+def _cells(sizes: dict[tuple[int, int], int]) -> pd.DataFrame:
+    rows = [
+        {"path": f"{t}{p}_{i:02d}.png", "true": t, "pred": p, "confidence": (i * 37 % 100) / 100}
+        for (t, p), n in sizes.items()
+        for i in range(n)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_first_pages_are_errors_first_biggest_first_and_bounded() -> None:
+    table = _cells({(0, 0): 5, (0, 1): 3, (1, 0): 1, (1, 1): 30, (2, 0): 3})
+    pages = first_pages(table, "confidence", False, page_size=24, limit=1_000)
+    cells = [(int(p["true"].iloc[0]), int(p["pred"].iloc[0])) for p in pages]
+    assert cells == [(0, 1), (2, 0), (1, 0), (1, 1), (0, 0)]
+    for page, (t, p) in zip(pages, cells, strict=True):
+        cell = table[(table["true"] == t) & (table["pred"] == p)]
+        assert page.equals(page_rows(sort_rows(cell, "confidence", False), 1, 24))
+    assert len(pages[3]) == 24  # page 1 only of the 30-image cell
+    limited = first_pages(table, "confidence", False, page_size=24, limit=7)
+    assert sum(len(p) for p in limited) == 7 and len(limited) == 3
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    path = write_config(tmp_path_factory.mktemp("warm"))
+    config = load_config(path)
+    model = load_model(config.model("digits-cnn"))
+    data = open_dataset(config.dataset("digits-test"), model.spec.classes)
+    return model, data, expected(path)
+
+
+def test_warm_pages_leaves_nothing_for_the_first_click(digits) -> None:  # type: ignore[no-untyped-def]
+    model, data, result = digits
+    pages = first_pages(result.predictions, "confidence", False, page_size=4, limit=12)
+    maps, panels = MapCache(), PanelCache()
+    done = warm_pages(model, data, pages, "Grad-CAM", None, maps, panels, result.fingerprint, 0.5)
+    n_images = sum(len(p) for p in pages)
+    assert 8 <= n_images <= 12 and (pages[0]["true"] != pages[0]["pred"]).all()
+    assert done == n_images and len(panels) == n_images * 3  # image + two overlays each
+    n_maps, n_panels = len(maps), len(panels)
+    for rows in pages:  # what the gallery asks for on a first click: all found, none computed
+        page = page_maps(model, data, rows, "Grad-CAM", None, maps, result.fingerprint)
+        for path, row_maps in zip(rows["path"], page, strict=True):
+            panels.panels(str(data.path(path)), list(row_maps), 0.5)
+    assert (len(maps), len(panels)) == (n_maps, n_panels)
+
+
+def test_warm_pages_stops_quietly_where_the_method_does_not_apply(digits) -> None:  # type: ignore[no-untyped-def]
+    model, data, result = digits
+    pages = first_pages(result.predictions, "confidence", False, page_size=4, limit=8)
+    maps, panels = MapCache(), PanelCache()
+    done = warm_pages(model, data, pages, "Grad-CAM", "no.such.layer", maps, panels, "fp", 0.5)
+    assert done == 0 and len(maps) == 0 and len(panels) == 0

@@ -21,9 +21,10 @@ from dashboard.notes_ui import author_input
 from dashboard.settings import settings
 from dashboard.url import bind, set_params
 from dashboard.view_state import COLOR_MODES, ViewState, parse_view
-from dashboard.widgets import cell_view, error_panel, sidebar_summary
+from dashboard.widgets import cell_view, error_panel, gallery_settings, sidebar_summary
 
 TOP_N_THRESHOLD = 30  # past this many classes, offer the "most confused classes" view
+TOP_N_OPTIONS = [0, 10, 20, 30, 50]
 
 
 def main() -> None:
@@ -49,30 +50,33 @@ def main() -> None:
         st.caption(f"config: `{config.path.name}`")
         bind(st.selectbox, "Model", "model", view.model, models, reset=("cell", "page", "layer"))
         bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("cell", "page"))
-    author_input(server)
     try:
         result = _evaluation(config_path, view)
     except UserFacingError as exc:
+        author_input(server)
         error_panel(_failure_title(exc, view), exc)
         st.stop()
+    resources.warm_up(config_path, view.model, view.dataset)
     sidebar_summary(result)
+    matrix_settings(view, result.num_classes)
+    gallery_settings(config_path, view)
+    author_input(server)
     st.title("Where is the model wrong, and where did it look?")
+    _tables(config_path, view)
     explorer(config_path, models, datasets, result)
 
 
 @st.fragment
 def explorer(config_path: str, models: list[str], datasets: list[str], result: Evaluation) -> None:
-    """The matrix, the tables and the selected cell's gallery.
+    """The matrix and the selected cell's gallery.
 
-    A fragment: a click on the matrix or a confused pair reruns only this part, not the sidebar.
-    The view is read from the URL here (a fragment rerun keeps the last full run's arguments).
+    A fragment: a click on the matrix reruns only this part, not the sidebar or the tables, so
+    the browser redraws as little as possible (with many people on one server, the browsers'
+    work per click is most of a click's cost). The view is read from the URL here (a fragment
+    rerun keeps the last full run's arguments).
     """
     view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
-    left, right = st.columns([3, 2], gap="large")
-    with left:
-        shown = _matrix(config_path, view, result.classes)
-    with right:
-        _tables(config_path, view)
+    shown = _matrix(config_path, view, result.classes)
     if view.cell is None:
         st.info("Click any cell of the confusion matrix to see its images and their CAMs.")
         return
@@ -102,35 +106,36 @@ def _evaluation(config_path: str, view: ViewState) -> Evaluation:
     return resources.evaluation(config_path, view.model, view.dataset)
 
 
-def _matrix(config_path: str, view: ViewState, classes: tuple[str, ...]) -> list[int]:
-    counts = resources.matrix(config_path, view.model, view.dataset)
-    n = len(classes)
-    controls = st.columns([3, 2])
-    with controls[0]:
+def matrix_settings(view: ViewState, n: int) -> None:
+    """Sidebar: how the matrix is coloured and, for many classes, which classes it shows."""
+    with st.sidebar:
+        st.header("Matrix")
         bind(
-            st.segmented_control,
+            st.selectbox,
             "Colour by",
             "color",
             view.color,
             list(COLOR_MODES),
             format_func=COLOR_MODES.get,
-            required=True,
         )
-    shown = list(range(n))
-    if n > TOP_N_THRESHOLD:
-        with controls[1]:
-            options = [0, 10, 20, 30, 50]
-            top = bind(
+        if n > TOP_N_THRESHOLD:
+            bind(
                 st.selectbox,
                 "Classes shown",
                 "top",
-                view.top if view.top in options else 0,
-                options,
+                view.top if view.top in TOP_N_OPTIONS else 0,
+                TOP_N_OPTIONS,
                 format_func=lambda k: f"all {n}" if k == 0 else f"top {k} most confused",
             )
-            if top:
-                evaluation = resources.evaluation(config_path, view.model, view.dataset)
-                shown = most_confused_classes(evaluation.predictions, n, top)
+
+
+def _matrix(config_path: str, view: ViewState, classes: tuple[str, ...]) -> list[int]:
+    counts = resources.matrix(config_path, view.model, view.dataset)
+    n = len(classes)
+    shown = list(range(n))
+    if n > TOP_N_THRESHOLD and view.top in TOP_N_OPTIONS and view.top:
+        evaluation = resources.evaluation(config_path, view.model, view.dataset)
+        shown = most_confused_classes(evaluation.predictions, n, view.top)
     scope = (view.model, view.dataset, view.color, tuple(shown))
     state = st.session_state
     if state.get("chart_scope") != scope or state.get("chart_cell") != view.cell:
@@ -166,8 +171,9 @@ def _on_click(key: str, shown: list[int]) -> None:
 
 
 def _tables(config_path: str, view: ViewState) -> None:
-    pairs_tab, classes_tab = st.tabs(["Most confused pairs", "Per-class metrics"])
-    with pairs_tab:
+    """Most confused pairs (a row opens its cell) and per-class metrics, folded above the matrix."""
+    pairs_col, classes_col = st.columns(2)
+    with pairs_col.expander("Most confused pairs"):
         pairs = resources.confused_pairs(config_path, view.model, view.dataset, 15)
         if pairs.empty:
             st.success("No errors: every image is on the diagonal.")
@@ -185,7 +191,7 @@ def _tables(config_path: str, view: ViewState) -> None:
                 width="stretch",
             )
             st.caption("Select a row to open that cell.")
-    with classes_tab:
+    with classes_col.expander("Per-class precision, recall and F1"):
         table = resources.class_metrics(config_path, view.model, view.dataset)
         st.dataframe(
             table,
