@@ -126,10 +126,13 @@ def notes_store(config_path: str, read_only: bool) -> NotesStore:
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def warm_up(config_path: str, model_name: str, dataset_name: str) -> threading.Thread | None:
-    """Once per server and evaluation: a background thread that computes and encodes page 1 of
-    the cells in the default view (errors first), so first clicks are as quick as later ones.
-    None when the model has no layer to map (the gallery says so when a cell is opened).
+def warm_up(
+    config_path: str, model_name: str, dataset_name: str, fingerprint: str
+) -> threading.Thread | None:
+    """Once per server and evaluation (``fingerprint``: changed weights or images warm again):
+    a background thread that computes and encodes page 1 of the cells in the default view,
+    errors first, so first clicks are as quick as later ones. None when the model has no layer
+    to map (the gallery says so when a cell is opened).
     """
     try:
         layer = layers(config_path, model_name)[1]

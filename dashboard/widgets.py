@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 from html import escape
 
 import numpy as np
@@ -130,7 +131,7 @@ def cell_view(
     with cols[3]:
         st.download_button(
             "Download rows (CSV)",
-            _csv(rows, names),
+            partial(_csv, rows, names),  # made when clicked, not on every rerun
             file_name=f"cell_{names[true]}_{names[pred]}.csv".replace(" ", "_"),
             mime="text/csv",
             help="Every image of this cell (all pages) with its probabilities and loss",

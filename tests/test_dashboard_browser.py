@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from core import cell_rows, top_confused_pairs
@@ -101,6 +103,23 @@ def test_a_confused_pair_row_opens_its_cell(server: str, browser, project: Path)
     # the first data row's selection box: a 35 px header, then 35 px rows
     page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)
     _assert_gallery(page, result, true, pred)
+    page.context.close()
+
+
+def test_download_gives_every_row_of_the_cell(server: str, browser, project: Path) -> None:  # type: ignore[no-untyped-def]
+    result = expected(project)
+    names = result.classes
+    page = new_page(browser)
+    page.goto(f"{server}/?model=digits-cnn&dataset=digits-test&cell=9,9&sort=loss_desc")
+    wait_for_gallery(page, names[9], names[9])
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download rows (CSV)").click()
+    table = pd.read_csv(download.value.path(), dtype={"true": str, "pred": str})
+    rows = sort_rows(cell_rows(result.predictions, 9, 9), "loss", ascending=False)
+    assert len(rows) > 24  # more than the page on screen: the whole cell
+    assert list(table["path"]) == list(rows["path"])
+    assert (table["true"] == names[9]).all() and (table["pred"] == names[9]).all()
+    assert np.allclose(table["loss"], rows["loss"], atol=1e-6)
     page.context.close()
 
 

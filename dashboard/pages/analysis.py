@@ -56,7 +56,7 @@ def main() -> None:
         author_input(server)
         error_panel(_failure_title(exc, view), exc)
         st.stop()
-    resources.warm_up(config_path, view.model, view.dataset)
+    resources.warm_up(config_path, view.model, view.dataset, result.fingerprint)
     sidebar_summary(result)
     matrix_settings(view, result.num_classes)
     gallery_settings(config_path, view)
@@ -136,14 +136,15 @@ def _matrix(config_path: str, view: ViewState, classes: tuple[str, ...]) -> list
     if n > TOP_N_THRESHOLD and view.top in TOP_N_OPTIONS and view.top:
         evaluation = resources.evaluation(config_path, view.model, view.dataset)
         shown = most_confused_classes(evaluation.predictions, n, view.top)
-    scope = (view.model, view.dataset, view.color, tuple(shown))
+    scope = (view.model, view.dataset, view.color, tuple(shown), classes, counts.tobytes())
     state = st.session_state
     if state.get("chart_scope") != scope or state.get("chart_cell") != view.cell:
         # A change that did not come from a click on this chart: rebuild it, selection from the URL.
         state["chart_scope"], state["chart_cell"] = scope, view.cell
-        state["chart_selected"] = view.cell
         state["chart_version"] = state.get("chart_version", 0) + 1
-    figure = matrix_figure(counts, classes, view.color, shown, state["chart_selected"])
+        # Building a Plotly figure takes ~20 ms: a click on the chart reuses this session's.
+        state["chart_figure"] = matrix_figure(counts, classes, view.color, shown, view.cell)
+    figure = state["chart_figure"]
     key = f"matrix-{state['chart_version']}"
     st.plotly_chart(
         figure,
