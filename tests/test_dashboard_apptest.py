@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import cell_rows
-from core.gallery import page_rows, sort_rows
+from core.gallery import compared_classes, first_pages, page_rows, sort_rows
+from core.map_cache import MapRequest
+from dashboard import resources
 from tests.projects import ROOT, expected, write_config
 
 APP = str(ROOT / "dashboard" / "app.py")
@@ -103,3 +106,53 @@ def test_class_count_mismatch_names_both_numbers(tmp_path: Path, monkeypatch) ->
     assert not at.exception
     message = " ".join(e.value for e in at.error)
     assert "10 classes" in message and "has 5" in message
+
+
+def _card_captions(at: AppTest) -> list[str]:
+    return [
+        html.unescape(c) for h in at.html for c in re.findall(r"<figcaption[^>]*>(.*?)<", h.value)
+    ]
+
+
+def test_sidebar_settings_change_the_gallery_and_the_url(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    result = expected(project)
+    at = run(project, monkeypatch, cell="9,9")
+    assert "Grad-CAM · predicted 9" in _card_captions(at)
+    at.sidebar.selectbox(key="url:method").set_value("Grad-CAM++").run()
+    at.sidebar.selectbox(key="url:sort").set_value("loss_desc").run()
+    assert not at.exception
+    assert at.query_params["method"] in (["Grad-CAM++"], "Grad-CAM++")
+    assert "Grad-CAM++ · predicted 9" in _card_captions(at)
+    rows = sort_rows(cell_rows(result.predictions, 9, 9), "loss", ascending=False)
+    assert _card_paths(at) == list(page_rows(rows, 1, 24)["path"])
+
+
+def test_first_pages_are_warmed_once_the_predictions_are_ready(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Opening the app (no cell selected, so no map asked for) warms page 1 of every cell."""
+    result = expected(project)
+    pages = first_pages(result.predictions, "confidence", False, 24, resources.WARM_UP_IMAGES)
+    assert len(pages) == len(result.predictions.groupby(["true", "pred"]))  # every cell
+    at = run(project, monkeypatch)
+    assert not at.exception
+    scope = (result.fingerprint, "Grad-CAM", resources.layers(str(project), "digits-cnn")[1])
+    requests = [
+        [MapRequest(row["path"], compared_classes(row), _no_image) for _, row in rows.iterrows()]
+        for rows in pages
+    ]
+    deadline = time.monotonic() + 60
+    while True:  # the app's warm-up thread fills the server-wide cache in the background
+        try:
+            for page in requests:  # what each cell's first click asks for is all there
+                resources.map_cache().get_many(scope, page, _not_computed)
+            break
+        except LookupError:
+            assert time.monotonic() < deadline, "page 1 of some cells was not warmed in 60 s"
+            time.sleep(0.2)
+
+
+def _no_image():  # type: ignore[no-untyped-def]
+    raise LookupError("not warmed: the image had to be loaded")
+
+
+def _not_computed(images, classes):  # type: ignore[no-untyped-def]
+    raise LookupError("not warmed: maps had to be computed")
