@@ -98,11 +98,15 @@ def confused_pairs(config_path: str, model_name: str, dataset_name: str, k: int)
 
 
 @st.cache_resource(show_spinner=False)
-def layers(config_path: str, model_name: str) -> tuple[list[LayerInfo], str]:
-    """Candidate target layers and the default one (config's ``layer`` or auto-detected)."""
+def layers(config_path: str, model_name: str) -> tuple[list[LayerInfo], str | None]:
+    """Candidate target layers and the default one (config's ``layer`` or auto-detected; None
+    when the model has no spatial layer, e.g. a flat MLP: only saliency applies then)."""
     loaded = model(config_path, model_name)
     found = candidate_layers(loaded.module, loaded.input_shape)
-    default = loaded.spec.layer or find_target_layer(loaded.module, loaded.input_shape)
+    try:
+        default = loaded.spec.layer or find_target_layer(loaded.module, loaded.input_shape)
+    except ValueError:
+        default = None
     return found, default
 
 
@@ -134,9 +138,8 @@ def warm_up(
     errors first, so first clicks are as quick as later ones. None when the model has no layer
     to map (the gallery says so when a cell is opened).
     """
-    try:
-        layer = layers(config_path, model_name)[1]
-    except ValueError:
+    layer = layers(config_path, model_name)[1]
+    if layer is None:
         return None
     default = ViewState()
     column, ascending, _ = SORTS[default.sort]

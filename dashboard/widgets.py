@@ -60,7 +60,8 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
     with st.sidebar:
         st.header("Gallery")
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
-        bind(st.selectbox, "Target layer", "layer", layer, list(labels), format_func=labels.get)
+        if layer is not None:
+            bind(st.selectbox, "Target layer", "layer", layer, list(labels), format_func=labels.get)
         bind(st.slider, "Overlay opacity", "opacity", view.opacity, min_value=0.0, max_value=1.0)
         cols = st.columns([3, 2])
         with cols[0]:
@@ -163,7 +164,7 @@ def _gallery_html(
     view: ViewState,
     result: Evaluation,
     rows: pd.DataFrame,
-    layer: str,
+    layer: str | None,
     store: NotesStore,
     notes_key: str,
 ) -> tuple[str, str | None]:
@@ -214,7 +215,7 @@ def _card(
 
 
 def _inspect_picker(
-    config_path: str, view: ViewState, rows: pd.DataFrame, names: tuple[str, ...], layer: str
+    config_path: str, view: ViewState, rows: pd.DataFrame, names: tuple[str, ...], layer: str | None
 ) -> None:
     """One picker for the large view (instead of a button per card: fewer elements to draw)."""
     key = "inspect-pick"
@@ -240,7 +241,7 @@ def _picked(key: str) -> None:
 
 @st.dialog("Inspect image", width="large")
 def _inspect(
-    config_path: str, view: ViewState, row: pd.Series, names: tuple[str, ...], layer: str
+    config_path: str, view: ViewState, row: pd.Series, names: tuple[str, ...], layer: str | None
 ) -> None:
     model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
@@ -263,7 +264,7 @@ def _inspect(
         )
         right.image(
             enlarge(overlay(image, cam_map[0], alpha=view.opacity), 320),
-            caption=f"{method} · {names[cls]} · layer {layer}",
+            caption=f"{method} · {names[cls]}" + (f" · layer {layer}" if layer else ""),
             width="stretch",
             output_format="PNG",
         )
@@ -271,13 +272,16 @@ def _inspect(
         right.warning(str(exc))
     layers, _ = resources.layers(config_path, view.model)
     layer_names = [info.name for info in layers]
-    chosen = st.selectbox(
-        "Activations of layer",
-        layer_names,
-        index=layer_names.index(layer) if layer in layer_names else len(layer_names) - 1,
-    )
-    acts = layer_activations(model.module, x.to(model.device), chosen, top_n=8)
-    _activation_grid(image, acts, chosen)
+    if layer_names:
+        chosen = st.selectbox(
+            "Activations of layer",
+            layer_names,
+            index=layer_names.index(layer) if layer in layer_names else len(layer_names) - 1,
+        )
+        acts = layer_activations(model.module, x.to(model.device), chosen, top_n=8)
+        _activation_grid(image, acts, chosen)
+    else:
+        st.caption("This model has no layer with a 4-D output: no activations to show.")
     st.divider()
     editor(
         resources.notes_store(config_path, settings().read_only),

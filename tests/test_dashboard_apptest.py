@@ -156,3 +156,37 @@ def _no_image():  # type: ignore[no-untyped-def]
 
 def _not_computed(images, classes):  # type: ignore[no-untyped-def]
     raise LookupError("not warmed: maps had to be computed")
+
+
+def test_a_model_without_a_spatial_layer_still_shows_its_matrix_and_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from torch import nn
+
+    (tmp_path / "flat_model.py").write_text(
+        "from torch import nn\n\n\ndef build(num_classes=10):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, num_classes))\n"
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10))
+    torch.save(model.state_dict(), tmp_path / "flat.pt")
+    config = write_config(tmp_path)
+    text = config.read_text().replace(
+        "[[datasets]]",
+        '[[models]]\nname = "flat"\nweights = "flat.pt"\nfactory = "flat_model:build"\n'
+        "input_size = [32, 32]\nchannels = 1\n\n[[datasets]]",
+        1,
+    )
+    config.write_text(text)
+    result = expected(config, model="flat")
+    true, pred = map(int, result.predictions.iloc[0][["true", "pred"]])
+    at = run(config, monkeypatch, model="flat", cell=f"{true},{pred}")
+    assert not at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    assert "no module with a spatial" in warnings  # says why there are no maps
+    rows = sort_rows(cell_rows(result.predictions, true, pred), "confidence", ascending=False)
+    assert _card_paths(at) == list(page_rows(rows, 1, 24)["path"])  # the images are there
+    at.sidebar.selectbox(key="url:method").set_value("Saliency").run()  # needs no layer
+    assert not at.exception and not at.warning
+    assert f"Saliency · predicted {result.classes[pred]}" in _card_captions(at)
