@@ -103,13 +103,14 @@ def first_pages(
 
     The order is the one people click in: the biggest confusions, then the diagonal.
     """
-    sizes = predictions.groupby(["true", "pred"]).size().reset_index(name="n")
+    cells = predictions.groupby(["true", "pred"])  # one pass over the table for every cell
+    sizes = cells.size().reset_index(name="n")
     sizes["diagonal"] = sizes["true"] == sizes["pred"]
     order = ["diagonal", "n", "true", "pred"]
     sizes = sizes.sort_values(order, ascending=[True, False, True, True])
     pages, total = [], 0
     for true, pred in zip(sizes["true"], sizes["pred"], strict=True):
-        cell = predictions[(predictions["true"] == true) & (predictions["pred"] == pred)]
+        cell = cells.get_group((true, pred))
         page = page_rows(sort_rows(cell, column, ascending), 1, page_size)
         if total + len(page) > limit:
             break

@@ -61,7 +61,7 @@ def predict(
 ) -> Evaluation:
     """Run ``model`` over every image of ``dataset``; unreadable files are skipped and listed.
 
-    Loader workers decode (libpng for plain PNGs) and resize to uint8; normalisation runs once
+    Loader workers (or a prefetch thread) decode and resize to uint8; normalisation runs once
     per batch.
     """
     data = dataset.with_transform(model.resize, model.spec.channels, tensors=True)

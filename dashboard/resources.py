@@ -144,18 +144,17 @@ def warm_up(
     default = ViewState()
     column, ascending, _ = SORTS[default.sort]
     result = evaluation(config_path, model_name, dataset_name)
-    pages = first_pages(result.predictions, column, ascending, default.page_size, WARM_UP_IMAGES)
-    args = (
-        model(config_path, model_name),
-        dataset(config_path, dataset_name, model_name),
-        pages,
-        default.method,
-        layer,
-        map_cache(),
-        panel_cache(),
-        result.fingerprint,
-        default.opacity,
-    )
-    thread = threading.Thread(target=warm_pages, args=args, name="warm-up", daemon=True)
+    loaded, data = model(config_path, model_name), dataset(config_path, dataset_name, model_name)
+    maps, panels = map_cache(), panel_cache()
+
+    def warm() -> None:  # choosing the pages is work too: all of it off the page's first run
+        pages = first_pages(
+            result.predictions, column, ascending, default.page_size, WARM_UP_IMAGES
+        )
+        warm_pages(
+            loaded, data, pages, default.method, layer, maps, panels, fingerprint, default.opacity
+        )
+
+    thread = threading.Thread(target=warm, name="warm-up", daemon=True)
     thread.start()
     return thread
