@@ -54,9 +54,8 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
     These live outside the matrix fragment: a click on a cell does not redraw them, which
     keeps a click cheap for the browser when many people share the server.
     """
-    layers, default_layer = resources.layers(config_path, view.model)
+    layers, layer = _layer_choice(config_path, view)
     labels = {info.name: _layer_label(info) for info in layers}
-    layer = view.layer if view.layer in labels else default_layer
     with st.sidebar:
         st.header("Gallery")
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
@@ -100,8 +99,7 @@ def cell_view(
     notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
     if view.tag:
         rows = rows[rows["path"].isin(store.paths_with_tag(notes_key, view.tag))]
-    layers, default_layer = resources.layers(config_path, view.model)
-    layer = view.layer if view.layer in {info.name for info in layers} else default_layer
+    _, layer = _layer_choice(config_path, view)
     page = page_rows(rows, view.page, view.page_size)
     gallery, problem = _gallery_html(config_path, view, result, page, layer, store, notes_key)
     tags = store.all_tags(notes_key)
@@ -140,6 +138,12 @@ def cell_view(
     if problem:
         st.warning(problem)
     st.html(gallery)
+
+
+def _layer_choice(config_path: str, view: ViewState) -> tuple[list[LayerInfo], str | None]:
+    """The model's candidate layers and the one in use: the URL's if valid, else the default."""
+    layers, default_layer = resources.layers(config_path, view.model)
+    return layers, view.layer if view.layer in {info.name for info in layers} else default_layer
 
 
 def _layer_label(info: LayerInfo) -> str:

@@ -76,7 +76,7 @@ def explorer(config_path: str, models: list[str], datasets: list[str], result: E
     rerun keeps the last full run's arguments).
     """
     view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
-    shown = _matrix(config_path, view, result.classes)
+    shown = _matrix(config_path, view, result)
     if view.cell is None:
         st.info("Click any cell of the confusion matrix to see its images and their CAMs.")
         return
@@ -129,14 +129,15 @@ def matrix_settings(view: ViewState, n: int) -> None:
             )
 
 
-def _matrix(config_path: str, view: ViewState, classes: tuple[str, ...]) -> list[int]:
+def _matrix(config_path: str, view: ViewState, result: Evaluation) -> list[int]:
     counts = resources.matrix(config_path, view.model, view.dataset)
+    classes = result.classes
     n = len(classes)
     shown = list(range(n))
     if n > TOP_N_THRESHOLD and view.top in TOP_N_OPTIONS and view.top:
-        evaluation = resources.evaluation(config_path, view.model, view.dataset)
-        shown = most_confused_classes(evaluation.predictions, n, view.top)
-    scope = (view.model, view.dataset, view.color, tuple(shown), classes, counts.tobytes())
+        shown = most_confused_classes(result.predictions, n, view.top)
+    # the evaluation's fingerprint stands for the counts: new weights or images, new figure
+    scope = (result.fingerprint, view.color, tuple(shown))
     state = st.session_state
     if state.get("chart_scope") != scope or state.get("chart_cell") != view.cell:
         # A change that did not come from a click on this chart: rebuild it, selection from the URL.
