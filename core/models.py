@@ -108,7 +108,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # every reader raises its own types for a damaged file
         raise ModelLoadError(
-            f"cannot read checkpoint {path}: {_first_line(exc)}. Expected a state_dict saved "
+            f"cannot read checkpoint {path}: {_reader_error(exc)}. Expected a state_dict saved "
             "with torch.save(model.state_dict()) or safetensors; a whole pickled model needs "
             "module = ... and trusted = true in the config."
         ) from None
@@ -289,6 +289,19 @@ def _resize(spec: ModelSpec) -> v2.Compose:
 
 def _normalize(spec: ModelSpec) -> v2.Compose:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
+
+
+def _reader_error(exc: BaseException) -> str:
+    """Why a checkpoint could not be read, in words, plus the reader's own reason, without
+    torch's advice to retry with ``weights_only=False`` (that would unpickle, i.e. run, the
+    file's contents)."""
+    text = str(exc)
+    if text.startswith("Weights only load failed"):
+        detail = text.partition("WeightsUnpickler error:")[2].strip().splitlines()
+        reason = detail[0].strip() if detail else "it holds more than tensors"
+    else:
+        reason = _first_line(exc)
+    return f"the file is damaged or not a checkpoint (the reader said: {reason})"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -135,6 +135,15 @@ def test_corrupt_checkpoints(resnet7, tmp_path: Path) -> None:
         assert "state_dict" in str(info.value)  # says what was expected
 
 
+def test_unreadable_checkpoint_message_never_suggests_unpickling(tmp_path: Path) -> None:
+    path = tmp_path / "notes.pt"
+    path.write_text("these are not weights\n")
+    with pytest.raises(ModelLoadError, match="cannot read checkpoint") as info:
+        load_model(spec(architecture="resnet18", weights=path))
+    assert "weights_only" not in str(info.value)
+    assert "the file is damaged or not a checkpoint" in str(info.value)
+
+
 def test_checkpoint_without_tensors(tmp_path: Path) -> None:
     path = tmp_path / "notes.pt"
     torch.save({"epoch": 3, "lr": 0.1}, path)
