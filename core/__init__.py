@@ -4,7 +4,7 @@ Never imports streamlit; everything the dashboard shows is computed here.
 """
 
 from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
-from core.datasets import ImageDataset, dataset_key, load_image, open_dataset
+from core.datasets import ImageDataset, dataset_key, load_image, load_tensor, open_dataset
 from core.errors import (
     ClassCountMismatchError,
     ConfigError,
@@ -52,6 +52,7 @@ __all__ = [
     "load_config",
     "load_image",
     "load_model",
+    "load_tensor",
     "most_confused_classes",
     "open_dataset",
     "per_class_metrics",

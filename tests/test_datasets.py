@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from core.config import DatasetSpec
-from core.datasets import load_image, open_dataset
+from core.datasets import _decode_png, _to_tensor, load_image, load_tensor, open_dataset
 from core.errors import DatasetError, UserFacingError
 from core.predictions import predict
 
@@ -272,6 +272,79 @@ def test_dataset_yields_what_the_model_takes(make_image_folder, digits_model) ->
     assert sample.image.shape == (1, 32, 32)
     raw = open_dataset(DatasetSpec("d", root))[0]  # no transform: uint8 C×H×W as stored
     assert raw.image.shape == (3, 20, 24)
+
+
+# --- the fast PNG decoder ----------------------------------------------------------------
+
+
+def _png_variants(folder: Path, rng: np.random.Generator) -> dict[str, Path]:
+    """One PNG per storage variant that OpenCV reads (gray 1/4/8-bit, gray with a transparent
+    value, RGB, interlaced RGB, palette) and per variant it must leave to PIL."""
+    gray = rng.integers(0, 256, (13, 11), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (13, 11, 3), dtype=np.uint8)
+    palette = Image.new("P", (11, 13))
+    palette.putdata(rng.integers(0, 16, 13 * 11).tolist())
+    palette.putpalette(rng.integers(0, 256, 48).tolist())
+    saves = {
+        "gray": (Image.fromarray(gray), {}),
+        "gray_1bit": (Image.fromarray(gray > 128), {}),
+        "gray_4bit": (Image.fromarray(gray // 17 * 17), {"bits": 4}),
+        "gray_trns": (Image.fromarray(gray), {"transparency": 7}),
+        "rgb": (Image.fromarray(rgb), {}),
+        "rgb_interlaced": (Image.fromarray(rgb), {"interlace": 1}),
+        "palette": (palette, {}),
+        "palette_trns": (palette, {"transparency": 2}),
+        "rgba": (Image.fromarray(np.dstack([rgb, gray]), mode="RGBA"), {}),
+        "gray_16bit": (Image.fromarray(gray.astype(np.uint16) * 257), {}),
+    }
+    paths = {}
+    for name, (image, options) in saves.items():
+        paths[name] = folder / f"{name}.png"
+        image.save(paths[name], **options)
+    return paths
+
+
+FAST = {  # variant -> channel counts OpenCV decodes; the rest must fall back to PIL
+    "gray": (1, 3),
+    "gray_1bit": (1, 3),
+    "gray_4bit": (1, 3),
+    "gray_trns": (1, 3),
+    "rgb": (3,),
+    "rgb_interlaced": (3,),
+    "palette": (3,),
+}
+
+
+def test_fast_png_decoder_gives_exactly_the_pixels_of_pil(tmp_path: Path, rng) -> None:
+    """Where OpenCV decodes, its pixels are PIL's bit for bit; everything else (alpha, 16-bit,
+    a transparent palette entry, RGB to gray) is left to PIL's path, which composites,
+    scales and converts it."""
+    for name, path in _png_variants(tmp_path, rng).items():
+        for channels in (1, 3):
+            reference = _to_tensor(load_image(path, channels))
+            fast = _decode_png(str(path), channels)
+            takes_fast_path = channels in FAST.get(name, ())
+            assert (fast is not None) == takes_fast_path, (name, channels)
+            if fast is not None:
+                assert fast.dtype == torch.uint8 and fast.shape == reference.shape
+                assert torch.equal(fast, reference), (name, channels)
+            assert torch.equal(load_tensor(path, channels), reference), (name, channels)
+
+
+def test_truncated_or_damaged_png_gets_pil_s_message(tmp_path: Path, rng) -> None:
+    gray = rng.integers(0, 256, (40, 30), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # inside the image data: the file still ends with IEND
+    (tmp_path / "flipped.png").write_bytes(bytes(flipped))
+    assert _decode_png(str(tmp_path / "cut.png"), 1) is None
+    assert _decode_png(str(tmp_path / "flipped.png"), 1) is None
+    with pytest.raises(OSError, match="truncated"):
+        load_tensor(tmp_path / "cut.png", 1)
+    with pytest.raises((OSError, SyntaxError, ValueError)):
+        load_tensor(tmp_path / "flipped.png", 1)
 
 
 # --- unreadable files -------------------------------------------------------------------

@@ -366,33 +366,6 @@ def test_class_count_mismatch_names_both_numbers(
     assert not (tmp_path / "cache").exists()  # refused before predicting anything
 
 
-def test_prefetched_batches_keep_order_and_reraise_in_the_consumer() -> None:
-    from core.predictions import _prefetched
-
-    assert list(_prefetched(iter(range(50)), depth=2)) == list(range(50))
-
-    def failing():  # type: ignore[no-untyped-def]
-        yield 1
-        raise OSError("disk gone")
-
-    got = []
-    with pytest.raises(OSError, match="disk gone"):
-        for item in _prefetched(failing()):
-            got.append(item)
-    assert got == [1]
-
-
-def test_prefetch_thread_ends_when_the_consumer_stops_early() -> None:
-    import threading
-
-    from core.predictions import _prefetched
-
-    for item in _prefetched(iter(range(1000)), depth=2):
-        if item == 3:
-            break
-    assert not any(t.name == "predict-prefetch" for t in threading.enumerate())
-
-
 def test_default_workers_leave_the_cores_to_the_model_on_cpu(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import core.predictions as predictions
 
