@@ -16,6 +16,12 @@ absorbs in-place operations applied to the layer output afterwards (DenseNet's
 are the layer's true output — the values captum's ``LayerGradCam`` uses. pytorch-grad-cam instead
 weights the in-place-modified values and differs at such layers.
 
+Global-average-pool + Linear heads (ResNets, EfficientNets, the digits sample): when the forward
+shows that the last Linear ran once on the spatial mean of the layer and gave the model output,
+the gradient of class k is ``W[k] / (h * w)`` at every position, so no backward pass runs (the
+identity behind "Grad-CAM equals CAM" on such models). Any other head, or a check that fails on
+a chunk, takes the autograd path; the tests run both paths against each other.
+
 Thread safety: hooks live only for one call and act only in the thread that registered them, so
 concurrent calls on one shared model (one per dashboard session) do not see each other.
 """
@@ -108,13 +114,15 @@ class _Tap:
 
     With ``grad=True`` the tap turns grad mode on (thread-local) and replaces the output with a
     clone of a fresh leaf: autograd then records only the rest of the forward. The clone absorbs
-    later in-place operations, so ``value`` keeps the layer's true output.
+    later in-place operations, so ``value`` keeps the layer's true output. With
+    ``replace=False`` it only keeps copies of the module's input and output.
     """
 
-    def __init__(self, grad: bool = False, keep_input: bool = False) -> None:
+    def __init__(self, grad: bool = False, keep_input: bool = False, replace: bool = True) -> None:
         self.thread = threading.get_ident()
         self.grad = grad
         self.keep_input = keep_input
+        self.replace = replace
         self.calls = 0
         self.value: Tensor | None = None
         self.input: Tensor | None = None
@@ -126,7 +134,10 @@ class _Tap:
         if self.calls > 1 or not isinstance(output, Tensor):
             return None  # reported by checked_value after the forward
         if self.keep_input and args and isinstance(args[0], Tensor):
-            self.input = args[0].detach()
+            self.input = args[0].detach().clone()
+        if not self.replace:  # observe only: copies, so later in-place ops cannot change them
+            self.value = output.detach().clone()
+            return None
         if self.grad:
             torch.set_grad_enabled(True)
         self.value = output.detach().requires_grad_(self.grad)
@@ -162,15 +173,21 @@ def _hooked(modules: Sequence[nn.Module], hooks: Sequence[Callable[..., Any]]) -
 
 
 def _check_eval(model: nn.Module) -> None:
+    if not any(m.training for m in model.modules()):
+        return
     training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
-    if training:
-        raise ValueError(
-            f"model is in training mode ({', '.join(training[:3])}); call model.eval() first: "
-            "in train mode BatchNorm makes each map depend on its batch and updates running stats"
-        )
+    raise ValueError(
+        f"model is in training mode ({', '.join(training[:3])}); call model.eval() first: "
+        "in train mode BatchNorm makes each map depend on its batch and updates running stats"
+    )
 
 
 def _get_module(model: nn.Module, name: str) -> nn.Module:
+    if name:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            pass  # explained below
     modules: dict[str, nn.Module] = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
@@ -239,9 +256,8 @@ def _minmax_(maps: Tensor) -> Tensor:
     return maps
 
 
-def _resize_matrix(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """1-D bilinear resize with half-pixel centres as an [n_out, n_in] matrix, plus a mask of the
-    output positions that are the first or last sample between two input pixels.
+def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """1-D bilinear resize with half-pixel centres as an [n_out, n_in] matrix.
 
     The weights are those of ``F.interpolate(mode="bilinear", align_corners=False)`` (and OpenCV's
     ``resize``): source ``(i + 0.5) * n_in / n_out - 0.5``, clamped to the edge pixels.
@@ -253,51 +269,38 @@ def _resize_matrix(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     weights = np.zeros((n_out, n_in))
     weights[rows, lo] += 1 - (src - lo)
     weights[rows, hi] += src - lo  # a separate statement: adds up where hi == lo (clamped)
-    ends = np.ones(n_out, dtype=bool)
-    ends[1:-1] = (lo[1:-1] != lo[:-2]) | (lo[1:-1] != lo[2:])
-    return weights, ends
+    return weights
 
 
 @dataclass(frozen=True)
 class _Resizer:
     """pytorch-grad-cam's normalisation from one map size to the input size: ReLU, min-max at map
-    resolution (eps 1e-7), bilinear resize, min-max again — with a single full-resolution pass.
-
-    The resize is linear with weights summing to 1, so the second min-max can be applied to the
-    small maps before resizing. Between four map pixels the resized map is bilinear in the sample
-    offsets, so its extremes over the output grid lie on the first/last sample rows and columns
-    of each cell: the min and max come from a subgrid of about 2h x 2w values. Results agree with
-    resizing first to ~1e-7.
-    """
+    resolution (eps 1e-7), bilinear resize (two small matrix products), min-max again."""
 
     wy: Tensor  # [H, h]
     wx_t: Tensor  # [w, W]
-    corners_y: Tensor  # [~2h, h]
-    corners_x_t: Tensor  # [w, ~2w]
 
     @classmethod
     @functools.lru_cache(maxsize=64)  # read-only tensors: shared safely between threads
     def build(cls, src: tuple[int, int], dst: tuple[int, int], device: torch.device) -> _Resizer:
-        (wy, ends_y), (wx, ends_x) = _resize_matrix(src[0], dst[0]), _resize_matrix(src[1], dst[1])
-
         def tensor(a: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
-        return cls(tensor(wy), tensor(wx.T), tensor(wy[ends_y]), tensor(wx[ends_x].T))
+        return cls(tensor(_resize_matrix(src[0], dst[0])), tensor(_resize_matrix(src[1], dst[1]).T))
 
     def __call__(self, raw: Tensor, out: Tensor) -> Tensor:
         """Normalise raw maps [M, h, w] into ``out`` [M, H, W]."""
-        maps = _minmax_(raw.float().clamp_min(0).contiguous())
-        corners = (self.corners_y @ maps @ self.corners_x_t).flatten(1)
-        low = corners.amin(1)[:, None, None]
-        span = (corners.amax(1)[:, None, None] - low).add_(_EPS)
-        scaled = (maps - low).div_(span) @ self.wx_t
-        return torch.matmul(self.wy, scaled, out=out).clamp_(0.0, 1.0)  # rounding: -1e-9
+        maps = _minmax_(raw.float().clamp_min(0))
+        return _minmax_(torch.matmul(self.wy, maps @ self.wx_t, out=out))
 
 
 def _weighted_maps(weights: Tensor, acts: Tensor) -> Tensor:
-    """sum_c weights[n, k, c] * acts[n, c, h, w] -> [n, k, h, w]."""
-    return torch.einsum("nkc,nchw->nkhw", weights, acts)
+    """sum_c weights[n, k, c] * acts[n, c, h, w] -> [n, k, h, w].
+
+    ``acts.flatten(2)`` is a view in both memory formats (channels_last reads as a transposed
+    matrix), so no copy of the activations is made.
+    """
+    return torch.bmm(weights, acts.flatten(2)).view(*weights.shape[:2], *acts.shape[2:])
 
 
 def _grad_cam_weights(acts: Tensor, grad: Tensor) -> Tensor:
@@ -416,18 +419,44 @@ def _warn_if_pointlike(acts: Tensor, name: str, stacklevel: int) -> None:
 def _chunk_grads(
     model: nn.Module, module: nn.Module, name: str, x: Tensor, cls: Tensor
 ) -> tuple[Tensor, list[Tensor]]:
-    """One forward with the graph from ``module`` on, then one gradient per class column."""
+    """One forward with the graph from ``module`` on, then the gradient of each class column.
+
+    When the forward shows that the logits are the last Linear applied to the spatial mean of
+    the layer (a global-average-pool + Linear head, as in ResNets), the gradient of class k is
+    ``W[k] / (h * w)`` at every position and no backward pass is needed; otherwise autograd
+    computes one gradient per column.
+    """
     tap = _Tap(grad=True)
+    linear = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+    head = _Tap(keep_input=True, replace=False)
+    modules, taps = ([module, linear], [tap, head]) if linear else ([module], [tap])
     with torch.inference_mode(False):  # the caller may be in inference mode or no_grad
-        with torch.no_grad(), _hooked([module], [tap]):
+        with torch.no_grad(), _hooked(modules, taps):
             logits = model(x)
         leaf = tap.checked_value(name)
         logits = _check_logits(logits, cls)
+        if not logits.requires_grad:
+            raise ValueError(f"the model output does not depend on layer {name!r}")
+        acts = leaf.detach().float()
+        if linear and _is_gap_linear(acts, head, logits):
+            return acts, _gap_linear_grads(linear, acts, cls)
         with torch.enable_grad():
             grads = _class_grads(logits, cls, leaf)
-    if any(g is None for g in grads) or not logits.requires_grad:
+    if any(g is None for g in grads):
         raise ValueError(f"the model output does not depend on layer {name!r}")
-    return leaf.detach().float(), [g.float() for g in grads if g is not None]
+    return acts, [g.float() for g in grads if g is not None]
+
+
+def _is_gap_linear(acts: Tensor, head: _Tap, logits: Tensor) -> bool:
+    """Whether the logits are the last Linear applied to the spatial mean of ``acts``."""
+    return _gap_linear_problem(acts, head, logits, ("", "")) is None
+
+
+def _gap_linear_grads(linear: nn.Linear, acts: Tensor, cls: Tensor) -> list[Tensor]:
+    """d logits[:, k] / d acts for logits = linear(acts.mean((2, 3))): W[k] / (h * w) everywhere."""
+    weight = linear.weight.detach().float().to(acts.device) / (acts.shape[2] * acts.shape[3])
+    rows = weight[cls.to(acts.device)]  # [n, K, C]
+    return [rows[:, k, :, None, None].expand(acts.shape) for k in range(cls.shape[1])]
 
 
 def _class_grads(logits: Tensor, cls: Tensor, wrt: Tensor) -> list[Tensor | None]:
@@ -496,29 +525,34 @@ def grad_cam_pp(
 # --------------------------------------------------------------------------- classic CAM
 
 
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("CAM needs a global-average-pool + Linear head; use Grad-CAM instead")
-    return linears[-1]
+    return linears[-1] if linears else None
+
+
+def _gap_linear_problem(
+    acts: Tensor, head: _Tap, logits: Tensor, names: tuple[str, str]
+) -> str | None:
+    """Why the logits are not the last Linear applied to the spatial mean of ``acts`` (or None)."""
+    layer, linear = names
+    x = head.input if head.calls == 1 else None
+    if x is None:
+        return f"the last Linear {linear!r} does not run exactly once on a tensor"
+    if x.shape != acts.shape[:2]:
+        return (
+            f"the input of the last Linear {linear!r} has shape {tuple(x.shape)}, "
+            f"not the {acts.shape[1]} channels of layer {layer!r}"
+        )
+    if not torch.allclose(x.float(), acts.mean((2, 3)), rtol=1e-3, atol=1e-5):
+        return f"the input of the last Linear {linear!r} is not the spatial mean of {layer!r}"
+    if head.value is None or not torch.allclose(head.value.float(), logits.detach().float()):
+        return f"the output of the last Linear {linear!r} is not the model output"
+    return None
 
 
 def _check_gap_linear(acts: Tensor, head: _Tap, logits: Tensor, names: tuple[str, str]) -> None:
     """Raise unless the head input is the spatial mean of ``acts`` and its output is the logits."""
-    layer, linear = names
-    why = None
-    x = head.input if head.calls == 1 else None
-    if x is None:
-        why = f"the last Linear {linear!r} does not run exactly once on a tensor"
-    elif x.shape != acts.shape[:2]:
-        why = (
-            f"the input of the last Linear {linear!r} has shape {tuple(x.shape)}, "
-            f"not the {acts.shape[1]} channels of layer {layer!r}"
-        )
-    elif not torch.allclose(x.float(), acts.mean((2, 3)), rtol=1e-3, atol=1e-5):
-        why = f"the input of the last Linear {linear!r} is not the spatial mean of {layer!r}"
-    elif head.value is None or not torch.allclose(head.value.float(), logits.float()):
-        why = f"the output of the last Linear {linear!r} is not the model output"
+    why = _gap_linear_problem(acts, head, logits, names)
     if why:
         raise ValueError(
             f"CAM needs a global-average-pool + single Linear head on the target layer: {why}. "
@@ -554,7 +588,10 @@ def cam(
     _check_images(images, batch_size)
     cls, keep_k = _class_matrix(classes, len(images))
     name, module = _resolve_layer(model, images, layer)
-    linear_name, linear = _last_linear(model)
+    found = _last_linear(model)
+    if found is None:
+        raise ValueError("CAM needs a global-average-pool + Linear head; use Grad-CAM instead")
+    linear_name, linear = found
     size = _spatial_shape(images)
     n, k = cls.shape
     out = torch.empty((n, k, *size), dtype=torch.float32, device=images.device)

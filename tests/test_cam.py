@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import core.cam
 from core.cam import (
     METHODS,
     _Resizer,  # the normalisation shortcut, checked against the plain recipe
@@ -97,12 +98,33 @@ def count_forwards(module: nn.Module) -> tuple[list[int], torch.utils.hooks.Remo
     return sizes, handle
 
 
+@pytest.fixture(params=["shortcut", "autograd"])
+def grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the GAP + Linear shortcut (gradients W[k] / hw, no backward pass) and
+    again with it turned off, so that autograd computes every gradient."""
+    if request.param == "autograd":
+        monkeypatch.setattr(core.cam, "_is_gap_linear", lambda *args: False)
+    return str(request.param)
+
+
+def count_backward_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    original = torch.autograd.grad
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    return calls
+
+
 # ------------------------------------------------------------------ hand-computed values
 
 IJ = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
 
 
-def test_grad_cam_hand_computed() -> None:
+def test_grad_cam_hand_computed(grad_path: str) -> None:
     i, j = IJ
     maps = grad_cam(tiny_model(), tiny_input(), torch.tensor([[0, 1, 2]]), layer="0")[0]
     # class 0: weights (2, 1)/16 -> 2P + P^T = 9i + 6j, min-max -> (3i + 2j)/15
@@ -113,7 +135,7 @@ def test_grad_cam_hand_computed() -> None:
     assert torch.equal(maps[2], torch.zeros(4, 4))
 
 
-def test_grad_cam_hand_computed_with_resize() -> None:
+def test_grad_cam_hand_computed_with_resize(grad_path: str) -> None:
     # stride 2: layer map P[::2, ::2] etc.; class 0 -> 2A0 + A1 = [[0, 12], [18, 30]] -> minmax
     # [[0, .4], [.6, 1]] = 0.6 r + 0.4 c; a 2 -> 4 bilinear resize (half-pixel centres) samples
     # each axis at [0, .25, .75, 1].
@@ -124,7 +146,7 @@ def test_grad_cam_hand_computed_with_resize() -> None:
     torch.testing.assert_close(maps[0], expected, atol=1e-5, rtol=0)
 
 
-def test_grad_cam_pp_hand_computed() -> None:
+def test_grad_cam_pp_hand_computed(grad_path: str) -> None:
     i, j = IJ
     p, pt = 4 * i + j, 4 * j + i
 
@@ -142,7 +164,7 @@ def test_grad_cam_pp_hand_computed() -> None:
     assert (maps[0] - grad_cam(tiny_model(), tiny_input(), 0, layer="0")[0]).abs().max() > 0.01
 
 
-def test_cam_hand_computed_and_equal_to_grad_cam() -> None:
+def test_cam_hand_computed_and_equal_to_grad_cam(grad_path: str) -> None:
     i, j = IJ
     classes = torch.tensor([[0, 1, 2]])
     maps = cam(tiny_model(), tiny_input(), classes, layer="0")[0]
@@ -151,7 +173,7 @@ def test_cam_hand_computed_and_equal_to_grad_cam() -> None:
     assert (maps - reference).abs().max() <= 1e-5
 
 
-def test_grad_cam_equals_cam_on_gap_linear_cnn() -> None:
+def test_grad_cam_equals_cam_on_gap_linear_cnn(grad_path: str) -> None:
     model = gap_cnn()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     classes = torch.arange(6).repeat(4, 1)
@@ -159,6 +181,57 @@ def test_grad_cam_equals_cam_on_gap_linear_cnn() -> None:
     maps = grad_cam(model, x, classes)
     assert (maps.amax((2, 3)) > 0.5).sum() >= 12  # most maps are not degenerate
     assert (maps - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("method", [grad_cam, grad_cam_pp])
+def test_gap_linear_shortcut_equals_autograd(method, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    model = build_digits().eval()
+    x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    classes = torch.randint(0, 10, (6, 3), generator=torch.Generator().manual_seed(5))
+    calls = count_backward_passes(monkeypatch)
+    fast = method(model, x, classes)
+    assert calls == []  # GAP + Linear head: gradients without a backward pass
+    monkeypatch.setattr(core.cam, "_is_gap_linear", lambda *args: False)
+    slow = method(model, x, classes)
+    assert len(calls) == 3  # one backward pass per class column
+    assert (fast - slow).abs().max() <= 1e-5
+
+
+def gap_relu_linear() -> tuple[nn.Module, str]:
+    """conv -> BatchNorm (target, negative values) -> GAP -> ReLU -> Linear: the Linear's input
+    is not the mean of the layer, so the gradient is not W[k] / hw."""
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.ReLU(),
+        nn.Linear(8, 4),
+    ).eval()
+    with torch.no_grad():
+        model[1].bias.copy_(torch.linspace(-1, 1, 8))  # some channel means below zero
+    return model, "1"
+
+
+@pytest.mark.parametrize("head", ["flatten_linear", "softmax_after", "relu_between"])
+def test_other_heads_take_the_autograd_path(head: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = None
+    if head == "flatten_linear":
+        model: nn.Module = conv_blocks()
+    elif head == "softmax_after":
+        model = nn.Sequential(gap_cnn(), nn.Softmax(1)).eval()
+    else:
+        model, layer = gap_relu_linear()
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    calls = count_backward_passes(monkeypatch)
+    maps = grad_cam(model, x, torch.tensor([[0, 1]] * 5), layer=layer)
+    assert len(calls) == 2
+    if head == "relu_between":  # the shortcut's maps would be wrong here
+        shortcut = cam(
+            nn.Sequential(*model[:4], model[5]).eval(), x, torch.tensor([[0, 1]] * 5), layer="1"
+        )
+        assert (maps - shortcut).abs().max() > 0.05
 
 
 def test_cam_rejects_heads_that_are_not_gap_linear() -> None:
