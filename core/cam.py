@@ -20,7 +20,10 @@ Global-average-pool + Linear heads (ResNets, EfficientNets, the digits sample): 
 shows that the last Linear ran once on the spatial mean of the layer and gave the model output,
 the gradient of class k is ``W[k] / (h * w)`` at every position, so no backward pass runs (the
 identity behind "Grad-CAM equals CAM" on such models). Any other head, or a check that fails on
-a chunk, takes the autograd path; the tests run both paths against each other.
+a chunk, takes the autograd path; the tests run both paths against each other. The check compares
+values, so it cannot see an operation that leaves these values unchanged but not their gradient,
+such as a second ReLU applied to a ReLU layer's output: there the shortcut counts positions where
+the layer is exactly zero as autograd would not (ReLU's gradient at 0 is taken as 0).
 
 Thread safety: hooks live only for one call and act only in the thread that registered them, so
 concurrent calls on one shared model (one per dashboard session) do not see each other.
