@@ -430,9 +430,9 @@ def _chunk_grads(
     computes one gradient per column.
     """
     tap = _Tap(grad=True)
-    linear = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+    linear = _last_linear(model)
     head = _Tap(keep_input=True, replace=False)
-    modules, taps = ([module, linear], [tap, head]) if linear else ([module], [tap])
+    modules, taps = ([module, linear[1]], [tap, head]) if linear else ([module], [tap])
     with torch.inference_mode(False):  # the caller may be in inference mode or no_grad
         with torch.no_grad(), _hooked(modules, taps):
             logits = model(x)
@@ -442,7 +442,7 @@ def _chunk_grads(
             raise ValueError(f"the model output does not depend on layer {name!r}")
         acts = leaf.detach().float()
         if linear and _is_gap_linear(acts, head, logits):
-            return acts, _gap_linear_grads(linear, acts, cls)
+            return acts, _gap_linear_grads(linear[1], acts, cls)
         with torch.enable_grad():
             grads = _class_grads(logits, cls, leaf)
     if any(g is None for g in grads):

@@ -14,7 +14,7 @@ from torch import nn
 import core.cam
 from core.cam import (
     METHODS,
-    _Resizer,  # the normalisation shortcut, checked against the plain recipe
+    _Resizer,  # the normalisation, checked against F.interpolate + min-max
     cam,
     candidate_layers,
     find_target_layer,
