@@ -23,14 +23,14 @@ from core.metrics import (
 )
 from core.models import LoadedModel, architectures, load_model
 from core.notes import Note, NotesError, NotesStore
-from core.predictions import Evaluation, SkippedFile, predict
+from core.predictions import predict
+from core.results import Results, SkippedFile, StoreError, open_results
 
 __all__ = [
     "ClassCountMismatchError",
     "ConfigError",
     "DatasetError",
     "DatasetSpec",
-    "Evaluation",
     "EvaluationJob",
     "ImageDataset",
     "LoadedModel",
@@ -40,7 +40,9 @@ __all__ = [
     "NotesError",
     "NotesStore",
     "ProjectConfig",
+    "Results",
     "SkippedFile",
+    "StoreError",
     "UserFacingError",
     "accuracy",
     "architectures",
@@ -55,6 +57,7 @@ __all__ = [
     "load_tensor",
     "most_confused_classes",
     "open_dataset",
+    "open_results",
     "per_class_metrics",
     "predict",
     "top_confused_pairs",

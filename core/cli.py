@@ -1,23 +1,30 @@
-"""Command line: ``python -m core evaluate --config FILE --out FILE.csv|.parquet``."""
+"""Command line: ``python -m core evaluate --config FILE --out DIR/ | FILE.csv | FILE.parquet``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from core.config import load_config
 from core.datasets import open_dataset
 from core.errors import UserFacingError
 from core.evaluate import evaluate
-from core.metrics import accuracy, confusion_matrix
+from core.metrics import accuracy, confusion_matrix, per_class_metrics, top_confused_pairs
 from core.models import load_model
-from core.predictions import Evaluation
+from core.results import Results
 
-__all__ = ["export_table", "main"]
+__all__ = ["export_batches", "export_table", "main"]
+
+FULL_MATRIX_UP_TO = 30  # classes; past this the report lists the most confused pairs instead
+EXPORT_ROWS = 50_000  # rows per written block: the export's memory does not grow with the set
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,24 +35,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the next run continues from the last saved batch", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("evaluate", help="predict a test set; print metrics; save a table")
+    run = commands.add_parser("evaluate", help="predict a test set; print metrics; save results")
     run.add_argument("--config", required=True, type=Path, help="project config (TOML)")
     run.add_argument("--model", help="model name (default: the config's first)")
     run.add_argument("--dataset", help="dataset name (default: the config's first)")
-    run.add_argument("--out", required=True, type=Path, help="predictions table, .csv or .parquet")
+    run.add_argument(
+        "--out",
+        type=Path,
+        help="a result folder the dashboard can open (DIR/), or a table (.csv / .parquet)",
+    )
     run.add_argument("--workers", type=int, default=None, help="image loader processes")
+    run.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
     run.add_argument("--no-cache", action="store_true", help="recompute, ignore the cache")
+    run.add_argument("--no-maps", action="store_true", help="do not store Grad-CAM maps")
+    run.add_argument(
+        "--commit-every",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often finished batches are synced to disk (what a killed run keeps)",
+    )
     return parser
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    if args.out.suffix not in (".csv", ".parquet"):
-        raise UserFacingError(f"--out must end in .csv or .parquet, got {args.out.name!r}")
+    out: Path | None = args.out
+    table_out = out is not None and out.suffix in (".csv", ".parquet")
+    if out is not None and not table_out and out.suffix:
+        raise UserFacingError(
+            f"--out must be a folder (DIR/) or end in .csv or .parquet, got {out.name!r}"
+        )
     config = load_config(args.config)
     model = load_model(config.model(args.model))
     for note in model.warnings:
@@ -57,48 +84,93 @@ def _evaluate(args: argparse.Namespace) -> int:
         cache_dir=None if args.no_cache else config.cache_dir,
         progress=_print_progress,
         num_workers=args.workers,
+        out=out if out is not None and not table_out else None,
+        maps=not args.no_maps,
+        batch_size=args.batch_size,
+        commit_seconds=args.commit_every,
     )
     print(file=sys.stderr)
     _report(result)
-    table = export_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.suffix == ".csv":
-        table.to_csv(args.out, index=False)
+    if out is None:
+        return 0
+    if table_out:
+        rows = _write_table(result, out)
+        print(f"wrote {rows:,} rows to {out}")
     else:
-        table.to_parquet(args.out, index=False)
-    print(f"wrote {len(table)} rows to {args.out}")
+        print(f"wrote the result folder {out} ({len(result.predictions):,} images)")
     return 0
 
 
-def export_table(result: Evaluation) -> pd.DataFrame:
-    """The predictions table with class names and one ``prob_<class>`` column per class."""
+def export_batches(result: Results, rows: int = EXPORT_ROWS) -> Iterator[pa.RecordBatch]:
+    """The results as path, true, pred, confidence, true_prob, loss, ``prob_<class>``...
+
+    Yields blocks of ``rows`` images, so a million-row export never holds the whole table.
+    """
     table = result.predictions
-    names = list(result.classes)
-    out = pd.DataFrame(
-        {
-            "path": table["path"],
-            "true": [names[i] for i in table["true"]],
-            "pred": [names[i] for i in table["pred"]],
-            "confidence": table["confidence"],
-            "true_prob": table["true_prob"],
-            "loss": table["loss"],
+    names = np.array(result.classes, dtype=object)
+    prob_names = [f"prob_{n}" for n in result.classes]
+    for start in range(0, max(len(table), 1), rows):
+        block = table.iloc[start : start + rows]
+        probs = result.probs(block["index"].to_numpy())
+        columns = {
+            "path": pa.array(block["path"].array),
+            "true": pa.array(names[block["true"].to_numpy()], type=pa.string()),
+            "pred": pa.array(names[block["pred"].to_numpy()], type=pa.string()),
+            "confidence": pa.array(block["confidence"].to_numpy()),
+            "true_prob": pa.array(block["true_prob"].to_numpy()),
+            "loss": pa.array(block["loss"].to_numpy()),
         }
-    )
-    probs = pd.DataFrame(list(table["probs"]), columns=[f"prob_{n}" for n in names])
-    return pd.concat([out, probs], axis=1)
+        columns.update({name: pa.array(probs[:, i]) for i, name in enumerate(prob_names)})
+        yield pa.RecordBatch.from_pydict(columns)
 
 
-def _report(result: Evaluation) -> None:
+def export_table(result: Results) -> pd.DataFrame:
+    """The whole export as one DataFrame (for small results and tests)."""
+    return pa.Table.from_batches(list(export_batches(result))).to_pandas()
+
+
+def _write_table(result: Results, out: Path) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batches = export_batches(result)
+    first = next(batches)
+    writer: pq.ParquetWriter | pa_csv.CSVWriter
+    if out.suffix == ".csv":
+        writer = pa_csv.CSVWriter(str(out), first.schema)
+    else:
+        writer = pq.ParquetWriter(str(out), first.schema)
+    written = 0
+    with writer:
+        for batch in (first, *batches):
+            writer.write_batch(batch)
+            written += batch.num_rows
+    return written
+
+
+def _report(result: Results) -> None:
     table = result.predictions
-    print(f"images: {len(table)}   skipped: {len(result.skipped)}")
-    for skipped in result.skipped:
-        print(f"  skipped {skipped.path}: {skipped.reason}")
-    print(f"accuracy: {accuracy(table):.4f}")
-    matrix = confusion_matrix(table, result.num_classes)
     names = list(result.classes)
-    frame = pd.DataFrame(matrix, index=[f"true {n}" for n in names], columns=names)
-    print("confusion matrix (rows: true class, columns: predicted class):")
-    print(frame.to_string())
+    print(f"images: {len(table):,}   skipped: {len(result.skipped):,}")
+    for skipped in result.skipped[:20]:
+        print(f"  skipped {skipped.path}: {skipped.reason}")
+    if len(result.skipped) > 20:
+        print(f"  ... and {len(result.skipped) - 20:,} more")
+    print(f"accuracy: {accuracy(table):.4f}")
+    if len(names) <= FULL_MATRIX_UP_TO:
+        matrix = confusion_matrix(table, result.num_classes)
+        frame = pd.DataFrame(matrix, index=[f"true {n}" for n in names], columns=names)
+        print("confusion matrix (rows: true class, columns: predicted class):")
+        print(frame.to_string())
+        return
+    pairs = top_confused_pairs(table, names, 20)
+    print(f"most confused pairs (of {len(names):,} classes):")
+    for row in pairs.itertuples():
+        print(f"  {row.count:>8,}  true {row.true_name} → predicted {row.pred_name}")
+    worst = per_class_metrics(table, names).sort_values(["recall", "class"]).head(10)
+    print("lowest recall:")
+    for name, recall, support in zip(
+        worst["class"], worst["recall"], worst["support"], strict=True
+    ):
+        print(f"  {recall:8.2%}  {name} ({support:,} images)")
 
 
 def _print_progress(done: int, total: int) -> None:

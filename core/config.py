@@ -33,7 +33,7 @@ __all__ = ["DatasetSpec", "ModelSpec", "ProjectConfig", "load_config"]
 _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
-    "datasets",
+    "datasets", "maps", "results",
 }  # fmt: skip
 _DATASET_KEYS = {"name", "root", "csv", "classes"}
 _TOP_KEYS = {"cache_dir", "models", "datasets", "notes_db", "tags"}
@@ -61,6 +61,8 @@ class ModelSpec:
     batch_size: int = 64
     layer: str | None = None
     datasets: tuple[str, ...] | None = None  # the datasets it is evaluated on (None: all)
+    maps: bool = True  # store the predicted/true-class Grad-CAM of every image while evaluating
+    results: tuple[Path, ...] = ()  # result folders made elsewhere (python -m core evaluate --out)
     base_dir: Path = Path(".")
 
 
@@ -209,6 +211,11 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
     batch_size = int(entry.get("batch_size", 64))
     if batch_size < 1:
         raise ConfigError(f"{where}: batch_size must be at least 1, got {batch_size}")
+    maps = entry.get("maps", True)
+    if not isinstance(maps, bool):
+        raise ConfigError(f"{where}: maps must be true or false (unquoted), got {maps!r}")
+    results = entry.get("results", [])
+    results = [results] if isinstance(results, str) else results
     classes = entry.get("classes")
     return ModelSpec(
         name=name,
@@ -227,6 +234,8 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         batch_size=batch_size,
         layer=entry.get("layer"),
         datasets=tuple(str(d) for d in entry["datasets"]) if "datasets" in entry else None,
+        maps=maps,
+        results=tuple((base / str(r)).resolve() for r in results),
         base_dir=base,
     )
 

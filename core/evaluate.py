@@ -1,19 +1,21 @@
-"""One call from config entries to a (cached) evaluation."""
+"""One call from a model and a dataset to a result folder: cached, resumable, streamed."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from concurrent.futures import Future
-from dataclasses import replace
 from pathlib import Path
 
-from core.cache import PredictionCache, evaluation_key
+from core.cache import evaluation_key
 from core.datasets import ImageDataset
 from core.errors import ClassCountMismatchError
 from core.models import LoadedModel
-from core.predictions import Evaluation, Progress, predict
+from core.predictions import Progress, predict
+from core.results.store import Results, ResultWriter, StoreError, open_results
 
-__all__ = ["EvaluationJob", "check_classes", "evaluate"]
+__all__ = ["EvaluationJob", "check_classes", "evaluate", "map_layer"]
 
 
 def check_classes(model: LoadedModel, dataset: ImageDataset) -> None:
@@ -26,26 +28,79 @@ def check_classes(model: LoadedModel, dataset: ImageDataset) -> None:
         )
 
 
+def map_layer(model: LoadedModel) -> tuple[str, tuple[int, int]] | None:
+    """The layer whose Grad-CAM the evaluation stores, and its map size; None if maps are off
+    (``maps = false``) or the model has no spatial layer (e.g. a flat MLP)."""
+    from core.cam import candidate_layers, find_target_layer
+
+    if not model.spec.maps:
+        return None
+    try:
+        name = model.spec.layer or find_target_layer(model.module, model.input_shape)
+    except ValueError:
+        return None
+    for info in candidate_layers(model.module, model.input_shape):
+        if info.name == name:
+            return name, (int(info.shape[-2]), int(info.shape[-1]))
+    return None
+
+
 def evaluate(
     model: LoadedModel,
     dataset: ImageDataset,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     num_workers: int | None = None,
-) -> Evaluation:
-    """Predictions of ``model`` on ``dataset``, from ``cache_dir`` when nothing changed."""
+    out: Path | None = None,
+    maps: bool = True,
+    batch_size: int | None = None,
+    commit_seconds: float = 2.0,
+) -> Results:
+    """``model``'s results on ``dataset``: read from disk when nothing changed, else computed.
+
+    The result folder is ``out``, else ``cache_dir/results/<key>``, else a temporary folder
+    (removed once open). A folder left half-way by a killed run is resumed.
+    """
     check_classes(model, dataset)
-    key = evaluation_key(model, dataset)
-    cache = PredictionCache(cache_dir / "predictions") if cache_dir is not None else None
-    if cache is not None and (hit := cache.load(key)) is not None:
-        if progress is not None:
-            progress(len(dataset), len(dataset))
-        return hit
-    result = predict(model, dataset, num_workers=num_workers, progress=progress)
-    result = replace(result, fingerprint=key, meta={"model": model.name, "dataset": dataset.name})
-    if cache is not None:
-        cache.save(key, result)
-    return result
+    layer = map_layer(model) if maps else None
+    key = evaluation_key(model, dataset, layer[0] if layer else None)
+    folder = out or (cache_dir / "results" / key if cache_dir is not None else None)
+    scratch = folder is None
+    folder = Path(tempfile.mkdtemp(prefix="cam-results-")) if folder is None else folder
+    try:
+        try:
+            hit = open_results(folder)
+            if hit.fingerprint == key:
+                if progress is not None:
+                    progress(len(dataset), len(dataset))
+                return hit
+        except StoreError:
+            pass  # nothing there yet, unfinished, damaged or other inputs: (re)compute
+        meta = {"model": model.name, "dataset": dataset.name, "root": str(dataset.root)}
+        if layer is not None:
+            meta["map_layer"] = layer[0]
+        with ResultWriter(
+            folder,
+            dataset.samples,
+            dataset.classes,
+            key,
+            meta,
+            map_shape=layer[1] if layer else None,
+            commit_seconds=commit_seconds,
+        ) as writer:
+            predict(
+                model,
+                dataset,
+                writer,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=progress,
+                maps_layer=layer[0] if layer else None,
+            )
+            return writer.finish()
+    finally:
+        if scratch:
+            shutil.rmtree(folder, ignore_errors=True)  # open memory maps keep their data
 
 
 class EvaluationJob:
@@ -58,7 +113,7 @@ class EvaluationJob:
         self, model: LoadedModel, dataset: ImageDataset, cache_dir: Path | None = None
     ) -> None:
         self.done, self.total = 0, len(dataset)
-        self._future: Future[Evaluation] = Future()
+        self._future: Future[Results] = Future()
         self._thread = threading.Thread(
             target=self._run, args=(model, dataset, cache_dir), name="evaluation", daemon=True
         )
@@ -77,6 +132,6 @@ class EvaluationJob:
     def finished(self) -> bool:
         return self._future.done()
 
-    def result(self, timeout: float | None = None) -> Evaluation:
+    def result(self, timeout: float | None = None) -> Results:
         """Wait for the evaluation; re-raises its error."""
         return self._future.result(timeout)

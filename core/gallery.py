@@ -52,10 +52,7 @@ def page_rows(rows: pd.DataFrame, page: int, page_size: int) -> pd.DataFrame:
 def compared_classes(row: pd.Series) -> tuple[int, int]:
     """(predicted class, true class) for an error; (predicted, runner-up) when correct."""
     pred, true = int(row["pred"]), int(row["true"])
-    if pred != true:
-        return pred, true
-    order = np.argsort(-np.asarray(row["probs"]), kind="stable")
-    return pred, int(order[1]) if len(order) > 1 else pred
+    return (pred, true) if pred != true else (pred, int(row["runner_up"]))
 
 
 def page_maps(

@@ -1,90 +1,91 @@
-"""Batched inference over a test set into a predictions table (one row per image)."""
+"""The in-process evaluation engine: batched inference streamed into a result folder.
+
+Each batch is decoded, run through the model (with the predicted- and true-class Grad-CAM at
+the target layer when maps are on: one forward pass serves both) and written to a
+:class:`~core.results.store.ResultWriter` before the next one, so memory does not grow with the
+size of the set, and a killed run resumes where it stopped.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from core.datasets import ImageDataset, Sample
 from core.models import LoadedModel
+from core.results.scores import scores_from_logits
+from core.results.store import ResultWriter
 
-__all__ = ["COLUMNS", "Evaluation", "Progress", "SkippedFile", "predict"]
-
-#: Columns of the predictions table, in order. ``true``/``pred`` are class indices.
-COLUMNS = ("index", "path", "true", "pred", "confidence", "true_prob", "loss", "probs")
+__all__ = ["Progress", "default_workers", "predict"]
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after every batch."""
 
 
-@dataclass(frozen=True)
-class SkippedFile:
-    """A test image that could not be read, and why."""
-
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The model's predictions on a test set, plus the files it had to skip."""
-
-    predictions: pd.DataFrame
-    classes: tuple[str, ...]
-    skipped: tuple[SkippedFile, ...] = ()
-    fingerprint: str = ""
-    meta: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
 def predict(
     model: LoadedModel,
     dataset: ImageDataset,
+    writer: ResultWriter,
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: Progress | None = None,
-) -> Evaluation:
-    """Run ``model`` over every image of ``dataset``; unreadable files are skipped and listed.
+    maps_layer: str | None = None,
+) -> None:
+    """Run ``model`` over the rows of ``dataset`` that ``writer`` still needs.
 
-    Images are decoded and resized to uint8, normalisation runs once per batch. With
-    ``num_workers=0`` (the default on the CPU) decoding and the model take turns, each with all
-    the cores; loader processes (the default on a GPU) decode while the model runs.
+    Unreadable files are recorded as skipped with their reason. With ``maps_layer`` the raw
+    Grad-CAM of the predicted and the true class (runner-up when right) at that layer is stored
+    too. With ``num_workers=0`` (the default on the CPU) decoding and the model take turns, each
+    with all the cores; loader processes (the default on a GPU) decode while the model runs.
     """
     data = dataset.with_transform(model.resize, model.spec.channels, tensors=True)
+    todo = writer.todo()
     loader = DataLoader(
         data,
         batch_size=batch_size or model.spec.batch_size,
+        sampler=todo.tolist(),
         num_workers=default_workers(model.device) if num_workers is None else num_workers,
         collate_fn=_collate,
         pin_memory=model.device.type == "cuda",
     )
-    indices: list[int] = []
-    labels: list[int] = []
-    logits: list[torch.Tensor] = []
-    skipped: list[SkippedFile] = []
-    normalize = model.normalize
-    with torch.inference_mode():
-        for batch_indices, batch_labels, images, failed in loader:
-            skipped += [SkippedFile(data.samples[s.index][0], s.error or "") for s in failed]
-            if batch_indices:
-                inputs = normalize(_to_device(images, model.device))
-                logits.append(model.module(inputs).float().cpu())
-                indices += batch_indices
-                labels += batch_labels
-            if progress is not None:
-                progress(len(indices) + len(skipped), len(data))
-    table = _rows(data, indices, labels, torch.cat(logits)) if logits else _empty_table()
-    return Evaluation(table, tuple(dataset.classes), tuple(skipped))
+    forward = _forward_with_maps(model, maps_layer) if maps_layer else _forward(model)
+    done, total = writer.done_count, len(data)
+    for batch_indices, batch_labels, images, failed in loader:
+        for sample in failed:
+            writer.skip(sample.index, data.samples[sample.index][0], sample.error or "")
+        if batch_indices:
+            labels = torch.tensor(batch_labels)
+            inputs = model.normalize(_to_device(images, model.device))
+            logits, maps = forward(inputs, labels)
+            writer.write(scores_from_logits(np.asarray(batch_indices), labels, logits, maps))
+        done += len(batch_indices) + len(failed)
+        if progress is not None:
+            progress(done, total)
+
+
+Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _forward(model: LoadedModel) -> Forward:
+    def run(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, None]:
+        with torch.inference_mode():
+            return model.module(inputs).float().cpu(), None
+
+    return run
+
+
+def _forward_with_maps(model: LoadedModel, layer: str) -> Forward:
+    from core.cam import evaluation_maps
+
+    def run(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, maps = evaluation_maps(model.module, inputs, labels.to(inputs.device), layer)
+        return logits.float().cpu(), maps.cpu()
+
+    return run
 
 
 def default_workers(device: torch.device | str = "cpu") -> int:
@@ -109,29 +110,3 @@ def _collate(batch: Sequence[Sample]) -> tuple[list[int], list[int], torch.Tenso
 def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last)
-
-
-def _rows(
-    data: ImageDataset, indices: list[int], labels: list[int], logits: torch.Tensor
-) -> pd.DataFrame:
-    log_probs = F.log_softmax(logits, dim=1)
-    probs = log_probs.exp()
-    true = torch.tensor(labels)
-    confidence, pred = probs.max(dim=1)
-    true_log_prob = log_probs.gather(1, true[:, None])[:, 0]
-    return pd.DataFrame(
-        {
-            "index": indices,
-            "path": [data.samples[i][0] for i in indices],
-            "true": true.numpy(),
-            "pred": pred.numpy(),
-            "confidence": confidence.numpy(),
-            "true_prob": true_log_prob.exp().numpy(),
-            "loss": (-true_log_prob).numpy(),
-            "probs": list(probs.numpy().astype(np.float32)),
-        }
-    )
-
-
-def _empty_table() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})

@@ -1,8 +1,9 @@
 """Server-wide cached objects: loaded once per server process, shared by every session.
 
-Models, datasets, layer lists and the CAM map store live in ``st.cache_resource`` (never
-mutated by callers; the map store is a thread-safe cache by design); predictions and metrics
-in ``st.cache_data``. Every function takes the config path, so two configs never mix.
+Models, datasets, results, metrics, layer lists and the CAM map store live in
+``st.cache_resource`` (never mutated by callers; the map store is a thread-safe cache by design),
+so a large result is never copied per rerun. Every function takes the config path, so two
+configs never mix.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import pandas as pd
 import streamlit as st
 
 from core import (
-    Evaluation,
     EvaluationJob,
     ImageDataset,
     LoadedModel,
     ProjectConfig,
+    Results,
     check_classes,
     confusion_matrix,
     load_config,
@@ -65,9 +66,10 @@ def evaluation_job(config_path: str, model_name: str, dataset_name: str) -> Eval
     return EvaluationJob(loaded, data, project(config_path).cache_dir)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def evaluation(config_path: str, model_name: str, dataset_name: str) -> Evaluation:
-    """Predictions (from the disk cache when nothing changed); waits for the job."""
+@st.cache_resource(show_spinner=False, max_entries=32)
+def evaluation(config_path: str, model_name: str, dataset_name: str) -> Results:
+    """The memory-mapped results, one object shared by every session (never copied per rerun:
+    ``st.cache_data`` would pickle it on every call); waits for the job."""
     job = evaluation_job(config_path, model_name, dataset_name)
     try:
         return job.result()
@@ -76,21 +78,21 @@ def evaluation(config_path: str, model_name: str, dataset_name: str) -> Evaluati
         raise
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def matrix(config_path: str, model_name: str, dataset_name: str) -> np.ndarray:
     """Confusion-matrix counts [true, pred]."""
     result = evaluation(config_path, model_name, dataset_name)
     return confusion_matrix(result.predictions, result.num_classes)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def class_metrics(config_path: str, model_name: str, dataset_name: str) -> pd.DataFrame:
     """Per-class precision, recall, F1 and support."""
     result = evaluation(config_path, model_name, dataset_name)
     return per_class_metrics(result.predictions, result.classes)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def confused_pairs(config_path: str, model_name: str, dataset_name: str, k: int) -> pd.DataFrame:
     """The ``k`` most confused (true, predicted) pairs."""
     result = evaluation(config_path, model_name, dataset_name)

@@ -12,7 +12,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from core import Evaluation, ImageDataset, UserFacingError, accuracy, cell_rows, load_image
+from core import ImageDataset, Results, UserFacingError, accuracy, cell_rows, load_image
 from core.cam import METHODS as CAM_FUNCTIONS
 from core.cam import LayerInfo, layer_activations
 from core.datasets import dataset_key
@@ -32,7 +32,7 @@ def error_panel(title: str, exc: BaseException) -> None:
     st.error(f"**{title}.** {exc}", icon=":material/error:")
 
 
-def sidebar_summary(result: Evaluation) -> None:
+def sidebar_summary(result: Results) -> None:
     """Accuracy, counts and the files that could not be read."""
     table = result.predictions
     errors = int((table["true"] != table["pred"]).sum())
@@ -79,7 +79,7 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
 
 @st.fragment
 def cell_view(
-    config_path: str, models: Sequence[str], datasets: Sequence[str], result: Evaluation
+    config_path: str, models: Sequence[str], datasets: Sequence[str], result: Results
 ) -> None:
     """Heading, tag filter, page, picker, download and the paged gallery of the selected cell.
 
@@ -166,7 +166,7 @@ def _tag_filter(view: ViewState, tags: list[str]) -> None:
 def _gallery_html(
     config_path: str,
     view: ViewState,
-    result: Evaluation,
+    result: Results,
     rows: pd.DataFrame,
     layer: str | None,
     store: NotesStore,
@@ -207,7 +207,7 @@ def _card(
         urls = resources.panel_cache().panels(path, maps, view.opacity)
     except Exception as exc:  # the file changed or vanished since the evaluation
         return card_html(row["path"], ("", f"cannot be shown ({exc})"), [], "")
-    runner_up = f" · runner-up {names[second]} ({row['probs'][second]:.1%})" if diagonal else ""
+    runner_up = f" · runner-up {names[second]} ({row['runner_up_prob']:.1%})" if diagonal else ""
     other = f"runner-up {names[second]}" if diagonal else f"true {names[second]}"
     caption = (
         f"predicted {names[first]}",
@@ -251,13 +251,14 @@ def _inspect(
     dataset = resources.dataset(config_path, view.dataset, view.model)
     image = load_image(dataset.path(row["path"]), 3)
     x = model.transform(load_image(dataset.path(row["path"]), model.spec.channels))[None]
+    probs = resources.evaluation(config_path, view.model, view.dataset).probs([row["index"]])[0]
     st.markdown(f"**{row['path']}** · true {names[int(row['true'])]}")
     cols = st.columns(2)
     cls = cols[0].selectbox(
         "Map for class",
         range(len(names)),
         index=int(row["pred"]),
-        format_func=lambda i: f"{names[i]} ({row['probs'][i]:.1%})",
+        format_func=lambda i: f"{names[i]} ({probs[i]:.1%})",
     )
     method = cols[1].selectbox("Method", METHODS, index=METHODS.index(view.method))
     left, right = st.columns(2)
@@ -344,7 +345,5 @@ _CAPTION = "font-size:.875rem;color:rgba(49,51,63,.6);margin:.25rem 0"
 
 
 def _csv(rows: pd.DataFrame, names: tuple[str, ...]) -> bytes:
-    out = rows.drop(columns=["probs"]).assign(
-        true=[names[i] for i in rows["true"]], pred=[names[i] for i in rows["pred"]]
-    )
+    out = rows.assign(true=[names[i] for i in rows["true"]], pred=[names[i] for i in rows["pred"]])
     return out.to_csv(index=False).encode()

@@ -118,7 +118,7 @@ def test_csv_export_on_the_sample(csv_run, sample_config) -> None:
     assert matrix.columns.tolist() == classes
     np.testing.assert_array_equal(matrix.to_numpy(), expected.to_numpy())
 
-    assert any((config.parent / "cache" / "predictions").glob("*.parquet"))
+    assert any((config.parent / "cache" / "results").glob("*/result.json"))
 
 
 def test_parquet_export_matches_csv(csv_run, capsys) -> None:
@@ -258,3 +258,134 @@ def test_every_file_unreadable_still_reports(tmp_path: Path, capsys, sample_conf
     assert "images: 0   skipped: 1" in stdout
     assert printed_matrix(stdout).to_numpy().sum() == 0
     assert len(pd.read_csv(out)) == 0
+
+
+# --- result folders, resuming a killed run, many classes -----------------------------------
+
+SLOW_MODEL = '''
+import time
+
+from torch import nn
+
+
+class Slow(nn.Module):
+    """A tiny CNN that takes its time, so a test can kill an evaluation half-way."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        time.sleep(0.05)
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def build(num_classes: int = 10) -> nn.Module:
+    return Slow(num_classes)
+'''
+
+
+def slow_project(folder: Path, sample_config) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    (folder / "slow_model.py").write_text(SLOW_MODEL, encoding="utf-8")
+    sys.path.insert(0, str(folder))
+    try:
+        import slow_model  # type: ignore[import-not-found]
+
+        save_file(slow_model.build(10).state_dict(), str(folder / "slow.safetensors"))
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("slow_model", None)
+    root = sample_config.dataset("digits-test").root
+    config = folder / "config.toml"
+    config.write_text(
+        f"""
+[[models]]
+name = "slow"
+factory = "slow_model:build"
+weights = "slow.safetensors"
+input_size = [32, 32]
+channels = 1
+mean = [0.5]
+std = [0.5]
+
+[[datasets]]
+name = "digits"
+root = "{root.as_posix()}"
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_a_killed_evaluation_resumes_and_equals_an_uninterrupted_one(
+    tmp_path: Path, sample_config
+) -> None:
+    """SIGKILL (as an OOM kill or a lost machine) half-way; the rerun computes only what is
+    missing and gives exactly the uninterrupted result."""
+    import signal
+
+    from core.results import open_results
+
+    config = slow_project(tmp_path, sample_config)
+    args = ["--config", str(config), "--batch-size", "16", "--commit-every", "0", "--no-maps"]
+    whole = run_cli("evaluate", *args, "--out", str(tmp_path / "whole/"))
+    assert whole.returncode == 0, whole.stderr
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core", "evaluate", *args, "--out", f"{killed_dir}/"],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        progress = ""
+        while not re.search(r"predicting: (1[6-9]\d|[2-4]\d\d)/540", progress):
+            char = process.stderr.read(1)
+            assert char, f"ended before it could be killed: {progress}"
+            progress += char
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    committed = (killed_dir / "done.log").read_text().split()
+    assert 0 < len(committed) // 2 < 540 // 16  # part of the set was saved, not all
+    resumed = run_cli("evaluate", *args, "--out", f"{killed_dir}/")
+    assert resumed.returncode == 0, resumed.stderr
+    first_progress = int(re.findall(r"predicting: (\d+)/540", resumed.stderr)[0])
+    assert first_progress > 16  # it did not start from the beginning
+    a, b = open_results(tmp_path / "whole"), open_results(killed_dir)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    np.testing.assert_array_equal(a.probs(a.index), b.probs(b.index))
+    assert "wrote the result folder" in resumed.stdout
+
+
+def test_report_at_many_classes_lists_pairs_not_the_matrix(tmp_path: Path, capsys) -> None:
+    """At 1,000 classes the CLI prints the most confused pairs and lowest recalls, readably."""
+    import torch
+
+    from core.cli import _report
+    from core.results import ResultWriter, scores_from_logits
+
+    k, n = 1000, 3000
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, k, n)
+    classes = [f"c{i:04d}" for i in range(k)]
+    logits = torch.from_numpy(rng.normal(size=(n, k)).astype(np.float32))
+    logits[np.arange(n), labels] += 6.0
+    logits[:300, 7] += 20.0  # 300 images predicted c0007: the top confusions
+    manifest = [(f"{classes[y]}/{i}.png", int(y)) for i, y in enumerate(labels)]
+    with ResultWriter(tmp_path / "r", manifest, classes, "x") as writer:
+        writer.write(scores_from_logits(np.arange(n), torch.from_numpy(labels), logits))
+        result = writer.finish()
+    _report(result)
+    out = capsys.readouterr().out
+    assert "confusion matrix" not in out
+    assert len(out.splitlines()) < 60
+    assert "images: 3,000" in out
+    pairs = [line for line in out.splitlines() if "→ predicted" in line]
+    assert len(pairs) == 20 and all("→ predicted c0007" in line for line in pairs)

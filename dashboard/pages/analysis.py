@@ -10,8 +10,8 @@ import streamlit as st
 from core import (
     ClassCountMismatchError,
     DatasetError,
-    Evaluation,
     ModelLoadError,
+    Results,
     UserFacingError,
     most_confused_classes,
 )
@@ -67,7 +67,7 @@ def main() -> None:
 
 
 @st.fragment
-def explorer(config_path: str, models: list[str], datasets: list[str], result: Evaluation) -> None:
+def explorer(config_path: str, models: list[str], datasets: list[str], result: Results) -> None:
     """The matrix and the selected cell's gallery.
 
     A fragment: a click on the matrix reruns only this part, not the sidebar or the tables, so
@@ -95,7 +95,7 @@ def _failure_title(exc: UserFacingError, view: ViewState) -> str:
     return f"Cannot evaluate {view.model!r} on {view.dataset!r}"
 
 
-def _evaluation(config_path: str, view: ViewState) -> Evaluation:
+def _evaluation(config_path: str, view: ViewState) -> Results:
     job = resources.evaluation_job(config_path, view.model, view.dataset)
     if not job.finished:
         bar = st.sidebar.progress(0.0, text="Predicting…")
@@ -129,7 +129,7 @@ def matrix_settings(view: ViewState, n: int) -> None:
             )
 
 
-def _matrix(config_path: str, view: ViewState, result: Evaluation) -> list[int]:
+def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
     counts = resources.matrix(config_path, view.model, view.dataset)
     classes = result.classes
     n = len(classes)

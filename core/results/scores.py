@@ -1,0 +1,47 @@
+"""What the store keeps per image, computed from a batch of logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BatchScores", "scores_from_logits"]
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """Per-image results of one batch, ready for :meth:`ResultWriter.write`."""
+
+    rows: np.ndarray  # int64 [n] dataset indices
+    pred: np.ndarray  # int32 [n]
+    confidence: np.ndarray  # float32 [n] probability of the predicted class
+    true_prob: np.ndarray  # float32 [n]
+    loss: np.ndarray  # float32 [n] cross-entropy of the true class
+    runner_up: np.ndarray  # int32 [n] second most probable class (the predicted one if K = 1)
+    runner_up_prob: np.ndarray  # float32 [n]
+    probs: np.ndarray  # float16 [n, K]
+    maps: np.ndarray | None = None  # float16 [n, 2, h, w] raw maps (predicted, true/runner-up)
+
+
+def scores_from_logits(
+    rows: np.ndarray, labels: torch.Tensor, logits: torch.Tensor, maps: torch.Tensor | None = None
+) -> BatchScores:
+    """Softmax, predicted and runner-up class, true-class probability and loss, in float32."""
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    probs = log_probs.exp()
+    top = probs.topk(min(2, probs.shape[1]), dim=1)
+    true_log_prob = log_probs.gather(1, labels.long()[:, None])[:, 0]
+    return BatchScores(
+        rows=np.asarray(rows, dtype=np.int64),
+        pred=top.indices[:, 0].int().numpy(),
+        confidence=top.values[:, 0].numpy(),
+        true_prob=true_log_prob.exp().numpy(),
+        loss=(-true_log_prob).numpy(),
+        runner_up=top.indices[:, -1].int().numpy(),
+        runner_up_prob=top.values[:, -1].numpy(),
+        probs=probs.half().numpy(),
+        maps=None if maps is None else maps.half().cpu().numpy(),
+    )
