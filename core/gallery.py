@@ -15,22 +15,28 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.cam import METHODS
+from core.cam import METHODS, finish_maps
 from core.datasets import ImageDataset, load_image
 from core.errors import UserFacingError
 from core.map_cache import MapCache, MapRequest
 from core.models import LoadedModel
 from core.panels import PanelCache
+from core.results import Results
 
 __all__ = [
+    "STORED_METHOD",
     "compared_classes",
     "first_pages",
     "page_count",
     "page_maps",
     "page_rows",
     "sort_rows",
+    "stored_maps",
+    "uses_stored_maps",
     "warm_pages",
 ]
+
+STORED_METHOD = "Grad-CAM"  # the method whose maps the evaluation stores
 
 
 def sort_rows(rows: pd.DataFrame, column: str, ascending: bool) -> pd.DataFrame:
@@ -53,6 +59,25 @@ def compared_classes(row: pd.Series) -> tuple[int, int]:
     """(predicted class, true class) for an error; (predicted, runner-up) when correct."""
     pred, true = int(row["pred"]), int(row["true"])
     return (pred, true) if pred != true else (pred, int(row["runner_up"]))
+
+
+def uses_stored_maps(result: Results, method: str, layer: str | None) -> bool:
+    """Whether the page's maps come from the result itself (no model call): Grad-CAM at the
+    layer the evaluation stored."""
+    stored = result.meta.get("map_layer")
+    return result.has_maps and method == STORED_METHOD and layer in (None, stored)
+
+
+def stored_maps(
+    result: Results, rows: pd.DataFrame, size: tuple[int, int]
+) -> list[list[np.ndarray]]:
+    """The stored raw maps of ``rows`` (predicted class, then true class or runner-up),
+    normalised for display at ``size`` exactly as :func:`~core.cam.grad_cam` does."""
+    if rows.empty:
+        return []
+    raw = torch.from_numpy(result.maps(rows["index"].to_numpy()))
+    maps = finish_maps(raw, size).numpy()
+    return [list(pair) for pair in maps]
 
 
 def page_maps(
@@ -126,16 +151,23 @@ def warm_pages(
     panels: PanelCache,
     fingerprint: str,
     alpha: float,
+    result: Results | None = None,
 ) -> int:
     """Compute and encode the maps of ``pages`` ahead of the first click; returns images done.
 
     Unreadable files and methods that do not apply to the model are skipped: warming up must
-    never fail where the gallery itself would show a clear message.
+    never fail where the gallery itself would show a clear message. With ``result`` holding
+    the maps asked for, they are read from it (no model call).
     """
     done = 0
+    stored = result is not None and uses_stored_maps(result, method, layer)
     for rows in pages:
         try:
-            page = page_maps(model, dataset, rows, method, layer, maps, fingerprint)
+            if stored:
+                assert result is not None
+                page: list[list[np.ndarray]] = stored_maps(result, rows, model.spec.input_size)
+            else:
+                page = page_maps(model, dataset, rows, method, layer, maps, fingerprint)
         except (ValueError, OSError, UserFacingError):
             return done
         for path, row_maps in zip(rows["path"], page, strict=True):

@@ -154,7 +154,16 @@ def warm_up(
             result.predictions, column, ascending, default.page_size, WARM_UP_IMAGES
         )
         warm_pages(
-            loaded, data, pages, default.method, layer, maps, panels, fingerprint, default.opacity
+            loaded,
+            data,
+            pages,
+            default.method,
+            layer,
+            maps,
+            panels,
+            fingerprint,
+            default.opacity,
+            result,
         )
 
     thread = threading.Thread(target=warm, name="warm-up", daemon=True)

@@ -16,7 +16,15 @@ from core import ImageDataset, Results, UserFacingError, accuracy, cell_rows, lo
 from core.cam import METHODS as CAM_FUNCTIONS
 from core.cam import LayerInfo, layer_activations
 from core.datasets import dataset_key
-from core.gallery import compared_classes, page_count, page_maps, page_rows, sort_rows
+from core.gallery import (
+    compared_classes,
+    page_count,
+    page_maps,
+    page_rows,
+    sort_rows,
+    stored_maps,
+    uses_stored_maps,
+)
 from core.notes import NotesStore, PathSummary
 from core.overlay import overlay
 from core.panels import enlarge
@@ -177,9 +185,12 @@ def _gallery_html(
     dataset = resources.dataset(config_path, view.dataset, view.model)
     problem = None
     try:
-        maps: list[list[np.ndarray | None]] = page_maps(
-            model, dataset, rows, view.method, layer, resources.map_cache(), result.fingerprint
-        )  # type: ignore[assignment]
+        if uses_stored_maps(result, view.method, layer):  # made in the evaluation: no model call
+            maps: list[list[np.ndarray | None]] = stored_maps(result, rows, model.spec.input_size)  # type: ignore[assignment]
+        else:
+            maps = page_maps(
+                model, dataset, rows, view.method, layer, resources.map_cache(), result.fingerprint
+            )  # type: ignore[assignment]
     except (ValueError, UserFacingError) as exc:  # e.g. classic CAM on a model without GAP head
         problem = f"{view.method} cannot be computed for this model: {exc}"
         maps = [[None, None] for _ in range(len(rows))]

@@ -98,8 +98,8 @@ def test_csv_export_on_the_sample(csv_run, sample_config) -> None:
     assert set(table["pred"]) <= set(classes)
     assert table["confidence"].between(0, 1).all()
     probs = table[[f"prob_{c}" for c in classes]].to_numpy()
-    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
-    np.testing.assert_allclose(table["confidence"], probs.max(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=2e-3)  # stored as float16
+    np.testing.assert_allclose(table["confidence"], probs.max(axis=1), rtol=1e-3)
     assert (np.array(classes)[probs.argmax(axis=1)] == table["pred"]).all()
 
     printed = re.search(r"^accuracy: ([0-9.]+)$", done.stdout, re.MULTILINE)

@@ -347,35 +347,30 @@ def test_a_folder_of_other_inputs_is_started_afresh(tmp_path: Path, project) -> 
         assert writer.todo().size == 20  # nothing of the other fingerprint is reused
 
 
-def test_an_interrupted_evaluation_resumes_from_the_last_committed_batch(
-    project, monkeypatch
-) -> None:
+def test_an_interrupted_evaluation_resumes_from_the_last_committed_batch(project) -> None:
     """Ctrl-C half-way: the next run computes only the missing rows, and the result equals an
     uninterrupted run's."""
     spec, root, cache = project
     whole = run(spec, root, cache.parent / "whole", batch_size=4)
     model = load_model(spec)
-    calls = {"n": 0}
-    forward = model.module.forward
-
-    def interrupting(x):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return forward(x)
-
-    monkeypatch.setattr(model.module, "forward", interrupting)
     dataset = open_dataset(DatasetSpec("d", root))
+
+    def interrupt_at_12(done: int, total: int) -> None:
+        if done == 12:
+            raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
-        evaluate(model, dataset, cache, num_workers=0, batch_size=4, commit_seconds=0)
+        evaluate(
+            model, dataset, cache, num_workers=0, batch_size=4, commit_seconds=0,
+            progress=interrupt_at_12,
+        )  # fmt: skip
     (folder,) = (cache / "results").iterdir()
-    assert (folder / "done.log").read_text().split("\n")[:2] == ["0 4", "4 8"]
-    monkeypatch.setattr(model.module, "forward", forward)
+    assert (folder / "done.log").read_text().split("\n")[:3] == ["0 4", "4 8", "8 12"]
     seen: list[int] = []
     resumed = evaluate(
         model, dataset, cache, num_workers=0, batch_size=4, progress=lambda d, t: seen.append(d)
     )
-    assert seen[0] == 12  # rows 0-7 were not computed again
+    assert seen[0] == 16  # rows 0-11 were not computed again
     assert_same_evaluation(whole, resumed)
 
 
