@@ -119,9 +119,15 @@ def _loader(model: LoadedModel, dataset: ImageDataset, path: str) -> Callable[[]
 
 
 def first_pages(
-    predictions: pd.DataFrame, column: str, ascending: bool, page_size: int, limit: int
+    predictions: pd.DataFrame,
+    column: str,
+    ascending: bool,
+    page_size: int,
+    limit: int,
+    max_cells: int = 200,
 ) -> list[pd.DataFrame]:
-    """Page 1 of every non-empty cell, errors first, larger cells first, ``limit`` rows in all.
+    """Page 1 of every non-empty cell, errors first, larger cells first, ``limit`` rows and
+    ``max_cells`` cells in all (a 1,000-class matrix has thousands of one-image cells).
 
     The order is the one people click in: the biggest confusions, then the diagonal.
     """
@@ -129,7 +135,7 @@ def first_pages(
     sizes = cells.size().reset_index(name="n")
     sizes["diagonal"] = sizes["true"] == sizes["pred"]
     order = ["diagonal", "n", "true", "pred"]
-    sizes = sizes.sort_values(order, ascending=[True, False, True, True])
+    sizes = sizes.sort_values(order, ascending=[True, False, True, True]).head(max_cells)
     pages, total = [], 0
     for true, pred in zip(sizes["true"], sizes["pred"], strict=True):
         cell = cells.get_group((true, pred))

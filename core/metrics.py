@@ -11,8 +11,11 @@ from sklearn import metrics as skm
 
 __all__ = [
     "accuracy",
+    "block_classes",
+    "block_sums",
     "cell_rows",
     "confusion_matrix",
+    "focus_classes",
     "most_confused_classes",
     "per_class_metrics",
     "top_confused_pairs",
@@ -104,3 +107,29 @@ def cell_rows(predictions: pd.DataFrame, true: int, pred: int) -> pd.DataFrame:
     """The predictions rows of one cell: true class ``true``, predicted class ``pred``."""
     mask = (predictions["true"] == true) & (predictions["pred"] == pred)
     return predictions.loc[mask].reset_index(drop=True)
+
+
+def focus_classes(matrix: np.ndarray, cls: int, n: int) -> list[int]:
+    """``cls`` and its ``n - 1`` most confused partners (errors in its row plus its column),
+    in class order: the neighbourhood of one class in a large matrix."""
+    errors = matrix[cls, :] + matrix[:, cls]
+    errors = errors.astype(np.int64)
+    errors[cls] = -1
+    order = np.lexsort((np.arange(len(errors)), -errors))
+    partners = [int(c) for c in order[: n - 1] if errors[c] > 0]
+    return sorted([cls, *partners])
+
+
+def block_classes(block: int, size: int, num_classes: int) -> list[int]:
+    """Class indices of overview block ``block`` (blocks of ``size`` consecutive classes)."""
+    return list(range(block * size, min((block + 1) * size, num_classes)))
+
+
+def block_sums(matrix: np.ndarray, size: int) -> np.ndarray:
+    """The matrix summed over square blocks of ``size`` classes: a zoomable overview
+    (1,000 classes in blocks of 25 → 40 × 40)."""
+    n = len(matrix)
+    blocks = -(-n // size)
+    padded = np.zeros((blocks * size, blocks * size), dtype=matrix.dtype)
+    padded[:n, :n] = matrix
+    return padded.reshape(blocks, size, blocks, size).sum(axis=(1, 3))

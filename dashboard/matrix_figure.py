@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["cell_of_point", "matrix_figure", "point_of_cell"]
+__all__ = ["cell_of_point", "matrix_figure", "overview_figure", "point_of_cell"]
 
 SELECTED_TINT = "rgba(255, 111, 0, 0.55)"
 MARGIN = {"l": 120, "r": 20, "t": 30, "b": 120}
@@ -90,7 +90,7 @@ def _heatmap(z: np.ndarray, counts: np.ndarray, m: int, color: str) -> go.Heatma
         x=list(range(m)),
         y=list(range(m)),
         text=counts if m <= 30 else None,
-        texttemplate="%{text}" if m <= 30 else None,
+        texttemplate="%{text:,}" if m <= 30 else None,
         colorscale="Blues",
         colorbar={"title": "count" if color == "count" else "share"},
         hoverinfo="skip",
@@ -131,3 +131,26 @@ def _click_layer(
             "count: %{customdata[2]}<br>%{customdata[3]}% of row<extra></extra>"
         ),
     )
+
+
+def overview_figure(
+    sums: np.ndarray, labels: Sequence[str], selected: tuple[int, int] | None = None
+) -> go.Figure:
+    """The block overview of a large matrix: log-coloured block sums, a click selects a block.
+
+    Built like :func:`matrix_figure` (same click layer), at most a few thousand points.
+    """
+    fig = matrix_figure(sums, labels, "count", None, selected)
+    fig.data[0].z = np.log1p(sums)
+    fig.data[0].colorbar = {"title": "log count"}
+    fig.data[0].colorscale = "Viridis"
+    m = len(labels)
+    fig.update_layout(
+        xaxis={"title": "predicted classes", "showticklabels": m <= 20},
+        yaxis={"title": "true classes", "showticklabels": m <= 20},
+        width=560,
+        height=560,
+        margin={"l": 60, "r": 20, "t": 30, "b": 60},
+    )
+    fig.data[1].marker.size = (560 - 80) / m
+    return fig

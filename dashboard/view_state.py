@@ -46,7 +46,11 @@ class ViewState:
     layer: str = ""
     opacity: float = 0.5
     color: str = "count"
-    top: int = 0  # 0: all classes; N: the N most confused classes
+    top: int = (
+        0  # 0: the default (all classes, or the 20 most confused past 30); N: N most confused
+    )
+    focus: int = -1  # a class and its most confused partners (large matrices)
+    block: tuple[int, int] | None = None  # a block of the overview (large matrices)
     tag: str = ""  # only images carrying this tag
 
     def with_cell(self, cell: tuple[int, int] | None) -> ViewState:
@@ -75,6 +79,8 @@ def parse_view(
         opacity=_float(get("opacity"), default.opacity, 0.0, 1.0),
         color=_choice(get("color"), list(COLOR_MODES), default.color),
         top=_int(get("top"), 0, 0, 10_000),
+        focus=_int(get("focus"), -1, 0, (num_classes or 1_000_000) - 1),
+        block=_cell(get("block"), 1_000),
         tag=(get("tag") or "")[:100],
     )
 

@@ -47,13 +47,34 @@ def sidebar_summary(result: Results) -> None:
     with st.sidebar:
         st.metric("Accuracy", f"{accuracy(table):.2%}")
         cols = st.columns(3)
-        cols[0].metric("Images", len(table))
-        cols[1].metric("Errors", errors)
-        cols[2].metric("Skipped", len(result.skipped))
+        for col, label, count in zip(
+            cols,
+            ("Images", "Errors", "Skipped"),
+            (len(table), errors, len(result.skipped)),
+            strict=True,
+        ):
+            col.metric(label, compact_count(count))
+        if max(len(table), errors) >= 1_000:
+            st.caption(
+                f"{len(table):,} images · {errors:,} errors · {len(result.skipped):,} skipped"
+            )
         if result.skipped:
-            with st.expander(f"{len(result.skipped)} unreadable file(s) skipped"):
-                for skipped in result.skipped:
-                    st.text(f"{skipped.path}: {skipped.reason}")
+            with st.expander(f"{len(result.skipped):,} unreadable file(s) skipped"):
+                shown = result.skipped[:200]
+                st.text("\n".join(f"{s.path}: {s.reason}" for s in shown))
+                if len(result.skipped) > len(shown):
+                    st.caption(f"… and {len(result.skipped) - len(shown):,} more (see the CLI)")
+
+
+def compact_count(n: int) -> str:
+    """A count that fits a narrow metric: 999, 5.0k, 99.9k, 100k, 1.2M."""
+    if n < 1_000:
+        return str(n)
+    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "k")):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f}{suffix}" if value < 100 else f"{value:.0f}{suffix}"
+    return str(n)  # unreachable
 
 
 def gallery_settings(config_path: str, view: ViewState) -> None:

@@ -13,10 +13,13 @@ from core import (
     ModelLoadError,
     Results,
     UserFacingError,
+    block_classes,
+    block_sums,
+    focus_classes,
     most_confused_classes,
 )
 from dashboard import resources
-from dashboard.matrix_figure import cell_of_point, matrix_figure
+from dashboard.matrix_figure import cell_of_point, matrix_figure, overview_figure
 from dashboard.notes_ui import author_input
 from dashboard.settings import settings
 from dashboard.url import bind, set_params
@@ -25,6 +28,9 @@ from dashboard.widgets import cell_view, error_panel, gallery_settings, sidebar_
 
 TOP_N_THRESHOLD = 30  # past this many classes, offer the "most confused classes" view
 TOP_N_OPTIONS = [0, 10, 20, 30, 50]
+FULL_MATRIX_LIMIT = 100  # past this many classes "all" is not offered: the overview replaces it
+DEFAULT_TOP = 20  # what a large matrix shows first
+OVERVIEW_BLOCKS = 40  # the overview of a large matrix: at most 40 × 40 clickable blocks
 
 
 def main() -> None:
@@ -119,23 +125,111 @@ def matrix_settings(view: ViewState, n: int) -> None:
             format_func=COLOR_MODES.get,
         )
         if n > TOP_N_THRESHOLD:
+            options = TOP_N_OPTIONS if n <= FULL_MATRIX_LIMIT else TOP_N_OPTIONS[1:]
             bind(
                 st.selectbox,
                 "Classes shown",
                 "top",
-                view.top if view.top in TOP_N_OPTIONS else 0,
-                TOP_N_OPTIONS,
-                format_func=lambda k: f"all {n}" if k == 0 else f"top {k} most confused",
+                view.top if view.top in options else (0 if 0 in options else DEFAULT_TOP),
+                options,
+                ("focus", "block"),
+                format_func=lambda k: f"all {n:,}" if k == 0 else f"top {k} most confused",
             )
+
+
+def _shown_classes(view: ViewState, result: Results, counts) -> tuple[list[int], str]:  # type: ignore[no-untyped-def]
+    """Which classes the matrix shows, and a caption saying why."""
+    n = result.num_classes
+    if n <= TOP_N_THRESHOLD:
+        return list(range(n)), ""
+    if view.block is not None:
+        size = -(-n // OVERVIEW_BLOCKS)
+        rows, cols = (block_classes(b, size, n) for b in view.block)
+        if rows and cols:
+            names = result.classes
+            span = f"{names[rows[0]]}…{names[rows[-1]]} × {names[cols[0]]}…{names[cols[-1]]}"
+            return sorted(set(rows) | set(cols)), f"Overview block {span}"
+    if 0 <= view.focus < n:
+        shown = focus_classes(counts, view.focus, DEFAULT_TOP)
+        return shown, f"{result.classes[view.focus]} and its most confused classes"
+    top = view.top if view.top in TOP_N_OPTIONS else 0
+    if top == 0 and n > FULL_MATRIX_LIMIT:
+        top = DEFAULT_TOP
+    if top == 0:
+        return list(range(n)), ""
+    shown = most_confused_classes(result.predictions, n, top)
+    return shown, f"The {top} most confused of {n:,} classes"
+
+
+def _find_class(view: ViewState, result: Results) -> None:
+    """Type a class name: the matrix shows its row and column with its most confused partners."""
+    names = result.classes
+    cols = st.columns([3, 1], vertical_alignment="bottom")
+    cols[0].selectbox(
+        f"Find a class (of {len(names):,})",
+        range(len(names)),
+        index=view.focus if 0 <= view.focus < len(names) else None,
+        format_func=names.__getitem__,
+        placeholder="Type a class name…",
+        key="find-class",
+        on_change=_on_find,
+    )
+    if view.focus >= 0 or view.block is not None:
+        cols[1].button("Most confused", on_click=_clear_focus)
+
+
+def _clear_focus() -> None:
+    st.session_state["find-class"] = None
+    set_params({}, reset=("focus", "block"))
+
+
+def _on_find() -> None:
+    picked = st.session_state["find-class"]
+    if picked is None:
+        set_params({}, reset=("focus",))
+    else:
+        set_params({"focus": str(picked)}, reset=("block",))
+
+
+def _overview(view: ViewState, result: Results, counts) -> None:  # type: ignore[no-untyped-def]
+    """The whole matrix as blocks of classes; a click on a block zooms the matrix into it."""
+    n = result.num_classes
+    size = -(-n // OVERVIEW_BLOCKS)
+    sums = block_sums(counts, size)
+    labels = [
+        f"{result.classes[b * size]}…{result.classes[min((b + 1) * size, n) - 1]}"
+        for b in range(len(sums))
+    ]
+    with st.expander(f"Overview of all {n:,} classes: click a block to zoom in", expanded=False):
+        key = "overview"
+        figure = overview_figure(sums, labels, view.block)
+        st.plotly_chart(
+            figure,
+            key=key,
+            on_select=partial(_on_block, key, len(sums)),
+            selection_mode="points",
+            width="content",
+            config={"displayModeBar": False, "doubleClick": False, "doubleClickDelay": 1},
+        )
+        st.caption(f"Blocks of {size} classes, coloured by log count (diagonal included).")
+
+
+def _on_block(key: str, blocks: int) -> None:
+    points = st.session_state[key].selection.points
+    if points:
+        row, col = cell_of_point(int(points[0]["point_index"]), list(range(blocks)))
+        set_params({"block": f"{row},{col}"}, reset=("focus", "cell", "page"))
 
 
 def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
     counts = resources.matrix(config_path, view.model, view.dataset)
     classes = result.classes
     n = len(classes)
-    shown = list(range(n))
-    if n > TOP_N_THRESHOLD and view.top in TOP_N_OPTIONS and view.top:
-        shown = most_confused_classes(result.predictions, n, view.top)
+    if n > TOP_N_THRESHOLD:
+        _find_class(view, result)
+    shown, why = _shown_classes(view, result, counts)
+    if why:
+        st.caption(why)
     # the evaluation's fingerprint stands for the counts: new weights or images, new figure
     scope = (result.fingerprint, view.color, tuple(shown))
     state = st.session_state
@@ -158,7 +252,9 @@ def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
         # double-click has nothing else to do here.
         config={"displayModeBar": False, "doubleClick": False, "doubleClickDelay": 1},
     )
-    st.caption(f"{int(counts.sum())} images · rows: true class · columns: predicted class")
+    st.caption(f"{int(counts.sum()):,} images · rows: true class · columns: predicted class")
+    if n > TOP_N_THRESHOLD:
+        _overview(view, result, counts)  # after the matrix: the page's first chart is the matrix
     return shown
 
 
