@@ -1,0 +1,65 @@
+"""The dashboard on a generated 1,000-class project, in headless Chromium: the first page,
+finding a class by name, clicking one of its cells, and the gallery matching core's rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import cell_rows, focus_classes, load_config, load_model, open_dataset
+from core.evaluate import evaluate
+from core.gallery import page_rows, sort_rows
+from core.metrics import confusion_matrix
+from tests.browser import (
+    chromium,
+    click_cell,
+    gallery_cards,
+    new_page,
+    screenshot,
+    streamlit_server,
+    wait_for_gallery,
+    wait_for_matrix,
+    wait_idle,
+)
+from tests.large_project import make_large_project
+
+pytestmark = pytest.mark.browser
+
+
+def test_find_a_class_and_open_its_cell_at_1000_classes() -> None:
+    config_path = make_large_project(classes=1000, per_class=5)  # cached under .cache/
+    config = load_config(config_path)
+    model = load_model(config.model())
+    result = evaluate(model, open_dataset(config.dataset(), model.spec.classes), config.cache_dir)
+    counts = confusion_matrix(result.predictions, result.num_classes)
+    off = counts.copy()
+    off[range(1000), range(1000)] = 0
+    target = int(off.sum(axis=1).argmax())  # the class with most errors
+    shown = focus_classes(counts, target, 20)
+    partner = int(off[target].argmax())
+    name = result.classes[target]
+    with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(url)
+        wait_for_matrix(page)
+        page.get_by_text("The 20 most confused of 1,000 classes").wait_for()
+        assert page.locator(".js-plotly-plot").first.evaluate("g => g._fullData[1]._length") == 400
+        screenshot(page, "large_first_page")
+        wait_idle(page)
+        picker = page.get_by_test_id("stSelectbox").filter(has_text="Find a class").first
+        picker.click()
+        page.keyboard.type(name)
+        page.get_by_role("option", name=name, exact=True).click()
+        page.get_by_text(f"{name} and its most confused classes").wait_for()
+        page.wait_for_function(
+            "(m) => { const g = document.querySelector('.js-plotly-plot');"
+            " return g && g._fullData && g._fullData[1] && g._fullData[1]._length === m; }",
+            arg=len(shown) ** 2,
+        )
+        click_cell(page, shown.index(target), shown.index(partner))
+        n = wait_for_gallery(page, name, result.classes[partner])
+        screenshot(page, "large_focus_cell")
+        rows = sort_rows(cell_rows(result.predictions, target, partner), "confidence", False)
+        assert n == len(rows) == counts[target, partner]
+        cards = gallery_cards(page)
+        assert [c["path"] for c in cards] == list(page_rows(rows, 1, 24)["path"])
+        assert all(all(c["loaded"]) and len(c["loaded"]) == 3 for c in cards)
