@@ -11,6 +11,7 @@ __all__ = [
     "ClassCountMismatchError",
     "ConfigError",
     "DatasetError",
+    "ImageRefusedError",
     "ModelLoadError",
     "UserFacingError",
 ]
@@ -30,6 +31,11 @@ class ModelLoadError(UserFacingError):
 
 class DatasetError(UserFacingError):
     """A test set could not be read (empty, bad manifest, path outside its root...)."""
+
+
+class ImageRefusedError(UserFacingError):
+    """One image of a dataset is not read (missing, not a regular file, linked outside the
+    folders its dataset allows, or too large); the rest of the dataset is unaffected."""
 
 
 class ClassCountMismatchError(UserFacingError):
