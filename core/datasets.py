@@ -27,7 +27,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from core.config import DEFAULT_MAX_PIXELS, DatasetSpec
-from core.errors import DatasetError, ImageRefusedError
+from core.errors import DatasetError, ImageRefusedError, reason_of
 
 __all__ = [
     "ImageDataset",
@@ -36,7 +36,6 @@ __all__ = [
     "load_image",
     "load_tensor",
     "open_dataset",
-    "reason_of",
 ]
 
 EXTENSIONS = tuple(sorted({*IMG_EXTENSIONS, ".tif", ".tiff", ".gif"}))
@@ -282,14 +281,6 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
             except OSError:
                 digest.update(f"{rel}\0{label}\0missing\n".encode())
         return digest.hexdigest()
-
-
-def reason_of(exc: BaseException) -> str:
-    """Why an image could not be read, in one line: a refusal's own words, else the
-    decoder's error with its type."""
-    if isinstance(exc, ImageRefusedError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

@@ -14,6 +14,7 @@ __all__ = [
     "ImageRefusedError",
     "ModelLoadError",
     "UserFacingError",
+    "reason_of",
 ]
 
 
@@ -40,3 +41,11 @@ class ImageRefusedError(UserFacingError):
 
 class ClassCountMismatchError(UserFacingError):
     """The model's number of outputs differs from the dataset's number of classes."""
+
+
+def reason_of(exc: BaseException) -> str:
+    """Why something failed, in one line: a user-facing error's own words, else the
+    exception's type and message (e.g. a decoder's ``OSError``)."""
+    if isinstance(exc, UserFacingError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
