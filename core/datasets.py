@@ -245,6 +245,8 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
             real = self._real(joined, info)
             if real != joined:  # a link, or a path through one
                 info = os.stat(real)
+        except FileNotFoundError:
+            raise ImageRefusedError("file not found (deleted or moved since listed?)") from None
         except OSError as exc:
             raise ImageRefusedError(f"cannot be read: {exc.strerror or exc}") from None
         if not real.startswith(self._allowed):

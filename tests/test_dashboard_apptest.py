@@ -336,6 +336,6 @@ def test_a_card_whose_file_broke_after_evaluation_fails_alone(
         cards = _cards(at)
         assert list(cards) == paths  # every card is there, in order
         assert cards[gone][0] == 0 and "cannot be shown" in cards[gone][1]
-        assert "No such file" in cards[gone][1]
+        assert "file not found" in cards[gone][1]
         assert cards[broken][0] == 0 and "cannot be shown" in cards[broken][1]
         assert all(cards[p] == (3, "") for p in paths if p not in (gone, broken))

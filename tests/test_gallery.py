@@ -122,13 +122,13 @@ def test_a_file_deleted_or_corrupted_after_evaluation_fails_alone(
     (root / gone).unlink()
     (root / broken).write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
     maps = page_maps(digits_model, data, rows, "Grad-CAM", None, MapCache(), result.fingerprint)
-    assert isinstance(maps[1], Unavailable) and "No such file" in maps[1].reason
+    assert isinstance(maps[1], Unavailable) and "file not found" in maps[1].reason
     assert isinstance(maps[4], Unavailable) and maps[4].reason
     for i in (0, 2, 3, 5):
         pair = maps[i]
         assert isinstance(pair, list) and [m.shape for m in pair] == [(32, 32), (32, 32)]
         assert len(PanelCache().panels(data, rows["path"].iloc[i], list(pair), 0.5)) == 3
-    with pytest.raises(ImageRefusedError, match="No such file"):
+    with pytest.raises(ImageRefusedError, match="file not found"):
         PanelCache().panels(data, gone, [None, None], 0.5)
 
 
