@@ -243,19 +243,22 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
         try:
             info = os.lstat(joined)
             real = self._real(joined, info)
-            if real != joined:  # a link, or a path through one
-                info = os.stat(real)
         except FileNotFoundError:
             raise ImageRefusedError("file not found (deleted or moved since listed?)") from None
         except OSError as exc:
             raise ImageRefusedError(f"cannot be read: {exc.strerror or exc}") from None
-        if not real.startswith(self._allowed):
+        if not real.startswith(self._allowed):  # decided before the target is even looked at
             inside = os.path.join(joined, "").startswith(os.path.join(self._root, ""))
             if inside:
                 raise ImageRefusedError(
                     f"links outside the dataset root and its link_roots: -> {real}"
                 )
             raise ImageRefusedError(f"is outside the dataset root and its link_roots: {real}")
+        if real != joined:  # a link, or a path through one: the target's own type
+            try:
+                info = os.stat(real)
+            except OSError as exc:
+                raise ImageRefusedError(f"broken link -> {real}: {exc.strerror or exc}") from None
         if not stat.S_ISREG(info.st_mode):
             raise ImageRefusedError("not a regular file")
         return real

@@ -131,6 +131,7 @@ def _tree_with_escaping_links(tmp_path: Path, make_image_folder) -> tuple[Path, 
     Image.new("RGB", (8, 8), (10, 200, 30)).save(cache / "0f3a.png")
     (root / "a" / "cached.png").symlink_to(cache / "0f3a.png")
     (root / "b" / "etc.png").symlink_to("/etc/passwd")
+    (root / "b" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     return root, cache
 
 
@@ -139,7 +140,7 @@ def test_links_outside_the_root_are_skipped_not_fatal(
 ) -> None:
     root, cache = _tree_with_escaping_links(tmp_path, make_image_folder)
     dataset = open_dataset(DatasetSpec("d", root))  # default: the root only
-    assert len(dataset) == 6  # every file is listed
+    assert len(dataset) == 7  # every file is listed
     errors = {rel: dataset[i].error for i, (rel, _) in enumerate(dataset.samples)}
     assert errors["a/cached.png"] == (
         f"links outside the dataset root and its link_roots: -> {cache / '0f3a.png'}"
@@ -147,16 +148,19 @@ def test_links_outside_the_root_are_skipped_not_fatal(
     assert (
         errors["b/etc.png"] == "links outside the dataset root and its link_roots: -> /etc/passwd"
     )
+    assert errors["b/dangling.png"] == (  # decided before the target is looked at
+        f"links outside the dataset root and its link_roots: -> {tmp_path / 'nowhere.png'}"
+    )
     assert [rel for rel, error in errors.items() if error is None] == [
         "a/000.png", "a/001.png", "b/000.png", "b/001.png"
     ]  # fmt: skip
-    for rel in ("a/cached.png", "b/etc.png"):  # display takes the same decision
+    for rel in ("a/cached.png", "b/etc.png", "b/dangling.png"):  # display: the same decision
         with pytest.raises(ImageRefusedError) as info:
             dataset.image(rel)
         assert str(info.value) == errors[rel]
     result = predict(digits_model, dataset, num_workers=0)  # the rest evaluates
     assert {s.path: s.reason for s in result.skipped} == {
-        rel: errors[rel] for rel in ("a/cached.png", "b/etc.png")
+        rel: errors[rel] for rel in ("a/cached.png", "b/dangling.png", "b/etc.png")
     }
     assert len(result.predictions) == 4
 
@@ -168,6 +172,11 @@ def test_link_roots_admit_links_into_a_cache(tmp_path: Path, make_image_folder) 
     assert image.shape == (3, 8, 8) and image[:, 0, 0].tolist() == [10, 200, 30]
     assert np.asarray(dataset.image("a/cached.png")).shape == (8, 8, 3)
     assert "/etc/passwd" in (dataset[dataset.samples.index(("b/etc.png", 1))].error or "")
+    (cache / "gone.png").symlink_to(cache / "missing.png")
+    (root / "a" / "chain.png").symlink_to(cache / "gone.png")
+    dataset = open_dataset(DatasetSpec("d", root, link_roots=(cache,)))
+    with pytest.raises(ImageRefusedError, match="broken link"):
+        dataset.load("a/chain.png")
     # a folder next to the cache whose name starts like it is not inside it
     sibling = tmp_path / "dvc-cache2"
     sibling.mkdir()
