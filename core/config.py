@@ -16,6 +16,8 @@ Paths in the file are relative to the file's folder. Example::
     [[datasets]]
     name = "digits-test"
     root = "digits/test"              # ImageFolder tree; or add csv = "manifest.csv" (path,label)
+    link_roots = ["../dvc-cache"]     # optional: where its symlinks may point besides root
+    max_pixels = 89478485             # optional: larger images are skipped (decompression bombs)
 """
 
 from __future__ import annotations
@@ -28,15 +30,24 @@ import tomllib
 
 from core.errors import ConfigError
 
-__all__ = ["DatasetSpec", "ModelSpec", "ProjectConfig", "load_config"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "MAX_PIXELS_CAP",
+    "DatasetSpec",
+    "ModelSpec",
+    "ProjectConfig",
+    "load_config",
+]
 
 _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
     "datasets", "maps", "results",
 }  # fmt: skip
-_DATASET_KEYS = {"name", "root", "csv", "classes"}
+_DATASET_KEYS = {"name", "root", "csv", "classes", "link_roots", "max_pixels"}
 _TOP_KEYS = {"cache_dir", "models", "datasets", "notes_db", "tags"}
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own warning threshold: 1 GiB of RGBA / 3
+MAX_PIXELS_CAP = 2 * DEFAULT_MAX_PIXELS  # PIL refuses to open anything larger
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -68,12 +79,18 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One ``[[datasets]]`` entry: an ImageFolder tree, or a CSV manifest under ``root``."""
+    """One ``[[datasets]]`` entry: an ImageFolder tree, or a CSV manifest under ``root``.
+
+    A file is read only if its resolved target lies under ``root`` or one of ``link_roots``
+    (e.g. a DVC or git-annex cache), and only if it has at most ``max_pixels`` pixels.
+    """
 
     name: str
     root: Path
     csv: Path | None = None
     classes: tuple[str, ...] | None = None
+    link_roots: tuple[Path, ...] = ()
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -249,9 +266,20 @@ def _dataset_spec(entry: dict[str, Any], base: Path, path: Path) -> DatasetSpec:
     csv = (base / entry["csv"]).resolve() if "csv" in entry else None
     root = (base / entry["root"]).resolve() if "root" in entry else csv.parent  # type: ignore[union-attr]
     classes = entry.get("classes")
+    links = entry.get("link_roots", [])
+    if not isinstance(links, list) or not all(isinstance(p, str) for p in links):
+        raise ConfigError(f"{where}: link_roots must be a list of folder paths, got {links!r}")
+    max_pixels = entry.get("max_pixels", DEFAULT_MAX_PIXELS)
+    if type(max_pixels) is not int or not 1 <= max_pixels <= MAX_PIXELS_CAP:
+        raise ConfigError(
+            f"{where}: max_pixels must be a whole number from 1 to {MAX_PIXELS_CAP} "
+            f"(the largest image the decoder opens), got {max_pixels!r}"
+        )
     return DatasetSpec(
         name=name,
         root=root,
         csv=csv,
         classes=tuple(str(c) for c in classes) if classes is not None else None,
+        link_roots=tuple((base / p).resolve() for p in links),
+        max_pixels=max_pixels,
     )

@@ -11,8 +11,10 @@ __all__ = [
     "ClassCountMismatchError",
     "ConfigError",
     "DatasetError",
+    "ImageRefusedError",
     "ModelLoadError",
     "UserFacingError",
+    "reason_of",
 ]
 
 
@@ -32,5 +34,18 @@ class DatasetError(UserFacingError):
     """A test set could not be read (empty, bad manifest, path outside its root...)."""
 
 
+class ImageRefusedError(UserFacingError):
+    """One image of a dataset is not read (missing, not a regular file, linked outside the
+    folders its dataset allows, or too large); the rest of the dataset is unaffected."""
+
+
 class ClassCountMismatchError(UserFacingError):
     """The model's number of outputs differs from the dataset's number of classes."""
+
+
+def reason_of(exc: BaseException) -> str:
+    """Why something failed, in one line: a user-facing error's own words, else the
+    exception's type and message (e.g. a decoder's ``OSError``)."""
+    if isinstance(exc, UserFacingError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

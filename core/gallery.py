@@ -2,7 +2,9 @@
 
 For an error (true ≠ predicted) each image gets the map of the predicted and of the true
 class; on the diagonal, of the predicted class and the runner-up. Maps of a page come from a
-shared :class:`~core.map_cache.MapCache` in one batched call.
+shared :class:`~core.map_cache.MapCache` in one batched call; an image that cannot be read when
+the page is drawn (changed, deleted or refused since the evaluation) fails alone, as
+:class:`~core.map_cache.Unavailable` with its reason.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import pandas as pd
 import torch
 
 from core.cam import METHODS, finish_maps
-from core.datasets import ImageDataset, load_image
+from core.datasets import ImageDataset
 from core.errors import UserFacingError
-from core.map_cache import MapCache, MapRequest
+from core.map_cache import MapCache, MapRequest, Unavailable
 from core.models import LoadedModel
 from core.panels import PanelCache
 from core.results import Results
@@ -89,8 +91,9 @@ def page_maps(
     cache: MapCache,
     fingerprint: str,
     batch_size: int = 64,
-) -> list[list[np.ndarray]]:
-    """Maps at model-input resolution for each row's :func:`compared_classes`, in row order.
+) -> list[list[np.ndarray] | Unavailable]:
+    """Maps at model-input resolution for each row's :func:`compared_classes`, in row order;
+    :class:`Unavailable` (with the reason) for a row whose image cannot be read now.
 
     ``fingerprint`` (the evaluation's cache key: weights, files, transform) scopes the cache, so
     changed weights or images never show stale maps.
@@ -111,9 +114,8 @@ def page_maps(
 
 
 def _loader(model: LoadedModel, dataset: ImageDataset, path: str) -> Callable[[], torch.Tensor]:
-    def load() -> torch.Tensor:
-        image = load_image(dataset.path(path), model.spec.channels)
-        return model.transform(image)
+    def load() -> torch.Tensor:  # the evaluation's own read, resize and normalisation
+        return model.normalize(model.resize(dataset.load(path, model.spec.channels)))
 
     return load
 
@@ -171,15 +173,19 @@ def warm_pages(
         try:
             if stored:
                 assert result is not None
-                page: list[list[np.ndarray]] = stored_maps(result, rows, model.spec.input_size)
+                page: list[list[np.ndarray] | Unavailable] = list(
+                    stored_maps(result, rows, model.spec.input_size)
+                )
             else:
                 page = page_maps(model, dataset, rows, method, layer, maps, fingerprint)
         except (ValueError, OSError, UserFacingError):
             return done
         for path, row_maps in zip(rows["path"], page, strict=True):
+            if isinstance(row_maps, Unavailable):
+                continue
             try:
-                panels.panels(str(dataset.path(path)), list(row_maps), alpha)
-            except (OSError, UserFacingError):
+                panels.panels(dataset, path, list(row_maps), alpha)
+            except Exception:  # the card shows the reason when the page is drawn
                 continue
             done += 1
     return done

@@ -2,7 +2,9 @@
 
 Maps are keyed by (model, method, layer, dataset, image, class), stored as uint8 at the
 model's input resolution (a 224×224 map is 49 KB), and computed for the missing keys of a
-page in one batched call, so a page costs one forward pass and a revisit costs nothing.
+page in one batched call, so a page costs one forward pass and a revisit costs nothing. An
+image that cannot be loaded fails alone: the others of its page are computed, and it is
+returned as :class:`Unavailable` with the reason.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["MapCache", "MapRequest"]
+from core.errors import reason_of
+
+__all__ = ["MapCache", "MapRequest", "Unavailable"]
 
 ComputeMaps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``compute(images [N,C,H,W], classes [N,K]) -> maps [N,K,H,W]`` in [0, 1]."""
@@ -29,6 +33,13 @@ class MapRequest:
     classes: tuple[int, ...]
     load: Callable[[], torch.Tensor]
     """Returns the model input [C,H,W]; called only when a map is missing."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """An image whose maps could not be made (its file vanished, broke or is refused), and why."""
+
+    reason: str
 
 
 class MapCache:
@@ -46,17 +57,22 @@ class MapCache:
 
     def get_many(
         self, scope: Hashable, requests: Sequence[MapRequest], compute: ComputeMaps
-    ) -> list[list[np.ndarray]]:
-        """Float32 [H,W] maps in [0,1] (8-bit steps) per request and class, within ``scope``."""
+    ) -> list[list[np.ndarray] | Unavailable]:
+        """Float32 [H,W] maps in [0,1] (8-bit steps) per request and class, within ``scope``;
+        :class:`Unavailable` for a request whose ``load`` failed (nothing is cached for it)."""
         found = {key: self._get(key) for key in self._keys(scope, requests)}
         missing = [
             r for r in requests if any(found[(scope, r.image_key, c)] is None for c in r.classes)
         ]
+        failed: dict[Hashable, Unavailable] = {}
         if missing:
-            for key, value in self._compute(scope, missing, compute).items():
+            computed, failed = self._compute(scope, missing, compute)
+            for key, value in computed.items():
                 found[key] = self._put(key, value)
         return [
-            [found[(scope, r.image_key, c)].astype(np.float32) / 255.0 for c in r.classes]  # type: ignore[union-attr]
+            failed[r.image_key]
+            if r.image_key in failed
+            else [found[(scope, r.image_key, c)].astype(np.float32) / 255.0 for c in r.classes]  # type: ignore[union-attr]
             for r in requests
         ]
 
@@ -66,9 +82,18 @@ class MapCache:
 
     def _compute(
         self, scope: Hashable, requests: Sequence[MapRequest], compute: ComputeMaps
-    ) -> dict[Hashable, np.ndarray]:
+    ) -> tuple[dict[Hashable, np.ndarray], dict[Hashable, Unavailable]]:
+        inputs, failed = {}, {}
+        for request in requests:
+            try:
+                inputs[request.image_key] = request.load()
+            except Exception as exc:  # one bad file must not cost the page its other maps
+                failed[request.image_key] = Unavailable(reason_of(exc))
+        requests = [r for r in requests if r.image_key not in failed]
+        if not requests:
+            return {}, failed
         width = max(len(r.classes) for r in requests)
-        images = torch.stack([r.load() for r in requests])
+        images = torch.stack([inputs[r.image_key] for r in requests])
         classes = torch.tensor(
             [list(r.classes) + [r.classes[-1]] * (width - len(r.classes)) for r in requests]
         )
@@ -77,7 +102,7 @@ class MapCache:
         for i, request in enumerate(requests):
             for k, cls in enumerate(request.classes):
                 out[(scope, request.image_key, cls)] = np.round(maps[i, k] * 255.0).astype(np.uint8)
-        return out
+        return out, failed
 
     def _get(self, key: Hashable) -> np.ndarray | None:
         with self._lock:

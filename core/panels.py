@@ -3,7 +3,9 @@
 A page of the cell view shows three panels per image. Encoding them is the costly part of a
 page once its maps are cached, so :class:`PanelCache` keeps the encoded panels for every
 session of a server, keyed by the file (path and mtime: an edited file is re-read, never shown
-stale), the map's content and the opacity. Data URLs travel inside the page's own message, so
+stale), the map's content and the opacity. Images are read through the dataset's own
+:meth:`~core.datasets.ImageDataset.load`, so what evaluated displays, and what was refused is
+refused here with the same reason. Data URLs travel inside the page's own message, so
 the browser fetches nothing more.
 """
 
@@ -20,7 +22,7 @@ from collections.abc import Hashable
 import numpy as np
 from PIL import Image
 
-from core.datasets import load_image
+from core.datasets import ImageDataset
 from core.overlay import overlay
 
 __all__ = ["PanelCache", "data_url", "enlarge", "panel_png", "panel_url"]
@@ -87,19 +89,22 @@ class PanelCache:
         with self._lock:
             return len(self._urls)
 
-    def panels(self, path: str, maps: list[np.ndarray | None], alpha: float) -> list[str]:
-        """Data URLs of the image at ``path`` and of one overlay per map (RGB, in order).
+    def panels(
+        self, dataset: ImageDataset, rel: str, maps: list[np.ndarray | None], alpha: float
+    ) -> list[str]:
+        """Data URLs of image ``rel`` of ``dataset`` and of one overlay per map (RGB, in order).
 
-        ``path`` must already be vetted (``ImageDataset.path``: listed files only). Raises
-        ``OSError`` when the file cannot be read.
+        Raises :class:`~core.errors.ImageRefusedError` or the decoder's error when the image
+        cannot be read (checked on every call, cached or not).
         """
+        path = str(dataset.path(rel))
         mtime = os.stat(path).st_mtime_ns
         keys = [(path, mtime, None, 0.0)] + [
             (path, mtime, _digest(m), float(alpha)) if m is not None else None for m in maps
         ]
         found = [self._get(k) if k is not None else "" for k in keys]
         if any(url is None for url in found):
-            image = load_image(path, 3)
+            image = dataset.image(rel, 3)
             for i, key in enumerate(keys):
                 if found[i] is None and key is not None:
                     cam_map = None if i == 0 else maps[i - 1]

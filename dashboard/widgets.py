@@ -12,10 +12,11 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from core import ImageDataset, Results, UserFacingError, accuracy, cell_rows, load_image
+from core import ImageDataset, Results, UserFacingError, accuracy, cell_rows
 from core.cam import METHODS as CAM_FUNCTIONS
 from core.cam import LayerInfo, layer_activations
 from core.datasets import dataset_key
+from core.errors import reason_of
 from core.gallery import (
     compared_classes,
     page_count,
@@ -25,6 +26,7 @@ from core.gallery import (
     stored_maps,
     uses_stored_maps,
 )
+from core.map_cache import Unavailable
 from core.notes import NotesStore, PathSummary
 from core.overlay import overlay
 from core.panels import enlarge
@@ -206,8 +208,9 @@ def _gallery_html(
     dataset = resources.dataset(config_path, view.dataset, view.model)
     problem = None
     try:
+        maps: list[list[np.ndarray | None] | Unavailable]
         if uses_stored_maps(result, view.method, layer):  # made in the evaluation: no model call
-            maps: list[list[np.ndarray | None]] = stored_maps(result, rows, model.spec.input_size)  # type: ignore[assignment]
+            maps = stored_maps(result, rows, model.spec.input_size)  # type: ignore[assignment]
         else:
             maps = page_maps(
                 model, dataset, rows, view.method, layer, resources.map_cache(), result.fingerprint
@@ -226,19 +229,26 @@ def _gallery_html(
 def _card(
     dataset: ImageDataset,
     row: pd.Series,
-    maps: list[np.ndarray | None],
+    maps: list[np.ndarray | None] | Unavailable,
     names: tuple[str, ...],
     view: ViewState,
     summary: PathSummary | None,
 ) -> str:
-    """One card's HTML: file name, probabilities, image and both CAM panels, tags and notes."""
+    """One card's HTML: file name, probabilities, image and both CAM panels, tags and notes.
+
+    An image that cannot be read now (changed, deleted or refused since the evaluation) gets
+    a short message in place of its panels; the other cards are unaffected.
+    """
     first, second = compared_classes(row)
     diagonal = int(row["true"]) == int(row["pred"])
+    problem, urls = "", ["", "", ""]
     try:
-        path = str(dataset.path(row["path"]))
-        urls = resources.panel_cache().panels(path, maps, view.opacity)
+        if isinstance(maps, Unavailable):
+            problem = maps.reason
+        else:
+            urls = resources.panel_cache().panels(dataset, row["path"], maps, view.opacity)
     except Exception as exc:  # the file changed or vanished since the evaluation
-        return card_html(row["path"], ("", f"cannot be shown ({exc})"), [], "")
+        problem = reason_of(exc)
     runner_up = f" · runner-up {names[second]} ({row['runner_up_prob']:.1%})" if diagonal else ""
     other = f"runner-up {names[second]}" if diagonal else f"true {names[second]}"
     caption = (
@@ -247,6 +257,10 @@ def _card(
         f"({row['true_prob']:.1%}){runner_up}",
     )
     labels = ("image", f"{view.method} · predicted {names[first]}", f"{view.method} · {other}")
+    if problem:
+        return card_html(
+            row["path"], caption, [], badge_text(summary), f"cannot be shown: {problem}"
+        )
     return card_html(row["path"], caption, zip(urls, labels, strict=True), badge_text(summary))
 
 
@@ -281,10 +295,14 @@ def _inspect(
 ) -> None:
     model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
-    image = load_image(dataset.path(row["path"]), 3)
-    x = model.transform(load_image(dataset.path(row["path"]), model.spec.channels))[None]
     probs = resources.evaluation(config_path, view.model, view.dataset).probs([row["index"]])[0]
     st.markdown(f"**{row['path']}** · true {names[int(row['true'])]}")
+    try:  # the gallery's own read: what a card shows, this shows
+        image = dataset.image(row["path"], 3)
+        x = model.normalize(model.resize(dataset.load(row["path"], model.spec.channels)))[None]
+    except Exception as exc:  # the file changed or vanished since the evaluation
+        st.warning(f"This image cannot be shown: {reason_of(exc)}")
+        return
     cols = st.columns(2)
     cls = cols[0].selectbox(
         "Map for class",
@@ -342,9 +360,14 @@ def _activation_grid(image: Image.Image, acts, chosen: str) -> None:  # type: ig
 
 
 def card_html(
-    path: str, caption: tuple[str, str], panels: Iterable[tuple[str, str]], badges: str = ""
+    path: str,
+    caption: tuple[str, str],
+    panels: Iterable[tuple[str, str]],
+    badges: str = "",
+    problem: str = "",
 ) -> str:
-    """One gallery card's file name, caption, panels (data URLs) and badges as escaped HTML.
+    """One gallery card's file name, caption, panels (data URLs) and badges as escaped HTML;
+    ``problem``, when given, is shown in place of the panels.
 
     The whole page of cards is one element, which keeps a click on a cell quick to render even
     with many people on one server. Every text is escaped: file and class names, tags come from
@@ -363,7 +386,11 @@ def card_html(
         f'<div class="cam-card" style="{_CARD}">'
         f'<p style="margin:0 0 .25rem"><strong>{escape(path)}</strong></p>'
         f'<p style="{_CAPTION}"><b>{escape(bold)}</b>{escape(rest)}</p>'
-        f'<div style="display:flex;gap:.75rem">{figures}</div>'
+        + (
+            f'<p class="cam-card-problem" style="{_PROBLEM}">{escape(problem)}</p>'
+            if problem
+            else f'<div style="display:flex;gap:.75rem">{figures}</div>'
+        )
         + (f'<p style="{_CAPTION}">{escape(badges)}</p>' if badges else "")
         + "</div>"
     )
@@ -373,6 +400,7 @@ _GRID = "display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:1rem"
 _CARD = "border:1px solid rgba(49,51,63,.2);border-radius:.5rem;padding:1rem"
 _FIGURE = "flex:1 1 0;min-width:0;margin:0;text-align:center"
 _IMG = "width:100%;height:auto;image-rendering:pixelated;border-radius:.25rem"
+_PROBLEM = "margin:.5rem 0;padding:.5rem .75rem;border-radius:.25rem;background:#fff3cd"
 _CAPTION = "font-size:.875rem;color:rgba(49,51,63,.6);margin:.25rem 0"
 
 

@@ -202,6 +202,52 @@ def wait_idle(page, timeout: float = 60_000) -> None:  # type: ignore[no-untyped
     )
 
 
+def settled_box(page, locator, frames: int = 5, timeout: float = 30_000) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """``locator``'s viewport rectangle once it has been the same, and non-empty, for
+    ``frames`` animation frames in a row (an expander opening, a grid measuring its columns
+    and a rerun replacing elements all move it)."""
+    locator.scroll_into_view_if_needed()
+    handle = locator.element_handle()
+    page.wait_for_function(
+        """([el, frames]) => new Promise(resolve => {
+            let last = '', same = 0;
+            const step = () => {
+                const r = el.getBoundingClientRect();
+                const now = [r.x, r.y, r.width, r.height].join();
+                same = r.width > 0 && r.height > 0 && now === last ? same + 1 : 0;
+                last = now;
+                if (same >= frames) resolve(true); else requestAnimationFrame(step);
+            };
+            requestAnimationFrame(step);
+        })""",
+        arg=[handle, frames],
+        timeout=timeout,
+    )
+    box = locator.bounding_box()
+    assert box is not None
+    return box  # type: ignore[no-any-return]
+
+
+ROW_PX = 35  # st.dataframe's header and row height
+
+
+def select_grid_row(page, grid, row: int, first_cell: str, timeout: float = 60_000) -> None:  # type: ignore[no-untyped-def]
+    """Select data row ``row`` (0-based) of a ``st.dataframe`` with row selection, like a person:
+    wait until the page is idle and the grid shows that row (``first_cell`` is the text of its
+    first cell in the grid's accessible table) at a settled position, click the row's
+    selection box, and wait until the grid marks the row selected."""
+    tr = grid.locator(f'tr[role="row"][aria-rowindex="{row + 2}"]')  # 1 is the header
+    tr.locator('td[aria-colindex="1"]', has_text=first_cell).wait_for(state="attached")
+    wait_idle(page, timeout)
+    box = settled_box(page, grid.get_by_test_id("data-grid-canvas"))
+    page.mouse.click(box["x"] + ROW_PX / 2, box["y"] + ROW_PX * (row + 1.5))
+    page.wait_for_function(
+        "(tr) => tr.getAttribute('aria-selected') === 'true'",
+        arg=tr.element_handle(),
+        timeout=timeout,
+    )
+
+
 def open_inspect(page, index: int = 0):  # type: ignore[no-untyped-def]
     """Open the large view of the ``index``-th image of the page; returns the dialog."""
     picker = page.get_by_test_id("stSelectbox").filter(has_text="Inspect an image").first

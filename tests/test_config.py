@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_config
+from core.config import DEFAULT_MAX_PIXELS, MAX_PIXELS_CAP, load_config
 from core.errors import ConfigError, UserFacingError
 
 MINIMAL = """
@@ -225,3 +225,34 @@ def test_model_lists_its_datasets(write_config) -> None:
     with pytest.raises(ConfigError, match="unknown datasets") as info:
         load_config(write_config(unknown))
     assert "'val'" in str(info.value)
+
+
+def test_dataset_read_rules(write_config, tmp_path: Path) -> None:
+    config = load_config(write_config(MINIMAL))
+    assert config.dataset().link_roots == ()  # safe default: the root only
+    assert config.dataset().max_pixels == DEFAULT_MAX_PIXELS
+    text = MINIMAL.replace(
+        'root = "data/test"', 'root = "data/test"\n    link_roots = ["../dvc/cache", "/mnt/annex"]'
+    ).replace('root = "data/test"', 'root = "data/test"\n    max_pixels = 4000000')
+    dataset = load_config(write_config(text)).dataset()
+    assert dataset.link_roots == ((tmp_path / ".." / "dvc" / "cache").resolve(), Path("/mnt/annex"))
+    assert dataset.max_pixels == 4_000_000
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('link_roots = "cache"', ["link_roots", "list"]),
+        ("link_roots = [3]", ["link_roots", "list"]),
+        ("max_pixels = 0", ["max_pixels", "0"]),
+        ("max_pixels = 1e6", ["max_pixels", "1000000.0"]),
+        ('max_pixels = "big"', ["max_pixels", "'big'"]),
+        (f"max_pixels = {MAX_PIXELS_CAP + 1}", ["max_pixels", str(MAX_PIXELS_CAP)]),
+    ],
+)
+def test_invalid_dataset_read_rules(write_config, line: str, words: list[str]) -> None:
+    text = MINIMAL.replace('root = "data/test"', f'root = "data/test"\n    {line}')
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(text))
+    for word in words:
+        assert word in str(info.value)

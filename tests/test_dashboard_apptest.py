@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core import cell_rows
 from core.gallery import compared_classes, first_pages, page_rows, sort_rows
-from core.map_cache import MapRequest
+from core.map_cache import MapRequest, Unavailable
 from dashboard import resources
+from dashboard.notes_ui import AUTHOR_KEY
 from tests.projects import ROOT, expected, write_config
 
 APP = str(ROOT / "dashboard" / "app.py")
@@ -143,7 +146,10 @@ def test_first_pages_are_warmed_once_the_predictions_are_ready(project: Path, mo
     while True:  # the app's warm-up thread fills the server-wide cache in the background
         try:
             for page in requests:  # what each cell's first click asks for is all there
-                resources.map_cache().get_many(scope, page, _not_computed)
+                got = resources.map_cache().get_many(scope, page, _not_computed)
+                missing = [m.reason for m in got if isinstance(m, Unavailable)]
+                if missing:  # an image had to be loaded: its maps were not there yet
+                    raise LookupError(missing[0])
             break
         except LookupError:
             assert time.monotonic() < deadline, "page 1 of some cells was not warmed in 60 s"
@@ -190,3 +196,146 @@ def test_a_model_without_a_spatial_layer_still_shows_its_matrix_and_images(
     at.sidebar.selectbox(key="url:method").set_value("Saliency").run()  # needs no layer
     assert not at.exception and not at.warning
     assert f"Saliency · predicted {result.classes[pred]}" in _card_captions(at)
+
+
+# --- malformed input from the URL and the widgets: a message or a fallback, never a traceback
+
+
+def _assert_no_traceback(at: AppTest) -> None:
+    """No exception element, with ``client.showErrorDetails`` at its default (so one would
+    be shown in full)."""
+    assert st.get_option("client.showErrorDetails") == "full"
+    assert not at.exception, [e.value for e in at.exception]
+
+
+BAD_CELLS = ["a,b,c", "1,2,3", "-1,0", "3", ",", "99,1", "3,99999999999999999999999", "💥,1"]
+BAD_VIEW = [  # with a valid cell: the cell's first page at the defaults
+    {"page": "-3"},
+    {"page": "0"},
+    {"page": "99999999999999999999999"},
+    {"page": "1e3"},
+    {"page": "abc"},
+    {"page": "²"},
+    {"model": "nope"},
+    {"model": "../../etc/passwd\x00"},
+    {"method": "Grad-CAM; drop"},
+    {"layer": "no.such.layer"},
+    {"layer": "\u202e💥" * 500},
+    {"sort": "bogus"},
+    {"opacity": "nan"},
+    {"opacity": "inf"},
+    {"opacity": "-0.5"},
+    {"page_size": "7"},
+    {"page_size": "-24"},
+    {"color": "<script>"},
+    {"top": "-5"},
+]
+
+
+@pytest.mark.parametrize("cell", BAD_CELLS)
+def test_a_malformed_cell_shows_the_matrix_and_the_invitation(
+    project: Path, monkeypatch: pytest.MonkeyPatch, cell: str
+) -> None:
+    at = run(project, monkeypatch, cell=cell, page="2")
+    _assert_no_traceback(at)
+    assert any("Accuracy" in m.label for m in at.metric)
+    assert any("Click any cell" in i.value for i in at.info) and not at.subheader
+
+
+@pytest.mark.parametrize(
+    "params", BAD_VIEW, ids=lambda p: f"{next(iter(p))}={next(iter(p.values()))[:16]!r}"
+)
+def test_malformed_view_values_fall_back_to_the_defaults(
+    project: Path, monkeypatch: pytest.MonkeyPatch, params: dict[str, str]
+) -> None:
+    result = expected(project)
+    at = run(project, monkeypatch, cell="9,9", **params)
+    _assert_no_traceback(at)
+    rows = sort_rows(cell_rows(result.predictions, 9, 9), "confidence", ascending=False)
+    assert any(f"true *9* → predicted *9*: {len(rows)} images" in s.value for s in at.subheader)
+    assert _card_paths(at) == list(page_rows(rows, 1, 24)["path"])
+    assert "Grad-CAM · predicted 9" in _card_captions(at)
+    assert at.selectbox(key="url:model").value == "digits-cnn"
+
+
+def test_an_unknown_dataset_falls_back_to_the_model_s_first(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = run(project, monkeypatch, cell="9,9", dataset="nope\u202e")
+    _assert_no_traceback(at)
+    assert at.query_params["dataset"] in (["digits-test"], "digits-test")  # the URL is fixed
+    assert "cell" not in at.query_params  # a cell of another dataset means nothing here
+    assert any("Click any cell" in i.value for i in at.info)
+
+
+def test_a_junk_tag_filter_is_a_filter_with_no_images(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    junk = "\u202e<b>💥</b>\x00"
+    at = run(project, monkeypatch, cell="9,9", tag=junk)
+    _assert_no_traceback(at)
+    assert any("No images in this cell" in i.value for i in at.info)
+    assert not _card_paths(at)
+
+
+def test_widgets_at_their_limits_never_show_a_traceback(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = expected(project)
+    rows = sort_rows(cell_rows(result.predictions, 9, 9), "confidence", ascending=False)
+    at = run(project, monkeypatch, cell="9,9", page="99")  # past the end: the last page
+    _assert_no_traceback(at)
+    last = (len(rows) + 23) // 24
+    assert at.number_input(key="url:page").value == last
+    assert _card_paths(at) == list(page_rows(rows, last, 24)["path"])
+    at.number_input(key="url:page").set_value(1).run()
+    at.sidebar.selectbox(key="url:page_size").set_value(96).run()
+    at.sidebar.slider(key="url:opacity").set_value(0.0).run()
+    at.sidebar.selectbox(key="url:layer").set_value("0").run()  # the first conv layer
+    at.sidebar.text_input(key=AUTHOR_KEY).set_value("\u202e💥" * 20).run()
+    _assert_no_traceback(at)
+    assert _card_paths(at) == list(rows["path"][:96])
+    at.sidebar.selectbox(key="url:method").set_value("CAM").run()
+    at.sidebar.selectbox(key="url:dataset").set_value("digits-even").run()
+    _assert_no_traceback(at)
+    assert "cell" not in at.query_params
+
+
+def _cards(at: AppTest) -> dict[str, tuple[int, str]]:
+    """Each card's file name: its number of images and its problem message ('' if none)."""
+    out = {}
+    for h in at.html:
+        for card in re.findall(r'class="cam-card".*?(?=class="cam-card"|$)', h.value, re.S):
+            path = html.unescape(re.search(r"<strong>(.*?)</strong>", card).group(1))  # type: ignore[union-attr]
+            problem = re.search(r'class="cam-card-problem"[^>]*>(.*?)</p>', card)
+            out[path] = (card.count("<img "), html.unescape(problem.group(1)) if problem else "")
+    return out
+
+
+def test_a_card_whose_file_broke_after_evaluation_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path)
+    source = ROOT / "sample_models" / "digits" / "test"
+    copy = tmp_path / "digits"
+    shutil.copytree(source, copy)
+    config.write_text(config.read_text().replace(source.as_posix(), copy.as_posix(), 1))
+    result = expected(config)
+    at = run(config, monkeypatch)  # the server evaluates; then files change under it
+    _assert_no_traceback(at)
+    rows = sort_rows(cell_rows(result.predictions, 9, 9), "confidence", ascending=False)
+    paths = list(page_rows(rows, 1, 24)["path"])
+    gone, broken = paths[1], paths[3]
+    (copy / gone).unlink()
+    (copy / broken).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    for method in ("Grad-CAM++", "Grad-CAM"):  # maps to compute, and maps warmed at start-up
+        at.query_params["cell"] = "9,9"
+        at.query_params["method"] = method
+        at.run()
+        _assert_no_traceback(at)
+        cards = _cards(at)
+        assert list(cards) == paths  # every card is there, in order
+        assert cards[gone][0] == 0 and "cannot be shown" in cards[gone][1]
+        assert "file not found" in cards[gone][1]
+        assert cards[broken][0] == 0 and "cannot be shown" in cards[broken][1]
+        assert all(cards[p] == (3, "") for p in paths if p not in (gone, broken))

@@ -22,6 +22,7 @@ from tests.browser import (
     gallery_cards,
     new_page,
     screenshot,
+    select_grid_row,
     streamlit_server,
     wait_for_gallery,
     wait_for_matrix,
@@ -98,10 +99,8 @@ def test_a_confused_pair_row_opens_its_cell(server: str, browser, project: Path)
     wait_for_matrix(page)
     page.get_by_text("Most confused pairs").click()  # unfold the table above the matrix
     grid = page.get_by_test_id("stDataFrame").first
-    grid.wait_for()
-    box = grid.bounding_box()
-    # the first data row's selection box: a 35 px header, then 35 px rows
-    page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)
+    select_grid_row(page, grid, 0, result.classes[true])
+    page.wait_for_url(re.compile(rf"cell={true}(%2C|,){pred}"))
     _assert_gallery(page, result, true, pred)
     page.context.close()
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from core.config import DatasetSpec
 from core.datasets import _decode_png, _to_tensor, load_image, load_tensor, open_dataset
-from core.errors import DatasetError, UserFacingError
+from core.errors import DatasetError, ImageRefusedError, UserFacingError
 from core.predictions import predict
 
 # --- listing ----------------------------------------------------------------------------
@@ -75,27 +75,46 @@ def test_manifest(tmp_path: Path, make_image_folder) -> None:
     assert explicit.classes == ["dog", "cat", "bird"]
 
 
-@pytest.mark.parametrize(
-    ("row", "words"),
-    [
-        ("a/0.png,horse", ["line 3", "'horse'", "class list"]),
-        ("../outside.png,cat", ["line 3", "escapes"]),
-        ("a/../../outside.png,cat", ["line 3", "escapes"]),
-        ("{outside},cat", ["line 3", "escapes"]),
-    ],
-)
-def test_manifest_bad_rows(tmp_path: Path, row: str, words: list[str]) -> None:
+def test_manifest_label_outside_the_class_list_is_fatal(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
     Image.new("L", (8, 8)).save(root / "a" / "0.png")
+    manifest = root / "manifest.csv"
+    manifest.write_text("path,label\na/0.png,cat\na/0.png,horse\n")
+    with pytest.raises(DatasetError) as info:
+        open_dataset(DatasetSpec("d", root, csv=manifest, classes=("cat", "dog")))
+    for word in ("line 3", "'horse'", "class list"):
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        ("../outside.png", ["outside the dataset root", "outside.png"]),
+        ("a/../../outside.png", ["outside the dataset root", "outside.png"]),
+        ("{outside}", ["outside the dataset root", "outside.png"]),
+        ("a/missing.png", ["file not found"]),
+        ("a", ["not a regular file"]),
+    ],
+)
+def test_a_bad_manifest_path_is_one_skipped_row(tmp_path: Path, row: str, words: list[str]) -> None:
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    Image.new("L", (8, 8), 77).save(root / "a" / "0.png")
     outside = tmp_path / "outside.png"
     Image.new("L", (8, 8)).save(outside)
     manifest = root / "manifest.csv"
-    manifest.write_text(f"path,label\na/0.png,cat\n{row.format(outside=outside)}\n")
-    with pytest.raises(DatasetError) as info:
-        open_dataset(DatasetSpec("d", root, csv=manifest, classes=("cat", "dog")))
+    manifest.write_text(f"path,label\na/0.png,cat\n{row.format(outside=outside)},dog\n")
+    dataset = open_dataset(DatasetSpec("d", root, csv=manifest, classes=("cat", "dog")))
+    assert len(dataset) == 2  # listed: the set stays usable
+    good, bad = dataset[0], dataset[1]
+    assert good.image is not None and int(good.image.max()) == 77
+    assert bad.image is None and bad.error is not None
     for word in words:
-        assert word in str(info.value)
+        assert word in bad.error
+    with pytest.raises(ImageRefusedError) as info:  # display refuses it with the same words
+        dataset.image(dataset.samples[1][0])
+    assert str(info.value) == bad.error
 
 
 def test_manifest_without_path_and_label_columns(tmp_path: Path) -> None:
@@ -105,15 +124,67 @@ def test_manifest_without_path_and_label_columns(tmp_path: Path) -> None:
         open_dataset(DatasetSpec("d", tmp_path, csv=manifest))
 
 
-def test_symlink_escaping_an_image_folder_is_refused(tmp_path: Path, make_image_folder) -> None:
-    root = make_image_folder({"a": 1, "b": 1}, root=tmp_path / "root")
-    secret = tmp_path / "elsewhere" / "secret.png"
-    secret.parent.mkdir()
-    Image.new("RGB", (8, 8)).save(secret)
-    (root / "a" / "link.png").symlink_to(secret)
-    with pytest.raises(DatasetError, match="escapes") as info:
-        open_dataset(DatasetSpec("d", root))
-    assert "link.png" in str(info.value)
+def _tree_with_escaping_links(tmp_path: Path, make_image_folder) -> tuple[Path, Path]:
+    root = make_image_folder({"a": 2, "b": 2}, root=tmp_path / "root")
+    cache = tmp_path / "dvc-cache"
+    cache.mkdir()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(cache / "0f3a.png")
+    (root / "a" / "cached.png").symlink_to(cache / "0f3a.png")
+    (root / "b" / "etc.png").symlink_to("/etc/passwd")
+    (root / "b" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    return root, cache
+
+
+def test_links_outside_the_root_are_skipped_not_fatal(
+    tmp_path: Path, make_image_folder, digits_model
+) -> None:
+    root, cache = _tree_with_escaping_links(tmp_path, make_image_folder)
+    dataset = open_dataset(DatasetSpec("d", root))  # default: the root only
+    assert len(dataset) == 7  # every file is listed
+    errors = {rel: dataset[i].error for i, (rel, _) in enumerate(dataset.samples)}
+    assert errors["a/cached.png"] == (
+        f"links outside the dataset root and its link_roots: -> {cache / '0f3a.png'}"
+    )
+    assert (
+        errors["b/etc.png"] == "links outside the dataset root and its link_roots: -> /etc/passwd"
+    )
+    assert errors["b/dangling.png"] == (  # decided before the target is looked at
+        f"links outside the dataset root and its link_roots: -> {tmp_path / 'nowhere.png'}"
+    )
+    assert [rel for rel, error in errors.items() if error is None] == [
+        "a/000.png", "a/001.png", "b/000.png", "b/001.png"
+    ]  # fmt: skip
+    for rel in ("a/cached.png", "b/etc.png", "b/dangling.png"):  # display: the same decision
+        with pytest.raises(ImageRefusedError) as info:
+            dataset.image(rel)
+        assert str(info.value) == errors[rel]
+    result = predict(digits_model, dataset, num_workers=0)  # the rest evaluates
+    assert {s.path: s.reason for s in result.skipped} == {
+        rel: errors[rel] for rel in ("a/cached.png", "b/dangling.png", "b/etc.png")
+    }
+    assert len(result.predictions) == 4
+
+
+def test_link_roots_admit_links_into_a_cache(tmp_path: Path, make_image_folder) -> None:
+    root, cache = _tree_with_escaping_links(tmp_path, make_image_folder)
+    dataset = open_dataset(DatasetSpec("d", root, link_roots=(cache,)))
+    image = dataset.load("a/cached.png")
+    assert image.shape == (3, 8, 8) and image[:, 0, 0].tolist() == [10, 200, 30]
+    assert np.asarray(dataset.image("a/cached.png")).shape == (8, 8, 3)
+    assert "/etc/passwd" in (dataset[dataset.samples.index(("b/etc.png", 1))].error or "")
+    (cache / "gone.png").symlink_to(cache / "missing.png")
+    (root / "a" / "chain.png").symlink_to(cache / "gone.png")
+    dataset = open_dataset(DatasetSpec("d", root, link_roots=(cache,)))
+    with pytest.raises(ImageRefusedError, match="broken link"):
+        dataset.load("a/chain.png")
+    # a folder next to the cache whose name starts like it is not inside it
+    sibling = tmp_path / "dvc-cache2"
+    sibling.mkdir()
+    Image.new("RGB", (8, 8)).save(sibling / "x.png")
+    (root / "a" / "sibling.png").symlink_to(sibling / "x.png")
+    dataset = open_dataset(DatasetSpec("d", root, link_roots=(cache,)))
+    with pytest.raises(ImageRefusedError, match="links outside"):
+        dataset.load("a/sibling.png")
 
 
 def test_symlink_inside_the_root_is_fine(make_image_folder) -> None:
@@ -128,7 +199,7 @@ def test_path_of_an_image_refuses_what_is_not_listed(make_image_folder) -> None:
     dataset = open_dataset(DatasetSpec("d", root))
     assert dataset.path("a/000.png") == (root / "a" / "000.png").resolve()
     for rel in ("../x.png", "a/999.png", "/etc/passwd"):
-        with pytest.raises(DatasetError):
+        with pytest.raises(ImageRefusedError, match="not an image of dataset"):
             dataset.path(rel)
 
 
@@ -400,3 +471,40 @@ def test_evaluation_pixels_equal_the_cam_pixels(make_image_folder, digits_model,
         assert image is not None and image.dtype == torch.uint8
         assert image.shape == (1, 32, 32)
         assert torch.equal(digits_model.normalize(image), full[i].image)
+
+
+# --- pixel limit ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["big.png", "big.jpg", "big_rgba.png"])
+def test_an_image_over_max_pixels_is_refused_undecoded_in_both_paths(
+    tmp_path: Path, make_image_folder, monkeypatch, name: str
+) -> None:
+    root = make_image_folder({"a": 2, "b": 1}, root=tmp_path / "root", size=(20, 30))  # 600 px
+    mode = "RGBA" if "rgba" in name else "RGB"
+    Image.new(mode, (40, 30), "red").save(root / "b" / name)  # 1,200 px
+    dataset = open_dataset(DatasetSpec("d", root, max_pixels=1_000))
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image over the limit was decoded")
+
+    monkeypatch.setattr("core.datasets.cv2.imdecode", never)  # the OpenCV path
+    monkeypatch.setattr(ImageFile.ImageFile, "load", never)  # the PIL path
+    error = dataset[dataset.samples.index((f"b/{name}", 1))].error
+    assert error == "image of 40×30 = 1,200 pixels: over the dataset's limit of 1,000 (max_pixels)"
+    with pytest.raises(ImageRefusedError) as info:
+        dataset.image(f"b/{name}")
+    assert str(info.value) == error
+    monkeypatch.undo()
+    assert all(dataset[i].image is not None for i in range(3))  # the others read as usual
+    limit_at_size = open_dataset(DatasetSpec("d", root, max_pixels=1_200))
+    assert limit_at_size.load(f"b/{name}").shape == (3, 30, 40)  # the limit is inclusive
+
+
+def test_the_pixel_limit_changes_the_fingerprint(make_image_folder) -> None:
+    root = make_image_folder({"a": 1})
+    prints = {
+        open_dataset(DatasetSpec("d", root, max_pixels=m, link_roots=links)).fingerprint()
+        for m, links in ((1_000, ()), (2_000, ()), (1_000, (root.parent,)))
+    }
+    assert len(prints) == 3  # a cached evaluation never outlives a change of the read rules

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -9,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from core import load_config, load_model, open_dataset
+from core import DatasetSpec, evaluate, load_config, load_model, open_dataset
+from core.errors import ImageRefusedError
 from core.gallery import (
     compared_classes,
     first_pages,
@@ -19,7 +21,7 @@ from core.gallery import (
     sort_rows,
     warm_pages,
 )
-from core.map_cache import MapCache, MapRequest
+from core.map_cache import MapCache, MapRequest, Unavailable
 from core.panels import PanelCache
 from tests.projects import expected, write_config
 
@@ -83,6 +85,51 @@ def test_cache_computes_missing_maps_of_a_page_in_one_call() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(again[0], maps[0], strict=True))
     cache.get_many("other-layer", page[:1], _compute(calls))
     assert calls == [5, 1, 1]  # another scope (model/method/layer) is another key
+
+
+def _broken(key: str, error: Exception) -> MapRequest:
+    def load() -> torch.Tensor:
+        raise error
+
+    return MapRequest(key, (0, 1), load)
+
+
+def test_one_failing_load_leaves_the_rest_of_the_page() -> None:
+    cache, loads, calls = MapCache(), [], []
+    page = [_request(str(i), (0, 1), loads) for i in range(4)]
+    gone = _broken("8", FileNotFoundError("no such file: 8.png"))
+    got = cache.get_many("s", [*page[:2], gone, *page[2:]], _compute(calls))
+    assert calls == [4]  # the others still in one batch
+    assert got[2] == Unavailable("FileNotFoundError: no such file: 8.png")
+    expected = cache.get_many("fresh", page, _compute([]))
+    for g, e in zip([*got[:2], *got[3:]], expected, strict=True):
+        assert isinstance(g, list) and all(np.array_equal(a, b) for a, b in zip(g, e, strict=True))
+    assert len(cache) == 16  # nothing is cached for the failed image: a fixed file works again
+    refused = _broken("9", ImageRefusedError("links outside the dataset root"))
+    alone = cache.get_many("s", [refused], _compute(calls))
+    assert alone == [Unavailable("links outside the dataset root")] and calls == [4]  # no call
+
+
+def test_a_file_deleted_or_corrupted_after_evaluation_fails_alone(
+    digits_model, digits_subset
+) -> None:  # type: ignore[no-untyped-def]
+    root = digits_subset(per_class=2)
+    data = open_dataset(DatasetSpec("d", root), digits_model.spec.classes)
+    result = evaluate(digits_model, data)
+    assert not result.skipped
+    rows = result.predictions.iloc[:6]
+    gone, broken = rows["path"].iloc[1], rows["path"].iloc[4]
+    (root / gone).unlink()
+    (root / broken).write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+    maps = page_maps(digits_model, data, rows, "Grad-CAM", None, MapCache(), result.fingerprint)
+    assert isinstance(maps[1], Unavailable) and "file not found" in maps[1].reason
+    assert isinstance(maps[4], Unavailable) and maps[4].reason
+    for i in (0, 2, 3, 5):
+        pair = maps[i]
+        assert isinstance(pair, list) and [m.shape for m in pair] == [(32, 32), (32, 32)]
+        assert len(PanelCache().panels(data, rows["path"].iloc[i], list(pair), 0.5)) == 3
+    with pytest.raises(ImageRefusedError, match="file not found"):
+        PanelCache().panels(data, gone, [None, None], 0.5)
 
 
 def test_cache_is_bounded() -> None:
@@ -156,7 +203,8 @@ def test_warm_pages_leaves_nothing_for_the_first_click(digits) -> None:  # type:
     for rows in pages:  # what the gallery asks for on a first click: all found, none computed
         page = page_maps(model, data, rows, "Grad-CAM", None, maps, result.fingerprint)
         for path, row_maps in zip(rows["path"], page, strict=True):
-            panels.panels(str(data.path(path)), list(row_maps), 0.5)
+            assert not isinstance(row_maps, Unavailable)
+            panels.panels(data, path, list(row_maps), 0.5)
     assert (len(maps), len(panels)) == (n_maps, n_panels)
 
 
