@@ -13,9 +13,21 @@ from PIL import Image, ImageFile
 from core.config import DatasetSpec
 from core.datasets import _decode_png, _to_tensor, load_image, load_tensor, open_dataset
 from core.errors import DatasetError, ImageRefusedError, UserFacingError
-from core.predictions import predict
 
 # --- listing ----------------------------------------------------------------------------
+
+
+def predict(model, dataset, **kwargs):  # type: ignore[no-untyped-def]
+    """The in-process engine into a scratch result folder (no class check, no maps)."""
+    import tempfile
+
+    from core.predictions import predict as run
+    from core.results import ResultWriter
+
+    folder = Path(tempfile.mkdtemp(prefix="test-results-"))
+    with ResultWriter(folder, dataset.samples, dataset.classes, "test") as writer:
+        run(model, dataset, writer, **kwargs)
+        return writer.finish()
 
 
 def test_image_folder_classes_are_sorted_folder_names(make_image_folder) -> None:

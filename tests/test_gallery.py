@@ -49,9 +49,8 @@ def test_sort_and_pages_cover_every_row_once() -> None:
 
 
 def test_compared_classes_error_vs_diagonal() -> None:
-    probs = np.array([0.1, 0.6, 0.25, 0.05])
-    assert compared_classes(pd.Series({"true": 2, "pred": 1, "probs": probs})) == (1, 2)
-    assert compared_classes(pd.Series({"true": 1, "pred": 1, "probs": probs})) == (1, 2)
+    assert compared_classes(pd.Series({"true": 2, "pred": 1, "runner_up": 3})) == (1, 2)
+    assert compared_classes(pd.Series({"true": 1, "pred": 1, "runner_up": 3})) == (1, 3)
 
 
 def _request(key: str, classes: tuple[int, ...], loads: list[str]) -> MapRequest:

@@ -1,0 +1,184 @@
+"""Scale: a 1,000,000-image × 1,000-class result, and an end-to-end run on generated images.
+
+Part 1 synthesises a result folder through the store's own writer (no image files): 1M rows,
+1,000 classes, float16 probabilities and 7×7 maps, then measures in a fresh process what the
+dashboard does with it: open (time, memory), confusion matrix, one cell filtered and sorted, a
+gallery page's rows with their probabilities and maps.
+
+Part 2 generates a 1,000-class project of real PNG files (``tests/large_project.py``; 100 per
+class = 100,000 by default) and runs ``python -m core evaluate`` on it twice: the first run
+(time, peak memory) and the cached restart.
+
+    python bench/scale.py [--rows 1000000] [--classes 1000] [--images-per-class 100] [--skip-e2e]
+
+Every figure is printed next to its target (issue: scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def synthesise(folder: Path, rows: int, classes: int, chunk: int = 50_000) -> None:
+    """A result folder of ``rows`` images written batch by batch through ResultWriter."""
+    import numpy as np
+    import torch
+
+    from core.results import ResultWriter, scores_from_logits
+
+    rng = np.random.default_rng(0)
+    names = [f"c{i:04d}" for i in range(classes)]
+    labels = np.arange(rows) % classes
+    manifest = [(f"{names[y]}/{i:07d}.png", int(y)) for i, y in enumerate(labels)]
+    with ResultWriter(folder, manifest, names, "bench", map_shape=(7, 7)) as writer:
+        for start in range(0, rows, chunk):
+            stop = min(start + chunk, rows)
+            y = torch.from_numpy(labels[start:stop])
+            logits = torch.from_numpy(rng.standard_normal((stop - start, classes), np.float32))
+            logits[torch.arange(stop - start), y] += 3.0  # about 60% right
+            maps = torch.from_numpy(rng.standard_normal((stop - start, 2, 7, 7), np.float32))
+            writer.write(scores_from_logits(np.arange(start, stop), y, logits, maps))
+        writer.finish()
+
+
+MEASURE = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+t = time.perf_counter()
+from core.results import open_results
+from core.metrics import cell_rows, confusion_matrix
+from core.gallery import page_rows, sort_rows, stored_maps
+import_s = time.perf_counter() - t
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out = {"import_s": import_s}
+t = time.perf_counter(); result = open_results(sys.argv[1]); table = result.predictions
+out["open_s"] = time.perf_counter() - t
+out["open_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+times = []
+for _ in range(5):
+    t = time.perf_counter()
+    m = confusion_matrix(table, result.num_classes)
+    times.append(time.perf_counter() - t)
+out["matrix_s"] = sorted(times)[2]
+true, pred = 7, 7  # a diagonal cell: the largest cells are on the diagonal
+times = []
+for _ in range(5):
+    t = time.perf_counter()
+    rows = sort_rows(cell_rows(table, true, pred), "loss", False)
+    times.append(time.perf_counter() - t)
+out["cell_s"] = sorted(times)[2]; out["cell_rows"] = len(rows)
+times = []
+for page in (1, 2, 3, 4, 5):
+    t = time.perf_counter()
+    shown = page_rows(rows, page, 24)
+    probs = result.probs(shown["index"].to_numpy())
+    maps = stored_maps(result, shown, (224, 224))
+    times.append(time.perf_counter() - t)
+out["page_s"] = sorted(times)[2]
+out["total_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def measure(folder: Path) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(folder), str(REPO)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+WRAPPED = (
+    "import resource, runpy, sys\n"
+    "sys.argv = ['core', *sys.argv[1:]]\n"
+    "try:\n    runpy.run_module('core', run_name='__main__')\n"
+    "finally:\n"
+    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "    print(f'PEAK_KB {peak}', file=sys.stderr)\n"
+)
+
+
+def run_cli(config: Path, out: Path) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one ``python -m core evaluate`` in a fresh process."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", WRAPPED, "evaluate", "--config", str(config), "--out", f"{out}/"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-2000:])
+    peak_kb = int(done.stderr.rsplit("PEAK_KB ", 1)[1].split()[0])
+    return seconds, peak_kb / 1024
+
+
+def row(name: str, ours: str, target: str) -> None:
+    print(f"| {name} | {ours} | {target} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--classes", type=int, default=1_000)
+    parser.add_argument("--images-per-class", type=int, default=100)
+    parser.add_argument("--skip-e2e", action="store_true")
+    args = parser.parse_args()
+    print(f"# bench/scale.py on {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory(dir=REPO / ".cache") as tmp:
+        folder = Path(tmp) / "result"
+        start = time.perf_counter()
+        synthesise(folder, args.rows, args.classes)
+        write_s = time.perf_counter() - start
+        size = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
+        probs_b = (folder / "probs.npy").stat().st_size / args.rows
+        maps_b = (folder / "maps.npy").stat().st_size / args.rows
+        m = measure(folder)
+    print(
+        f"\n## {args.rows:,} rows × {args.classes:,} classes (synthesised through ResultWriter)\n"
+    )
+    print("| step | ours | target |\n|---|---:|---|")
+    row("write the store (writer only)", f"{write_s:.1f} s, {size:,.0f} MB on disk", "-")
+    row("probabilities per image", f"{probs_b:,.0f} B (float16)", "compact")
+    row("maps per image (2 × 7×7)", f"{maps_b:,.0f} B (float16)", "≤ 300 B")
+    row("open (memory-mapped) + table", f"{m['open_s']:.2f} s, +{m['open_mb']:,.0f} MB", "≤ 3 s")
+    row("confusion matrix", f"{m['matrix_s'] * 1000:.0f} ms", "≤ 500 ms")
+    row(f"one cell ({m['cell_rows']:,} rows) filtered + sorted", f"{m['cell_s'] * 1000:.0f} ms",
+        "≤ 300 ms")  # fmt: skip
+    row("a gallery page: 24 rows, probs, maps at 224²", f"{m['page_s'] * 1000:.0f} ms", "-")
+    row("process peak RSS after all of it", f"{m['total_mb']:,.0f} MB", "-")
+    if args.skip_e2e:
+        return
+    from tests.large_project import make_large_project
+
+    start = time.perf_counter()
+    config = make_large_project(args.classes, args.images_per_class)
+    gen_s = time.perf_counter() - start
+    n = args.classes * args.images_per_class
+    with tempfile.TemporaryDirectory(dir=REPO / ".cache") as tmp:
+        first_s, first_mb = run_cli(config, Path(tmp) / "r")
+        second_s, _ = run_cli(config, Path(tmp) / "r")
+    print(f"\n## end to end: {n:,} generated 32×32 PNGs, {args.classes:,} classes\n")
+    print("| step | ours | target |\n|---|---:|---|")
+    row("generate the images (cached after the first time)", f"{gen_s:.1f} s", "-")
+    row("`evaluate` first run (predictions + maps)", f"{first_s:.1f} s ({n / first_s:,.0f} img/s)",
+        "-")  # fmt: skip
+    row("peak memory of that process", f"{first_mb:,.0f} MB", "≤ 2 GB above the model")
+    row("`evaluate` again (cache hit)", f"{second_s:.1f} s", "≤ 3 s at 1M")
+
+
+if __name__ == "__main__":
+    main()
