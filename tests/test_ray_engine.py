@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import load_config
 from core.datasets import ImageDataset, open_dataset
 from core.evaluate import evaluate, map_layer
 from core.predictions import _forward_with_maps
@@ -236,9 +237,7 @@ def test_local_ray_survives_a_killed_actor_and_skips_a_corrupt_file(
 
     ray = open_results(out)
     assert [(s.path, bool(s.reason)) for s in ray.skipped] == [("8/broken.png", True)]
-    dataset = open_dataset(sample_config.dataset("digits-test"), digits_model.spec.classes)
-    dataset = ImageDataset("digits", root, [*_listing(root), ("8/broken.png", 8)], dataset.classes)
-    dataset.samples.sort()
+    dataset = open_dataset(load_config(config).dataset("digits"), digits_model.spec.classes)
     local = evaluate(digits_model, dataset, out=tmp_path / "local", batch_size=16, num_workers=0)
     assert len(ray.predictions) == 60
     assert_same_results(ray, local)
