@@ -240,6 +240,68 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def ray_rows(rounds: int) -> int:
+    """``--engine ray``: whole evaluations (maps on, a fresh result folder each) on the digits
+    sample, in-process against Ray Data on a local Ray started once (its start timed apart).
+
+    Ray binds to the machine's address; to keep its traffic on loopback run this inside
+    ``unshare --net --pid --fork --mount-proc bash -c 'ip link set lo up; python ...'``.
+    """
+    here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != here]  # bench/click.py
+    import ray
+
+    from core.evaluate import evaluate
+    from core.results import ray_engine
+
+    work = digits_workload()
+    n = len(work.dataset)
+    started = time.perf_counter()
+    ray.init(**ray_engine.local_init_args())
+    init_s = time.perf_counter() - started
+    load_before = os.getloadavg()
+    try:
+        rates: dict[str, list[float]] = {"in-process engine": [], "ray engine (local Ray)": []}
+        steady: list[float] = []
+        for r in range(rounds):
+            for name in list(rates)[r % 2 :] + list(rates)[: r % 2]:
+                stamps: list[tuple[float, int]] = []
+
+                def note(done: int, total: int, stamps: list[tuple[float, int]] = stamps) -> None:
+                    stamps.append((time.perf_counter(), done))
+
+                engine = ray_engine.predict if name.startswith("ray") else predict
+                start = time.perf_counter()
+                evaluate(work.model, work.dataset, progress=note, engine=engine)
+                rates[name].append(n / (time.perf_counter() - start))
+                if name.startswith("ray") and len(stamps) > 1:
+                    (t0, d0), (t1, d1) = stamps[0], stamps[-1]
+                    steady.append((d1 - d0) / (t1 - t0))
+                log(f"  round {r + 1}/{rounds}  {name:24s} {rates[name][-1]:8.1f} images/s")
+    finally:
+        ray.shutdown()
+    local = statistics.median(rates["in-process engine"])
+    remote = statistics.median(rates["ray engine (local Ray)"])
+    print(
+        f"digits sample, {n} images, maps on, {os.cpu_count()} cores; "
+        f"1-min load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; "
+        f"ray.init {init_s:.1f} s (not counted)"
+    )
+    for name, values in rates.items():
+        print(
+            f"  {name:24s} median {statistics.median(values):8.1f} images/s  "
+            f"(runs: {', '.join(f'{v:.1f}' for v in values)})"
+        )
+    if steady:
+        print(
+            f"  ray, first to last batch  median {statistics.median(steady):8.1f} images/s "
+            "(without the actor's start and model load)"
+        )
+    verdict = "PASS" if remote / local >= TARGET else "FAIL"
+    print(f"  ray ÷ in-process = {remote / local:.2f}×   target ≥ {TARGET}×   {verdict}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run")
@@ -257,7 +319,15 @@ def main() -> int:
         help="folder for the generated JPEGs (reused between runs)",
     )
     parser.add_argument("--skip-resnet", action="store_true", help="digits sample only")
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: the Ray engine (local Ray) against the in-process engine on the digits sample",
+    )
     args = parser.parse_args()
+    if args.engine == "ray":
+        return ray_rows(args.rounds or (2 if args.quick else 3))
     rounds = args.rounds or (2 if args.quick else 3)
     count = args.images or (200 if args.quick else 2000)
     per_round = args.per_round or (64 if args.quick else 128)

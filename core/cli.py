@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from core.errors import UserFacingError
 from core.evaluate import evaluate
 from core.metrics import accuracy, confusion_matrix, per_class_metrics, top_confused_pairs
 from core.models import load_model
+from core.predictions import predict
 from core.results import Results
 
 __all__ = ["export_batches", "export_table", "main"]
@@ -57,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="recompute, ignore the cache")
     run.add_argument("--no-maps", action="store_true", help="do not store Grad-CAM maps")
     run.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: Ray Data, on a local Ray or --address",
+    )
+    run.add_argument(
+        "--address",
+        help="with --engine ray: a running Ray cluster (host:port; default $RAY_ADDRESS, "
+        "else a local Ray is started)",
+    )
+    run.add_argument(
         "--commit-every",
         type=float,
         default=2.0,
@@ -88,6 +101,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         maps=not args.no_maps,
         batch_size=args.batch_size,
         commit_seconds=args.commit_every,
+        engine=_engine(args),
     )
     print(file=sys.stderr)
     _report(result)
@@ -99,6 +113,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"wrote the result folder {out} ({len(result.predictions):,} images)")
     return 0
+
+
+def _engine(args: argparse.Namespace) -> Callable[..., None]:
+    if args.engine == "local":
+        if args.address:
+            raise UserFacingError("--address needs --engine ray")
+        return predict
+    from core.results import ray_engine  # imports ray only when it runs
+
+    return partial(ray_engine.predict, address=args.address)
 
 
 def export_batches(result: Results, rows: int = EXPORT_ROWS) -> Iterator[pa.RecordBatch]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -55,11 +56,13 @@ def evaluate(
     maps: bool = True,
     batch_size: int | None = None,
     commit_seconds: float = 2.0,
+    engine: Callable[..., None] = predict,
 ) -> Results:
     """``model``'s results on ``dataset``: read from disk when nothing changed, else computed.
 
     The result folder is ``out``, else ``cache_dir/results/<key>``, else a temporary folder
-    (removed once open). A folder left half-way by a killed run is resumed.
+    (removed once open). A folder left half-way by a killed run is resumed. ``engine`` fills the
+    writer: :func:`core.predictions.predict`, or the same signature elsewhere (e.g. on Ray).
     """
     check_classes(model, dataset)
     layer = map_layer(model) if maps else None
@@ -88,7 +91,7 @@ def evaluate(
             map_shape=layer[1] if layer else None,
             commit_seconds=commit_seconds,
         ) as writer:
-            predict(
+            engine(
                 model,
                 dataset,
                 writer,
