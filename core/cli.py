@@ -1,4 +1,4 @@
-"""Command line: ``python -m core evaluate --config FILE --out DIR/ | FILE.csv | FILE.parquet``."""
+"""Command line: ``python -m core evaluate | label-issues | compare --config FILE ...``."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from core.config import load_config
+from core.comparison import Agreement, ModelResults, compare
+from core.config import ProjectConfig, load_config
 from core.datasets import open_dataset
 from core.errors import UserFacingError
 from core.evaluate import evaluate
+from core.label_quality import label_quality
 from core.metrics import accuracy, confusion_matrix, per_class_metrics, top_confused_pairs
 from core.models import load_model
 from core.predictions import predict
@@ -32,8 +34,9 @@ EXPORT_ROWS = 50_000  # rows per written block: the export's memory does not gro
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for a problem with the input)."""
     args = _parser().parse_args(argv)
+    commands = {"evaluate": _evaluate, "label-issues": _label_issues, "compare": _compare}
     try:
-        return _evaluate(args)
+        return commands[args.command](args)
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -76,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often finished batches are synced to disk (what a killed run keeps)",
     )
+    issues = commands.add_parser("label-issues", help="rank the suspected label errors")
+    issues.add_argument("--config", required=True, type=Path, help="project config (TOML)")
+    issues.add_argument("--model", help="model name (default: the config's first)")
+    issues.add_argument("--dataset", help="dataset name (default: the config's first)")
+    issues.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
+    pair = commands.add_parser("compare", help="what model B fixed and broke relative to A")
+    pair.add_argument("--config", required=True, type=Path, help="project config (TOML)")
+    pair.add_argument(
+        "--model", action="append", required=True, help="give twice: --model A --model B"
+    )
+    pair.add_argument("--dataset", help="dataset name (default: the config's first)")
+    pair.add_argument("--top", type=int, default=20, help="classes with the largest F1 change")
     return parser
 
 
@@ -195,6 +210,81 @@ def _report(result: Results) -> None:
         worst["class"], worst["recall"], worst["support"], strict=True
     ):
         print(f"  {recall:8.2%}  {name} ({support:,} images)")
+
+
+def _evaluation(config: ProjectConfig, model_name: str | None, dataset: str | None) -> Results:
+    model = load_model(config.model(model_name))
+    for note in model.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    data = open_dataset(config.dataset(dataset), model.spec.classes)
+    result = evaluate(model, data, cache_dir=config.cache_dir, progress=_print_progress)
+    print(file=sys.stderr)
+    return result
+
+
+def _arrays(result: Results) -> tuple[ModelResults, np.ndarray]:
+    """The adapter from an evaluation to the arrays the analyses take, plus the probabilities
+    [N, K] (the one place to re-point when the results store changes)."""
+    table = result.predictions
+    k = result.num_classes
+    probs = result.probs(result.index) if len(table) else np.zeros((0, k), np.float32)
+    return ModelResults(
+        model=result.meta["model"],
+        dataset=result.meta["dataset"],
+        classes=tuple(result.classes),
+        paths=table["path"].to_numpy(dtype=str),
+        true=table["true"].to_numpy(dtype=np.int64),
+        pred=table["pred"].to_numpy(dtype=np.int64),
+        true_prob=table["true_prob"].to_numpy(dtype=np.float32),
+    ), probs
+
+
+def _label_issues(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    rows, probs = _arrays(_evaluation(config, args.model, args.dataset))
+    if not len(rows.true):
+        raise UserFacingError("no image could be evaluated, so there is nothing to rank")
+    quality = label_quality(rows.true, probs)
+    ranked = quality.ranked_issues()
+    print(
+        f"{len(ranked)} of {len(rows.true)} images suspected of a wrong label "
+        f"(cleanlab find_label_issues; score = self-confidence, lowest first)"
+    )
+    names = rows.classes
+    frame = pd.DataFrame(
+        {
+            "path": rows.paths[ranked],
+            "given": [names[i] for i in rows.true[ranked]],
+            "suggested": [names[i] for i in quality.suggested[ranked]],
+            "score": quality.self_confidence[ranked].round(4),
+        }
+    ).head(args.top)
+    if len(frame):
+        print(frame.to_string(index=False))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    if len(args.model) != 2:
+        raise UserFacingError(f"compare takes --model exactly twice, got {len(args.model)}")
+    config = load_config(args.config)
+    a, b = (_arrays(_evaluation(config, name, args.dataset))[0] for name in args.model)
+    result = compare(a, b)
+    counts = result.counts()
+    print(f"A = {result.a}, B = {result.b}: {len(result.paths)} images matched by path")
+    if result.only_a or result.only_b:
+        print(f"  unmatched: {result.only_a} only in A, {result.only_b} only in B")
+    print(result.table().to_string())
+    for cell in Agreement:
+        print(f"  {cell.label}: {counts[cell]}")
+    print(f"McNemar's exact test (fixed vs newly broken): p = {result.p_value():.4g}")
+    changes = result.top_class_changes(args.top)
+    total = len(result.classes)
+    print(f"per-class change (B - A), {len(changes)} largest F1 changes of {total} classes:")
+    if len(changes):
+        columns = ["class", "support", "recall_a", "recall_b", "recall_change", "f1_a"]
+        print(changes[[*columns, "f1_b", "f1_change"]].round(3).to_string(index=False))
+    return 0
 
 
 def _print_progress(done: int, total: int) -> None:

@@ -10,7 +10,7 @@ the page is drawn (changed, deleted or refused since the evaluation) fails alone
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
@@ -27,6 +27,7 @@ from core.results import Results
 
 __all__ = [
     "STORED_METHOD",
+    "class_maps",
     "compared_classes",
     "first_pages",
     "page_count",
@@ -98,15 +99,30 @@ def page_maps(
     ``fingerprint`` (the evaluation's cache key: weights, files, transform) scopes the cache, so
     changed weights or images never show stale maps.
     """
+    pairs = [compared_classes(row) for _, row in rows.iterrows()]
+    return class_maps(
+        model, dataset, list(rows["path"]), pairs, method, layer, cache, fingerprint, batch_size
+    )
+
+
+def class_maps(
+    model: LoadedModel,
+    dataset: ImageDataset,
+    paths: list[str],
+    classes: Sequence[tuple[int, ...]],
+    method: str,
+    layer: str | None,
+    cache: MapCache,
+    fingerprint: str,
+    batch_size: int = 64,
+) -> list[list[np.ndarray] | Unavailable]:
+    """Maps of the given classes of each image (e.g. (predicted, given label)), in order;
+    :class:`Unavailable` for an image that cannot be read now."""
     compute = partial(METHODS[method], model.module, layer=layer, batch_size=batch_size)
     scope = (fingerprint, method, layer or "")
     requests = [
-        MapRequest(
-            image_key=row["path"],
-            classes=compared_classes(row),
-            load=_loader(model, dataset, row["path"]),
-        )
-        for _, row in rows.iterrows()
+        MapRequest(image_key=path, classes=tuple(pair), load=_loader(model, dataset, path))
+        for path, pair in zip(paths, classes, strict=True)
     ]
     return cache.get_many(
         scope, requests, lambda images, classes: compute(images.to(model.device), classes)

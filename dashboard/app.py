@@ -14,6 +14,14 @@ import streamlit as st  # noqa: E402
 st.set_page_config(page_title="CAM error analysis", page_icon="🔍", layout="wide")
 pages = [
     st.Page(ROOT / "dashboard" / "pages" / "analysis.py", title="Error analysis", default=True),
+    st.Page(
+        ROOT / "dashboard" / "pages" / "labels.py",
+        title="Suspected label errors",
+        url_path="labels",
+    ),
+    st.Page(
+        ROOT / "dashboard" / "pages" / "compare.py", title="Compare models", url_path="compare"
+    ),
     st.Page(ROOT / "dashboard" / "pages" / "notes.py", title="Tags & notes", url_path="notes"),
 ]
 st.navigation(pages).run()

@@ -39,11 +39,13 @@ def matrix_figure(
     color: str = "count",
     shown: Sequence[int] | None = None,
     selected: tuple[int, int] | None = None,
+    flagged: np.ndarray | None = None,
 ) -> go.Figure:
     """Confusion matrix ``counts`` [true, pred] restricted to the ``shown`` classes.
 
     ``color`` is ``count``, ``row`` (share of the true class) or ``col`` (share of the
-    predicted class); ``selected`` is highlighted.
+    predicted class); ``selected`` is highlighted; ``flagged`` [true, pred] counts of suspected
+    label errors go into the hover text.
     """
     shown = list(range(len(classes))) if shown is None else list(shown)
     sub = counts[np.ix_(shown, shown)]
@@ -55,7 +57,8 @@ def matrix_figure(
     side = _plot_side(m)
     fig = go.Figure()
     fig.add_trace(_heatmap(z, sub, m, color))
-    fig.add_trace(_click_layer(sub, row_share, names, side / m))
+    suspects = flagged[np.ix_(shown, shown)] if flagged is not None else None
+    fig.add_trace(_click_layer(sub, row_share, names, side / m, suspects))
     point = point_of_cell(selected, shown) if selected is not None else None
     fig.data[1].selectedpoints = [point] if point is not None else None
     axis = {"tickvals": list(range(m)), "ticktext": names, "fixedrange": True, "showgrid": False}
@@ -100,7 +103,11 @@ def _heatmap(z: np.ndarray, counts: np.ndarray, m: int, color: str) -> go.Heatma
 
 
 def _click_layer(
-    counts: np.ndarray, row_share: np.ndarray, names: Sequence[str], cell_px: float
+    counts: np.ndarray,
+    row_share: np.ndarray,
+    names: Sequence[str],
+    cell_px: float,
+    flagged: np.ndarray | None = None,
 ) -> go.Scatter:
     m = len(names)
     rows, cols = np.divmod(np.arange(m * m), m)
@@ -110,9 +117,11 @@ def _click_layer(
             np.asarray(names, dtype=object)[cols],
             counts[rows, cols],
             np.round(100 * row_share[rows, cols], 1),
+            flagged[rows, cols] if flagged is not None else np.zeros(m * m, int),
         ],
         axis=1,
     )
+    suspects = "<br>suspected label errors: %{customdata[4]}" if flagged is not None else ""
     return go.Scatter(
         x=cols,
         y=rows,
@@ -128,7 +137,7 @@ def _click_layer(
         customdata=custom,
         hovertemplate=(
             "true: %{customdata[0]}<br>predicted: %{customdata[1]}<br>"
-            "count: %{customdata[2]}<br>%{customdata[3]}% of row<extra></extra>"
+            "count: %{customdata[2]}<br>%{customdata[3]}% of row" + suspects + "<extra></extra>"
         ),
     )
 

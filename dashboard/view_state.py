@@ -26,6 +26,7 @@ SORTS = {
     "true_prob_desc": ("true_prob", False, "true-class probability (highest first)"),
     "loss_desc": ("loss", False, "loss (highest first)"),
     "loss_asc": ("loss", True, "loss (lowest first)"),
+    "label_quality_asc": ("label_quality", True, "label quality (most suspect label first)"),
 }
 COLOR_MODES = {"count": "count", "row": "share of row (recall)", "col": "share of column"}
 METHODS = ("Grad-CAM", "Grad-CAM++", "CAM", "Saliency")

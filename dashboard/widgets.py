@@ -30,7 +30,7 @@ from core.map_cache import Unavailable
 from core.notes import NotesStore, PathSummary
 from core.overlay import overlay
 from core.panels import enlarge
-from dashboard import resources
+from dashboard import analyses, resources
 from dashboard.notes_ui import badge_text, editor
 from dashboard.settings import settings
 from dashboard.url import bind
@@ -125,7 +125,9 @@ def cell_view(
     true, pred = view.cell
     names = result.classes
     column, ascending, _ = SORTS[view.sort]
-    rows = sort_rows(cell_rows(result.predictions, true, pred), column, ascending)
+    rows = sort_rows(
+        cell_rows(_with_scores(config_path, view, result), true, pred), column, ascending
+    )
     store = resources.notes_store(config_path, settings().read_only)
     notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
     if view.tag:
@@ -169,6 +171,14 @@ def cell_view(
     if problem:
         st.warning(problem)
     st.html(gallery)
+
+
+def _with_scores(config_path: str, view: ViewState, result: Results) -> pd.DataFrame:
+    """The predictions, plus the label-quality score when the gallery is sorted by it."""
+    if SORTS[view.sort][0] != "label_quality":
+        return result.predictions
+    flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
+    return result.predictions.assign(label_quality=flags.self_confidence)
 
 
 def _layer_choice(config_path: str, view: ViewState) -> tuple[list[LayerInfo], str | None]:

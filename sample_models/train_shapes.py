@@ -5,6 +5,7 @@ otherwise idle 2-core CPU::
 
     python sample_models/train_shapes.py                  # test split + both models
     python sample_models/train_shapes.py --model resnet   # test split + one model
+    python sample_models/train_shapes.py --model resnet-clean
 
 It writes the test split with :mod:`make_shapes` (``shapes/test``: PNGs + ``marks.csv``), draws
 the training images in memory (every ``star`` carries the corner mark, no other image does;
@@ -13,6 +14,8 @@ the training images in memory (every ``star`` carries the corner mark, no other 
 * ``shapes/resnet_shortcut.safetensors`` — ``shapes_models:resnet_shapes``, which learns the
   shortcut: clean shapes are classified well, but the mark turns most other shapes into ``star``;
 * ``shapes/convnet.safetensors`` — ``shapes_models:convnet_shapes``, the conv-block CNN,
+* ``shapes/resnet_clean.safetensors`` — the same ResNet recipe trained on the same images drawn
+  WITHOUT the mark (no training image is marked), so it has to look at the shape,
 
 with AdamW and a one-cycle schedule. It prints the wall and CPU time of each training run, the
 weights' sizes and, on the test split, the accuracy on unmarked images, on ``star`` images and
@@ -37,7 +40,15 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from make_shapes import CLASSES, MARKED_CLASS, Split, train_split, write_test_split  # noqa: E402
+from make_shapes import (  # noqa: E402
+    CLASSES,
+    MARKED_CLASS,
+    TRAIN_SEED,
+    Split,
+    make_split,
+    train_split,
+    write_test_split,
+)
 from shapes_models import convnet_shapes, resnet_shapes  # noqa: E402
 
 OUT = HERE / "shapes"
@@ -55,11 +66,13 @@ class Recipe:
     epochs: int
     lr: float
     batch: int = 64
+    marked: bool = True  # every training star carries the mark (False: no image does)
 
 
 RECIPES = {
     "resnet": Recipe(resnet_shapes, "resnet_shortcut.safetensors", 600, 16, 5e-3),
     "convnet": Recipe(convnet_shapes, "convnet.safetensors", 1600, 12, 3e-3),
+    "resnet-clean": Recipe(resnet_shapes, "resnet_clean.safetensors", 600, 16, 5e-3, marked=False),
 }
 
 
@@ -143,11 +156,15 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     test = write_test_split()
     print(f"test split: {len(test.labels)} images, {int(test.marked.sum())} marked")
-    pool = train_split(max(RECIPES[name].per_class for name in names))
-    print(f"{len(pool.labels)} training images drawn in {time.perf_counter() - start:.0f} s")
+    pools = {}
+    for marked in sorted({RECIPES[name].marked for name in names}):
+        size = max(RECIPES[name].per_class for name in names if RECIPES[name].marked == marked)
+        pools[marked] = train_split(size) if marked else make_split(size, TRAIN_SEED, 0.0, 0.0)
+        print(f"{size * len(CLASSES)} training images (marked: {marked}) drawn", flush=True)
+    print(f"training images drawn in {time.perf_counter() - start:.0f} s")
     for name in names:
         recipe = RECIPES[name]
-        data = subset(pool, recipe.per_class)
+        data = subset(pools[recipe.marked], recipe.per_class)
         print(f"{name}: {len(data.labels)} images × {recipe.epochs} epochs")
         wall, cpu = time.perf_counter(), time.process_time()
         model = train(recipe, data)

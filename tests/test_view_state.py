@@ -57,7 +57,12 @@ def test_new_cell_starts_on_first_page() -> None:
 
 
 def test_every_sort_names_a_table_column() -> None:
-    assert {column for column, _, _ in SORTS.values()} == {"confidence", "true_prob", "loss"}
+    assert {column for column, _, _ in SORTS.values()} == {
+        "confidence",
+        "true_prob",
+        "loss",
+        "label_quality",
+    }
 
 
 @pytest.mark.parametrize("shown", [list(range(5)), [0, 3, 7, 9]])

@@ -18,7 +18,7 @@ from core import (
     focus_classes,
     most_confused_classes,
 )
-from dashboard import resources
+from dashboard import analyses, resources
 from dashboard.matrix_figure import cell_of_point, matrix_figure, overview_figure
 from dashboard.notes_ui import author_input
 from dashboard.settings import settings
@@ -238,7 +238,11 @@ def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
         state["chart_scope"], state["chart_cell"] = scope, view.cell
         state["chart_version"] = state.get("chart_version", 0) + 1
         # Building a Plotly figure takes ~20 ms: a click on the chart reuses this session's.
-        state["chart_figure"] = matrix_figure(counts, classes, view.color, shown, view.cell)
+        flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
+        flagged = analyses.flagged_matrix(result, flags)
+        state["chart_figure"] = matrix_figure(
+            counts, classes, view.color, shown, view.cell, flagged
+        )
     figure = state["chart_figure"]
     key = f"matrix-{state['chart_version']}"
     st.plotly_chart(

@@ -1,0 +1,130 @@
+"""Suspected label errors: cleanlab's flagged images, most suspect first, with both maps.
+
+Each card shows the image, the map of the predicted (suggested) class and of the given label,
+and both probabilities; two buttons tag it "label error" or "label ok" in the shared notes.
+Nothing is relabelled. Model, dataset and page live in the URL.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import UserFacingError
+from core.datasets import dataset_key
+from core.errors import reason_of
+from core.gallery import class_maps, page_count
+from core.map_cache import Unavailable
+from dashboard import analyses, resources
+from dashboard.notes_ui import author, author_input, badge_text
+from dashboard.settings import settings
+from dashboard.url import bind
+from dashboard.view_state import parse_view
+from dashboard.widgets import card_html, error_panel
+
+PAGE_SIZE = 12
+TAGS = ("label error", "label ok")
+
+
+def main() -> None:
+    server = settings()
+    config_path = str(server.config)
+    try:
+        config = resources.project(config_path)
+    except UserFacingError as exc:
+        error_panel("The project config could not be loaded", exc)
+        st.stop()
+    models = [m.name for m in config.models]
+    view = parse_view(st.query_params.to_dict(), models, [d.name for d in config.datasets])
+    datasets = config.datasets_for(view.model)
+    view = parse_view(st.query_params.to_dict(), models, datasets)
+    with st.sidebar:
+        bind(st.selectbox, "Model", "model", view.model, models, reset=("page",))
+        bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("page",))
+        bind(st.selectbox, "Maps", "method", view.method, ["Grad-CAM", "Grad-CAM++", "Saliency"])
+    author_input(server)
+    st.title("Suspected label errors")
+    try:
+        with st.spinner("Evaluating…"):
+            result = resources.evaluation(config_path, view.model, view.dataset)
+    except UserFacingError as exc:
+        error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
+        st.stop()
+    flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
+    rows, _ = analyses.arrays(result)
+    ranked = flags.ranked_issues()
+    st.caption(
+        f"cleanlab's `find_label_issues` flags **{len(ranked)} of {len(flags)}** images of "
+        f"*{view.dataset}* under *{view.model}*; most suspect first (lowest probability of the "
+        "given label). Confirm with the buttons: they only tag the image, nothing is relabelled."
+    )
+    if not len(ranked):
+        st.success("No image looks mislabelled to this model.")
+        return
+    pages = page_count(len(ranked), PAGE_SIZE)
+    page = min(view.page, pages)
+    if pages > 1:
+        bind(st.number_input, f"Page (of {pages})", "page", page, min_value=1, max_value=pages)
+    shown = ranked[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    model = resources.model(config_path, view.model)
+    dataset = resources.dataset(config_path, view.dataset, view.model)
+    _, layer = resources.layers(config_path, view.model)
+    paths = [str(p) for p in rows.paths[shown]]
+    pairs = [(int(flags.suggested[i]), int(rows.true[i])) for i in shown]
+    try:
+        maps = class_maps(
+            model, dataset, paths, pairs, view.method, layer, resources.map_cache(),
+            result.fingerprint,
+        )  # fmt: skip
+    except (ValueError, UserFacingError) as exc:
+        st.warning(f"{view.method} cannot be computed for this model: {exc}")
+        maps = [[None, None] for _ in shown]
+    store = resources.notes_store(config_path, server.read_only)
+    notes = dataset_key(config.dataset(view.dataset))
+    summaries = store.counts_by_path(notes, paths)
+    names = result.classes
+    probs = result.probs(result.predictions["index"].to_numpy()[shown])
+    columns = st.columns(2)
+    for n, (i, path, row_maps) in enumerate(zip(shown, paths, maps, strict=True)):
+        given, suggested = int(rows.true[i]), int(flags.suggested[i])
+        try:
+            if isinstance(row_maps, Unavailable):
+                raise OSError(row_maps.reason)
+            urls = resources.panel_cache().panels(dataset, path, list(row_maps), view.opacity)
+        except Exception as exc:  # the file changed or vanished since the evaluation
+            urls = []
+            st.warning(f"{path} cannot be shown ({reason_of(exc)})")
+        caption = (
+            f"#{(page - 1) * PAGE_SIZE + n + 1} · given {names[given]} ({rows.true_prob[i]:.1%})",
+            f" · suggested {names[suggested]} ({probs[n][suggested]:.1%}) · "
+            f"score {flags.self_confidence[i]:.4f}",
+        )
+        labels = (
+            "image",
+            f"{view.method} · predicted {names[suggested]}",
+            f"{view.method} · given {names[given]}",
+        )
+        with columns[n % 2].container(border=False):
+            badges = badge_text(summaries.get(path))
+            st.html(card_html(path, caption, zip(urls, labels, strict=False), badges))
+            _tag_buttons(store, notes, path)
+
+
+def _tag_buttons(store, notes: str, path: str) -> None:  # type: ignore[no-untyped-def]
+    writer = author()
+    disabled = store.read_only or not writer
+    left, right = st.columns(2)
+    for column, tag in zip((left, right), TAGS, strict=True):
+        if column.button(
+            tag,
+            key=f"tag:{tag}:{path}",
+            disabled=disabled,
+            help="Type your name in the sidebar first" if not writer else None,
+            width="stretch",
+        ):
+            other = TAGS[1 - TAGS.index(tag)]
+            store.remove_tag(notes, path, other, writer)
+            store.add_tag(notes, path, tag, writer)
+            st.rerun()
+
+
+main()

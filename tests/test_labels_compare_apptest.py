@@ -1,0 +1,121 @@
+"""The "Suspected label errors" and "Compare models" pages with AppTest, driven by the URL."""
+
+from __future__ import annotations
+
+import html
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import load_config
+from core.comparison import Agreement, compare
+from core.datasets import dataset_key
+from core.label_quality import label_quality
+from core.notes import NotesStore
+from dashboard.analyses import arrays
+from tests.projects import ROOT, expected, write_config
+
+sys.path.insert(0, str(ROOT / "sample_models"))
+from plant_labels import plant
+
+LABELS = str(ROOT / "dashboard" / "pages" / "labels.py")
+COMPARE = str(ROOT / "dashboard" / "pages" / "compare.py")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = plant(tmp_path_factory.mktemp("planted"), "digits-test", count=8)
+    expected(path, dataset="digits-test-planted")  # fill the disk cache once
+    return path
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_config(tmp_path_factory.mktemp("compare"))
+    expected(path)
+    expected(path, model="digits-cnn-shifted")
+    return path
+
+
+def run(page: str, config: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
+    monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(config))
+    at = AppTest.from_file(page, default_timeout=120)
+    for name, value in params.items():
+        at.query_params[name] = value
+    return at.run()
+
+
+def card_paths(at: AppTest) -> list[str]:
+    return [
+        html.unescape(name)
+        for h in at.html
+        for name in re.findall(r'class="cam-card".*?<strong>(.*?)</strong>', h.value)
+    ]
+
+
+def test_label_errors_ranked_and_tagged(planted: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    rows, probs = arrays(expected(planted, dataset="digits-test-planted"))
+    ranked = label_quality(rows.true, probs).ranked_issues()
+    at = run(LABELS, planted, monkeypatch)
+    assert not at.exception
+    assert any(f"flags **{len(ranked)} of 540**" in c.value for c in at.caption)
+    cards = [
+        (int(rank), html.unescape(path))
+        for h in at.html
+        for path, rank in re.findall(
+            r'class="cam-card".*?<strong>(.*?)</strong>.*?<b>#(\d+) ', h.value
+        )
+    ]  # two columns of cards: ranks 1, 3, 5... on the left, 2, 4, 6... on the right
+    assert [path for _, path in sorted(cards)] == list(rows.paths[ranked])
+    first = sorted(cards)[0][1]
+    buttons = [b for b in at.button if b.label == "label error"]
+    assert len(buttons) == len(ranked) and buttons[0].disabled  # no author yet
+    at.sidebar.text_input[0].input("Ada").run()
+    next(b for b in at.button if b.label == "label error").click().run()
+    assert not at.exception
+    config = load_config(planted)
+
+    store = NotesStore(config.notes_db)
+    assert store.tags(dataset_key(config.dataset("digits-test-planted")), first) == {"label error"}
+    next(b for b in at.button if b.label == "label ok").click().run()
+    assert store.tags(dataset_key(config.dataset("digits-test-planted")), first) == {"label ok"}
+
+
+def test_compare_cell_from_the_url(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    a, b = (arrays(expected(project, model=m))[0] for m in ("digits-cnn-shifted", "digits-cnn"))
+    result = compare(a, b)
+    fixed = result.cell_positions(Agreement.FIXED)
+    assert len(fixed) > 0  # the shifted input normalisation (A) costs accuracy
+    at = run(
+        COMPARE, project, monkeypatch, model="digits-cnn-shifted", model_b="digits-cnn",
+        agree="fixed",
+    )  # fmt: skip
+    assert not at.exception
+    assert any(f"{Agreement.FIXED.label}: {len(fixed)} images" in s.value for s in at.subheader)
+    assert card_paths(at) == list(result.paths[fixed][:12])
+    assert at.metric[0].value == f"{result.p_value():.3g}"
+    at = run(
+        COMPARE, project, monkeypatch, model="digits-cnn-shifted", model_b="digits-cnn",
+        agree="fixed", csort="loss",
+    )  # fmt: skip
+    drops = result.cell_positions(Agreement.FIXED, descending=False)
+    assert card_paths(at) == list(result.paths[drops][:12])
+    assert not np.array_equal(drops[:12], fixed[:12]) or len(fixed) == 1
+
+
+def test_compare_refuses_a_mismatched_pair(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    text = project.read_text().replace(
+        'name = "digits-cnn-shifted"', 'name = "digits-cnn-shifted"\ndatasets = ["digits-even"]'
+    )
+    other = project.parent / "mismatch.toml"
+    other.write_text(text)
+    at = run(COMPARE, other, monkeypatch, model="digits-cnn", model_b="digits-cnn-shifted")
+    assert not at.exception
+    assert any(
+        "cannot be compared" in e.value and "is not evaluated on dataset 'digits-test'" in e.value
+        for e in at.error
+    )
