@@ -65,6 +65,14 @@ def evaluate(
     writer: :func:`core.predictions.predict`, or the same signature elsewhere (e.g. on Ray).
     """
     check_classes(model, dataset)
+    if model.spec.results and out is None:  # predictions made elsewhere (--out DIR/)
+        from core.results.reconcile import find_result
+
+        made = find_result(model.spec.results, dataset)
+        if made is not None:
+            if progress is not None:
+                progress(len(dataset), len(dataset))
+            return made
     layer = map_layer(model) if maps else None
     key = evaluation_key(model, dataset, layer[0] if layer else None)
     folder = out or (cache_dir / "results" / key if cache_dir is not None else None)

@@ -60,6 +60,8 @@ def sidebar_summary(result: Results) -> None:
             st.caption(
                 f"{len(table):,} images · {errors:,} errors · {len(result.skipped):,} skipped"
             )
+        for note in result.notes:
+            st.warning(note, icon=":material/difference:")
         if result.skipped:
             with st.expander(f"{len(result.skipped):,} unreadable file(s) skipped"):
                 shown = result.skipped[:200]

@@ -350,6 +350,7 @@ class Results:
     columns: dict[str, np.ndarray] = field(repr=False)
     skipped: tuple[SkippedFile, ...] = ()
     skipped_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    notes: tuple[str, ...] = ()  # what differs from the dataset it was opened against
 
     @property
     def num_classes(self) -> int:
