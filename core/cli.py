@@ -101,6 +101,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UserFacingError(
             f"--out must be a folder (DIR/) or end in .csv or .parquet, got {out.name!r}"
         )
+    engine = _engine(args)
     config = load_config(args.config)
     model = load_model(config.model(args.model))
     for note in model.warnings:
@@ -116,7 +117,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         maps=not args.no_maps,
         batch_size=args.batch_size,
         commit_seconds=args.commit_every,
-        engine=_engine(args),
+        engine=engine,
     )
     print(file=sys.stderr)
     _report(result)

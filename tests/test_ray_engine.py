@@ -241,3 +241,12 @@ def test_local_ray_survives_a_killed_actor_and_skips_a_corrupt_file(
     local = evaluate(digits_model, dataset, out=tmp_path / "local", batch_size=16, num_workers=0)
     assert len(ray.predictions) == 60
     assert_same_results(ray, local)
+
+
+def test_address_without_the_ray_engine_is_a_clear_error(capsys, sample_config) -> None:
+    from core.cli import main
+
+    config = str(REPO / "sample_models" / "config.toml")
+    code = main(["evaluate", "--config", config, "--address", "h:1"])
+    assert code == 2
+    assert "--address needs --engine ray" in capsys.readouterr().err
