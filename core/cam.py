@@ -51,7 +51,9 @@ __all__ = [
     "LayerInfo",
     "cam",
     "candidate_layers",
+    "evaluation_maps",
     "find_target_layer",
+    "finish_maps",
     "grad_cam",
     "grad_cam_pp",
     "layer_activations",
@@ -420,14 +422,20 @@ def _warn_if_pointlike(acts: Tensor, name: str, stacklevel: int) -> None:
 
 
 def _chunk_grads(
-    model: nn.Module, module: nn.Module, name: str, x: Tensor, cls: Tensor
-) -> tuple[Tensor, list[Tensor]]:
+    model: nn.Module,
+    module: nn.Module,
+    name: str,
+    x: Tensor,
+    classes: Tensor | Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
     """One forward with the graph from ``module`` on, then the gradient of each class column.
 
-    When the forward shows that the logits are the last Linear applied to the spatial mean of
-    the layer (a global-average-pool + Linear head, as in ResNets), the gradient of class k is
-    ``W[k] / (h * w)`` at every position and no backward pass is needed; otherwise autograd
-    computes one gradient per column.
+    ``classes`` is an int64 [n, K] tensor, or a function that picks it from this forward's
+    (detached) logits. Returns (detached logits, activations [n, C, h, w], one gradient per
+    column, the classes used). When the forward shows that the logits are the last Linear applied
+    to the spatial mean of the layer (a global-average-pool + Linear head, as in ResNets), the
+    gradient of class k is ``W[k] / (h * w)`` at every position and no backward pass is needed;
+    otherwise autograd computes one gradient per column.
     """
     tap = _Tap(grad=True)
     linear = _last_linear(model)
@@ -437,17 +445,20 @@ def _chunk_grads(
         with torch.no_grad(), _hooked(modules, taps):
             logits = model(x)
         leaf = tap.checked_value(name)
+        if isinstance(logits, Tensor) and callable(classes):
+            classes = classes(logits.detach())
+        cls = classes if isinstance(classes, Tensor) else torch.empty(0, 1, dtype=torch.long)
         logits = _check_logits(logits, cls)
         if not logits.requires_grad:
             raise ValueError(f"the model output does not depend on layer {name!r}")
         acts = leaf.detach().float()
         if linear and _is_gap_linear(acts, head, logits):
-            return acts, _gap_linear_grads(linear[1], acts, cls)
+            return logits.detach(), acts, _gap_linear_grads(linear[1], acts, cls), cls
         with torch.enable_grad():
             grads = _class_grads(logits, cls, leaf)
     if any(g is None for g in grads):
         raise ValueError(f"the model output does not depend on layer {name!r}")
-    return acts, [g.float() for g in grads if g is not None]
+    return logits.detach(), acts, [g.float() for g in grads if g is not None], cls
 
 
 def _is_gap_linear(acts: Tensor, head: _Tap, logits: Tensor) -> bool:
@@ -495,7 +506,7 @@ def _gradient_method(
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         x = _to_model(model, images[start:stop], channels_last)
-        acts, grads = _chunk_grads(model, module, name, x, cls[start:stop])
+        _, acts, grads, _ = _chunk_grads(model, module, name, x, cls[start:stop])
         if start == 0:
             _warn_if_pointlike(acts, name, stacklevel=3)  # the caller of grad_cam(_pp)
         weights = torch.stack([weight_fn(acts, g) for g in grads], 1)
@@ -523,6 +534,73 @@ def grad_cam_pp(
 ) -> Tensor:
     """Grad-CAM++ maps (pytorch-grad-cam's weighting) in [0, 1] at input size."""
     return _gradient_method(_grad_cam_pp_weights, model, images, classes, layer, batch_size)
+
+
+# --------------------------------------------------------------------------- evaluation pass
+
+
+def _display_classes(logits: Tensor, labels: Tensor) -> Tensor:
+    """[n, 2] class pairs the gallery shows: (predicted, true), or (predicted, runner-up) where
+    the prediction is right (the runner-up is the predicted class itself for one-class models)."""
+    pred = logits.argmax(1)
+    labels = labels.to(pred.device)
+    if logits.shape[1] < 2:
+        return torch.stack([pred, labels], 1).cpu()
+    runner_up = logits.scatter(1, pred[:, None], float("-inf")).argmax(1)
+    return torch.stack([pred, torch.where(labels == pred, runner_up, labels)], 1).cpu()
+
+
+def _check_labels(labels: Tensor, n: int) -> Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.shape != (n,):
+        raise ValueError(f"labels must be an integer tensor [N] with N={n}")
+    return labels.long().cpu()
+
+
+def evaluation_maps(
+    model: nn.Module, images: Tensor, labels: Tensor, layer: str | None = None
+) -> tuple[Tensor, Tensor]:
+    """Logits and raw Grad-CAM maps for the gallery's two classes, from ONE forward pass.
+
+    ``images`` is already normalised model input [N, C, H, W] (one chunk: the caller batches).
+    Returns logits [N, K] float32 and raw Grad-CAM [N, 2, h, w] float32 at the target layer's
+    resolution, before ReLU and min-max, for the classes (predicted, true label), or (predicted,
+    runner-up) where the prediction equals the label. The classes are chosen from this forward's
+    logits. ``finish_maps(raw, (H, W))`` gives exactly what :func:`grad_cam` returns for them.
+    Both tensors are on ``images``' device.
+    """
+    _check_eval(model)
+    _check_images(images, 1)
+    label_tensor = _check_labels(labels, len(images))
+    name, module = _resolve_layer(model, images, layer)
+    x = _to_model(model, images, _wants_channels_last(model))
+    logits, acts, grads, _ = _chunk_grads(
+        model, module, name, x, functools.partial(_display_classes, labels=label_tensor)
+    )
+    _warn_if_pointlike(acts, name, stacklevel=2)
+    weights = torch.stack([_grad_cam_weights(acts, g) for g in grads], 1)
+    raw = _weighted_maps(weights, acts)
+    return logits.float().to(images.device), raw.float().to(images.device)
+
+
+def finish_maps(raw: Tensor, size: tuple[int, int]) -> Tensor:
+    """Display normalisation of raw maps [..., h, w] -> float32 [..., H, W] in [0, 1].
+
+    ReLU, per-map min-max (eps 1e-7), bilinear resize to ``size`` (half-pixel centres), min-max
+    again: exactly what :func:`grad_cam` does after weighting.
+    """
+    if not isinstance(raw, Tensor) or raw.dim() < 2 or not raw.is_floating_point():
+        raise ValueError("raw maps must be a float tensor [..., h, w]")
+    height, width = (int(s) for s in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be two positive integers, got {tuple(size)}")
+    src = (int(raw.shape[-2]), int(raw.shape[-1]))
+    out = torch.empty((*raw.shape[:-2], height, width), dtype=torch.float32, device=raw.device)
+    if out.numel() == 0:
+        return out
+    resizer = _Resizer.build(src, (height, width), raw.device)
+    resizer(raw.reshape(-1, *src), out.view(-1, height, width))
+    return out
 
 
 # --------------------------------------------------------------------------- classic CAM
