@@ -13,6 +13,13 @@ Paths in the file are relative to the file's folder. Example::
     mean = [0.5]
     std = [0.5]
 
+    [[models]]
+    name = "vit"
+    timm = "vit_small_patch16_224"    # a timm model (pretrained=False: nothing is downloaded)
+    weights = "vit.safetensors"       # size, interpolation, crop, mean, std: from timm unless set
+    # interpolation = "bicubic"       # nearest | bilinear | bicubic (default bilinear)
+    # crop_pct = 0.9                  # resize to size / crop_pct, then center-crop (default none)
+
     [[datasets]]
     name = "digits-test"
     root = "digits/test"              # ImageFolder tree; or add csv = "manifest.csv" (path,label)
@@ -28,13 +35,22 @@ import tomllib
 
 from core.errors import ConfigError
 
-__all__ = ["DatasetSpec", "ModelSpec", "ProjectConfig", "load_config"]
+__all__ = [
+    "INTERPOLATIONS",
+    "PREPROCESSING_KEYS",
+    "DatasetSpec",
+    "ModelSpec",
+    "ProjectConfig",
+    "load_config",
+]
 
 _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
-    "datasets",
+    "datasets", "timm", "interpolation", "crop_pct",
 }  # fmt: skip
+PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 _DATASET_KEYS = {"name", "root", "csv", "classes"}
 _TOP_KEYS = {"cache_dir", "models", "datasets", "notes_db", "tags"}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,6 +78,11 @@ class ModelSpec:
     layer: str | None = None
     datasets: tuple[str, ...] | None = None  # the datasets it is evaluated on (None: all)
     base_dir: Path = Path(".")
+    timm: str | None = None  # a timm model name (built with pretrained=False)
+    interpolation: str = "bilinear"
+    crop_pct: float | None = None  # None: resize straight to input_size (no crop)
+    explicit: frozenset[str] = frozenset()  # the PREPROCESSING_KEYS the entry sets itself
+    from_timm: tuple[str, ...] = ()  # the PREPROCESSING_KEYS taken from timm (set when loaded)
 
 
 @dataclass(frozen=True)
@@ -177,11 +198,12 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
     name = _name(entry, "models", path)
     where = f"{path}: model {name!r}"
     _check_keys(entry, _MODEL_KEYS, where)
-    sources = [k for k in ("architecture", "factory", "module") if k in entry]
+    sources = [k for k in ("architecture", "factory", "module", "timm") if k in entry]
     if len(sources) != 1:
         raise ConfigError(
             f"{where}: give exactly one of architecture (a torchvision builder), "
-            f"factory (package.module:function) or module (a whole pickled model); got {sources}"
+            "factory (package.module:function), timm (a timm model name) or module (a whole "
+            f"pickled model); got {sources}"
         )
     if "module" not in entry and "weights" not in entry:
         raise ConfigError(
@@ -209,6 +231,15 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
     batch_size = int(entry.get("batch_size", 64))
     if batch_size < 1:
         raise ConfigError(f"{where}: batch_size must be at least 1, got {batch_size}")
+    interpolation = str(entry.get("interpolation", "bilinear"))
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"{where}: interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+            f"got {interpolation!r}"
+        )
+    crop_pct = float(entry["crop_pct"]) if "crop_pct" in entry else None
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise ConfigError(f"{where}: crop_pct must be in (0, 1], got {crop_pct}")
     classes = entry.get("classes")
     return ModelSpec(
         name=name,
@@ -228,6 +259,10 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         layer=entry.get("layer"),
         datasets=tuple(str(d) for d in entry["datasets"]) if "datasets" in entry else None,
         base_dir=base,
+        timm=str(entry["timm"]) if "timm" in entry else None,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+        explicit=frozenset(k for k in PREPROCESSING_KEYS if k in entry),
     )
 
 
