@@ -38,7 +38,7 @@ def evaluation_key(model: LoadedModel, dataset: ImageDataset, map_layer: str | N
         file_digest(weights),
         dataset.fingerprint(),
         repr(model.transform),
-        repr((spec.architecture, spec.factory, sorted(spec.factory_kwargs.items()))),
+        repr((spec.architecture, spec.factory, spec.timm, sorted(spec.factory_kwargs.items()))),
         repr((spec.channels, spec.input_size, spec.mean, spec.std)),
         f"maps:{map_layer}",
     ]

@@ -73,11 +73,14 @@ Classes = int | Tensor | Sequence[int]
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A module with a 4-D output: dotted name, class name, output shape (C, H, W) of one image."""
+    """A module whose output is a spatial map: dotted name, class name, map shape (C, H, W) of one
+    image, and how the output is laid out ("map" [B, C, H, W], "channels_last" [B, H, W, C] or
+    "tokens" [B, prefix + H*W, C]; see ``_Layout``)."""
 
     name: str
     type_name: str
     shape: tuple[int, ...]
+    layout: str = "map"
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,116 @@ def _maps_into(out: Tensor, weights: Tensor, acts: Tensor, resizer: _Resizer | N
     return resizer
 
 
+# --------------------------------------------------------------------------- layer layouts
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one layer's output [B, ...] becomes a spatial map [B, C, h, w]: the ONE place where
+    transformer outputs are reshaped, used by every method, ``evaluation_maps``,
+    ``layer_activations`` and ``candidate_layers``.
+
+    ``map``: already [B, C, h, w]. ``channels_last``: [B, h, w, C] (torchvision Swin), permuted.
+    ``tokens``: [B, prefix + h*w, C] (ViT, DeiT, register tokens): the ``prefix`` class /
+    distillation / register tokens are dropped and the rest is read as an h×w grid, row-major
+    (pytorch-grad-cam's ``reshape_transform``). Returns views, never copies.
+    """
+
+    kind: str
+    grid: tuple[int, int]
+    channels: int
+    prefix: int = 0
+
+    def to_spatial(self, t: Tensor) -> Tensor:
+        if self.kind == "channels_last":
+            return t.permute(0, 3, 1, 2)
+        if self.kind == "tokens":
+            return t[:, self.prefix :].unflatten(1, self.grid).permute(0, 3, 1, 2)
+        return t
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, *self.grid)
+
+
+def _plausible_grid(grid: Sequence[int], size: tuple[int, int]) -> bool:
+    """Whether an h×w grid can be a map of an H×W input: no larger, about equal strides."""
+    (h, w), (height, width) = grid, size
+    if not (0 < h <= height and 0 < w <= width):
+        return False
+    strides = (height / h, width / w)
+    return max(strides) <= 1.5 * min(strides)
+
+
+def _patch_size(model: nn.Module) -> tuple[int, int] | None:
+    """A ViT's patch size: timm's ``patch_embed.patch_size`` or torchvision's ``patch_size``."""
+    size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    size = size if size is not None else getattr(model, "patch_size", None)
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, int) for s in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
+def _prefix_tokens(model: nn.Module) -> int | None:
+    """timm's ``num_prefix_tokens``; 1 for torchvision's ViT (its ``class_token``)."""
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if isinstance(prefix, int):
+        return prefix
+    return 1 if isinstance(getattr(model, "class_token", None), Tensor) else None
+
+
+def _token_grid(model: nn.Module, n: int, size: tuple[int, int]) -> tuple[int, int, int] | None:
+    """(h, w, prefix) of ``n`` tokens of an H×W input, or None if they are not a patch grid.
+
+    The grid comes from the model's patch size (floor, or ceil for padded patch embeddings);
+    without one, the smallest prefix whose remaining count is a grid of the input's aspect ratio.
+    """
+    known = _prefix_tokens(model)
+    patch = _patch_size(model)
+    if patch is not None:
+        for rnd in (lambda a, b: a // b, lambda a, b: -(-a // b)):
+            h, w = rnd(size[0], patch[0]), rnd(size[1], patch[1])
+            prefix = n - h * w
+            if h > 0 and w > 0 and prefix >= 0 and known in (None, prefix):
+                return h, w, prefix
+        return None
+    for prefix in [known] if known is not None else range(min(n, 17)):
+        h = round((max(n - prefix, 0) * size[0] / size[1]) ** 0.5)
+        if h > 0 and (n - prefix) % h == 0 and h * size[1] == (n - prefix) // h * size[0]:
+            return h, (n - prefix) // h, prefix
+    return None
+
+
+def _layout(model: nn.Module, shape: Sequence[int], size: tuple[int, int]) -> _Layout | None:
+    """The layout of a layer output of one-image ``shape`` (no batch dim) at input size H×W."""
+    if len(shape) == 3:
+        c, h, w = (int(s) for s in shape)
+        if _plausible_grid((h, w), size) or not _plausible_grid((c, h), size):
+            return _Layout("map", (h, w), c)
+        return _Layout("channels_last", (c, h), w)
+    if len(shape) == 2:
+        grid = _token_grid(model, int(shape[0]), size)
+        if grid is not None:
+            return _Layout("tokens", grid[:2], int(shape[1]), grid[2])
+    return None
+
+
+def _layout_of(model: nn.Module, name: str, value: Tensor, x: Tensor) -> _Layout:
+    """The layout of a layer's output ``value`` in the forward of model input ``x``; raises if
+    the output cannot be read as a spatial map of those images."""
+    same_batch = value.dim() > 0 and value.shape[0] == x.shape[0]
+    layout = _layout(model, value.shape[1:], _spatial_shape(x)) if same_batch else None
+    if layout is None:
+        raise ValueError(
+            f"layer {name!r} output has shape {tuple(value.shape)}: not a spatial map "
+            "[N, C, H, W], a channels-last map [N, H, W, C] or a token grid [N, prefix + H*W, C] "
+            "for this input size; choose another layer"
+        )
+    return layout
+
+
 # --------------------------------------------------------------------------- layer detection
 
 
@@ -366,8 +479,9 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> list[_Record]:
             return
         rec = records[id(module)]
         rec.calls += 1
-        if rec.calls == 1:
-            rec.shape = tuple(output.shape[1:]) if isinstance(output, Tensor) else None
+        if rec.calls == 1:  # one image's shape; None unless the batch dim is the images'
+            one = isinstance(output, Tensor) and output.dim() > 0 and output.shape[0] == 1
+            rec.shape = tuple(output.shape[1:]) if one else None
             order.append(rec)
 
     param = _model_param(model)
@@ -383,25 +497,41 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> list[_Record]:
 
 
 def candidate_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]:
-    """Every module (run once per forward) with a 4-D output, in forward-completion order."""
-    return [
-        LayerInfo(r.name, r.type_name, r.shape)
-        for r in _trace(model, input_shape)
-        if r.shape is not None and len(r.shape) == 3 and r.calls == 1
-    ]
+    """Every module (run once per forward) whose output is a spatial map: 4-D maps,
+    channels-last maps and token grids (shape given as their map's (C, h, w)), in
+    forward-completion order."""
+    size = (int(input_shape[-2]), int(input_shape[-1]))
+    found = []
+    for rec in _trace(model, input_shape):
+        layout = _layout(model, rec.shape, size) if rec.shape and rec.calls == 1 else None
+        if layout is not None:
+            found.append(LayerInfo(rec.name, rec.type_name, layout.shape, layout.kind))
+    return found
+
+
+_FIRST_NORMS = ("ln_1", "norm1")  # torchvision EncoderBlock, timm Block / torchvision Swin block
 
 
 def find_target_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
-    """Name of the last module to finish whose output is a 4-D map with H > 1 and W > 1.
+    """The layer pytorch-grad-cam's recipes use, found from one dry run.
 
-    Pooling layers and modules that run more than once per forward (e.g. ResNet's shared
-    ``relu``) are skipped. Gives ``layer4`` for ResNets and ``features`` for VGG, MobileNet,
-    EfficientNet, DenseNet and ConvNeXt.
+    Transformers (token or channels-last outputs): the last block's first norm,
+    ``encoder.layers[-1].ln_1`` (torchvision ViT), ``blocks[-1].norm1`` (timm ViT / DeiT), the
+    last Swin block's ``norm1``. After it the class token reaches the patch tokens only through
+    attention, so later layers get no gradient on patch tokens. Otherwise: the last module to
+    finish whose map has H > 1 and W > 1, skipping pooling and identity layers and modules that
+    run more than once per forward (e.g. ResNet's shared ``relu``): ``layer4`` for ResNets,
+    ``features`` for VGG, MobileNet, EfficientNet, DenseNet and ConvNeXt.
     """
-    for info in reversed(candidate_layers(model, input_shape)):
-        if "Pool" not in info.type_name and info.shape[1] > 1 and info.shape[2] > 1:
+    layers = candidate_layers(model, input_shape)
+    norms = [i for i in layers if i.layout != "map" and i.name.rsplit(".", 1)[-1] in _FIRST_NORMS]
+    if norms:
+        return norms[-1].name
+    for info in reversed(layers):
+        skip = "Pool" in info.type_name or info.type_name == "Identity"
+        if not skip and info.shape[1] > 1 and info.shape[2] > 1:
             return info.name
-    raise ValueError("no module with a spatial (4-D, H>1, W>1) output; pass layer= explicitly")
+    raise ValueError("no module with a spatial (H>1, W>1) output; pass layer= explicitly")
 
 
 def _resolve_layer(model: nn.Module, images: Tensor, layer: str | None) -> tuple[str, nn.Module]:
@@ -445,20 +575,23 @@ def _chunk_grads(
         with torch.no_grad(), _hooked(modules, taps):
             logits = model(x)
         leaf = tap.checked_value(name)
+        layout = _layout_of(model, name, leaf, x)
         if isinstance(logits, Tensor) and callable(classes):
             classes = classes(logits.detach())
         cls = classes if isinstance(classes, Tensor) else torch.empty(0, 1, dtype=torch.long)
         logits = _check_logits(logits, cls)
         if not logits.requires_grad:
             raise ValueError(f"the model output does not depend on layer {name!r}")
-        acts = leaf.detach().float()
-        if linear and _is_gap_linear(acts, head, logits):
+        acts = layout.to_spatial(leaf.detach()).float()
+        # never with prefix tokens: a class-token head is not a spatial mean, whatever the values
+        if linear and layout.prefix == 0 and _is_gap_linear(acts, head, logits):
             return logits.detach(), acts, _gap_linear_grads(linear[1], acts, cls), cls
         with torch.enable_grad():
             grads = _class_grads(logits, cls, leaf)
     if any(g is None for g in grads):
         raise ValueError(f"the model output does not depend on layer {name!r}")
-    return logits.detach(), acts, [g.float() for g in grads if g is not None], cls
+    spatial = [layout.to_spatial(g).float() for g in grads if g is not None]
+    return logits.detach(), acts, spatial, cls
 
 
 def _is_gap_linear(acts: Tensor, head: _Tap, logits: Tensor) -> bool:
@@ -647,7 +780,15 @@ def _cam_chunk(
     tap, head = _Tap(), _Tap(keep_input=True)
     with torch.inference_mode(False), torch.no_grad(), _hooked(modules, [tap, head]):
         logits = model(x)
-    acts = tap.checked_value(names[0]).float()
+    value = tap.checked_value(names[0])
+    layout = _layout_of(model, names[0], value, x)
+    if layout.prefix:
+        raise ValueError(
+            f"CAM needs a global-average-pool + Linear head over the whole layer; layer "
+            f"{names[0]!r} also carries {layout.prefix} class/distillation/register token(s). "
+            "Use Grad-CAM instead."
+        )
+    acts = layout.to_spatial(value).float()
     if not isinstance(logits, Tensor):
         raise ValueError("the model must return a logits tensor [N, num_classes]")
     _check_gap_linear(acts, head, logits, names)
@@ -749,10 +890,8 @@ def layer_activations(
     tap = _Tap()
     with torch.inference_mode(False), torch.no_grad(), _hooked([module], [tap]):
         model(_to_model(model, x, _wants_channels_last(model)))
-    acts = tap.checked_value(name)
-    if acts.dim() != 4:
-        raise ValueError(f"layer {name!r} output has shape {tuple(acts.shape)}, not [1, C, H, W]")
-    acts = acts[0].float()
+    value = tap.checked_value(name)
+    acts = _layout_of(model, name, value, x).to_spatial(value)[0].float()
     means = acts.mean((1, 2))
     top = torch.argsort(means, descending=True)[: max(1, min(top_n, len(means)))]
     maps = _minmax_(acts[top].contiguous().clone())

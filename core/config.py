@@ -13,6 +13,13 @@ Paths in the file are relative to the file's folder. Example::
     mean = [0.5]
     std = [0.5]
 
+    [[models]]
+    name = "vit"
+    timm = "vit_small_patch16_224"    # a timm model (pretrained=False: nothing is downloaded)
+    weights = "vit.safetensors"       # size, interpolation, crop, mean, std: from timm unless set
+    # interpolation = "bicubic"       # nearest | bilinear | bicubic (default bilinear)
+    # crop_pct = 0.9                  # resize to size / crop_pct, then center-crop (default none)
+
     [[datasets]]
     name = "digits-test"
     root = "digits/test"              # ImageFolder tree; or add csv = "manifest.csv" (path,label)
@@ -32,7 +39,9 @@ from core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "INTERPOLATIONS",
     "MAX_PIXELS_CAP",
+    "PREPROCESSING_KEYS",
     "DatasetSpec",
     "ModelSpec",
     "ProjectConfig",
@@ -42,8 +51,10 @@ __all__ = [
 _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
-    "datasets", "maps", "results",
+    "datasets", "maps", "results", "timm", "interpolation", "crop_pct",
 }  # fmt: skip
+PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 _DATASET_KEYS = {"name", "root", "csv", "classes", "link_roots", "max_pixels"}
 _TOP_KEYS = {"cache_dir", "models", "datasets", "notes_db", "tags"}
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own warning threshold: 1 GiB of RGBA / 3
@@ -75,6 +86,11 @@ class ModelSpec:
     maps: bool = True  # store the predicted/true-class Grad-CAM of every image while evaluating
     results: tuple[Path, ...] = ()  # result folders made elsewhere (python -m core evaluate --out)
     base_dir: Path = Path(".")
+    timm: str | None = None  # a timm model name (built with pretrained=False)
+    interpolation: str = "bilinear"
+    crop_pct: float | None = None  # None: resize straight to input_size (no crop)
+    explicit: frozenset[str] = frozenset()  # the PREPROCESSING_KEYS the entry sets itself
+    from_timm: tuple[str, ...] = ()  # the PREPROCESSING_KEYS taken from timm (set when loaded)
 
 
 @dataclass(frozen=True)
@@ -196,11 +212,12 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
     name = _name(entry, "models", path)
     where = f"{path}: model {name!r}"
     _check_keys(entry, _MODEL_KEYS, where)
-    sources = [k for k in ("architecture", "factory", "module") if k in entry]
+    sources = [k for k in ("architecture", "factory", "module", "timm") if k in entry]
     if len(sources) != 1:
         raise ConfigError(
             f"{where}: give exactly one of architecture (a torchvision builder), "
-            f"factory (package.module:function) or module (a whole pickled model); got {sources}"
+            "factory (package.module:function), timm (a timm model name) or module (a whole "
+            f"pickled model); got {sources}"
         )
     if "module" not in entry and "weights" not in entry:
         raise ConfigError(
@@ -233,6 +250,15 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         raise ConfigError(f"{where}: maps must be true or false (unquoted), got {maps!r}")
     results = entry.get("results", [])
     results = [results] if isinstance(results, str) else results
+    interpolation = str(entry.get("interpolation", "bilinear"))
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"{where}: interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+            f"got {interpolation!r}"
+        )
+    crop_pct = float(entry["crop_pct"]) if "crop_pct" in entry else None
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise ConfigError(f"{where}: crop_pct must be in (0, 1], got {crop_pct}")
     classes = entry.get("classes")
     return ModelSpec(
         name=name,
@@ -254,6 +280,10 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         maps=maps,
         results=tuple((base / str(r)).resolve() for r in results),
         base_dir=base,
+        timm=str(entry["timm"]) if "timm" in entry else None,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+        explicit=frozenset(k for k in PREPROCESSING_KEYS if k in entry),
     )
 
 

@@ -1,20 +1,27 @@
 """Build a trained classifier from a config entry.
 
-Three ways in, as the config says: a torchvision architecture by name plus a state_dict; a
-user factory ``package.module:function`` (importable from the config's folder) plus a
-state_dict; or a whole pickled module, only when the entry says ``trusted = true`` because
-unpickling runs arbitrary code. The returned model is in eval mode on its device.
+Four ways in, as the config says: a torchvision architecture by name plus a state_dict; a
+timm model name (``timm = ...``, built with ``pretrained=False``, nothing downloaded) plus a
+checkpoint read as timm reads it (EMA weights preferred, ``module.`` prefixes removed), with input
+size, interpolation, crop, mean and std from ``timm.data.resolve_model_data_config`` unless the
+entry sets them; a user factory ``package.module:function`` (importable from the config's folder)
+plus a state_dict; or a whole pickled module, only when the entry says ``trusted = true`` because
+unpickling runs arbitrary code. The returned model is in eval mode on its device. timm is
+imported only when a timm entry is loaded.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib
 import inspect
+import math
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +30,17 @@ import torchvision
 from torch import nn
 from torchvision.transforms import v2
 
-from core.config import ModelSpec
+from core.config import PREPROCESSING_KEYS, ModelSpec
 from core.errors import ModelLoadError
 
-__all__ = ["LoadedModel", "architectures", "load_model", "read_state_dict"]
+__all__ = [
+    "LoadedModel",
+    "ResizeTo",
+    "architectures",
+    "describe_preprocessing",
+    "load_model",
+    "read_state_dict",
+]
 
 _IMPORT_LOCK = threading.Lock()
 
@@ -50,7 +64,7 @@ class LoadedModel:
     @property
     def resize(self) -> ResizeTo:
         """uint8 tensor [C, H, W] → the same at the input size (cheap; runs in loader workers)."""
-        return ResizeTo(self.spec.input_size)
+        return ResizeTo(self.spec.input_size, self.spec.interpolation, self.spec.crop_pct)
 
     @property
     def normalize(self) -> v2.Compose:
@@ -74,9 +88,11 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         module = _load_pickled(spec)
     else:
         assert spec.weights is not None  # guaranteed by load_config
-        state = read_state_dict(spec.weights)
+        state = _read_timm_state(spec.weights) if spec.timm else read_state_dict(spec.weights)
         module = _build(spec, state)
         _load_weights(module, state, spec)
+        if spec.timm:
+            spec = _timm_preprocessing(spec, module)
     device, notes = _device(spec.device)
     module = module.eval().to(device)
     if device.type == "cpu":
@@ -125,13 +141,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _build(spec: ModelSpec, state: dict[str, torch.Tensor]) -> nn.Module:
     if spec.architecture is not None:
         builder = _torchvision_builder(spec.architecture, spec.name)
+    elif spec.timm is not None:
+        builder = _timm_builder(spec.timm, spec.name)
     else:
         assert spec.factory is not None
         builder = _import_factory(spec.factory, spec.base_dir, spec.name)
     kwargs = dict(spec.factory_kwargs)
     # torchvision builders take num_classes through **kwargs, so their signature hides it
     takes_classes = (
-        spec.architecture is not None or "num_classes" in inspect.signature(builder).parameters
+        spec.architecture is not None
+        or spec.timm is not None
+        or "num_classes" in inspect.signature(builder).parameters
     )
     if takes_classes and "num_classes" not in kwargs:
         kwargs["num_classes"] = _classes_in_state(builder, kwargs, state, spec)
@@ -155,6 +175,81 @@ def _torchvision_builder(arch: str, name: str) -> Any:
             f"architectures: {', '.join(known)}"
         )
     return torchvision.models.get_model_builder(arch)
+
+
+def _timm_builder(name: str, model_name: str) -> Any:
+    """``timm.create_model(name, pretrained=False, **kwargs)``; unknown names list close ones."""
+    import timm  # lazily: only timm entries pay for the import
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        raise ModelLoadError(
+            f"model {model_name!r}: timm has no model {name!r}"
+            + (f" (close: {', '.join(close)})" if close else "")
+        )
+    return functools.partial(timm.create_model, name, pretrained=False)
+
+
+def _read_timm_state(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint read as ``timm.models.load_checkpoint`` reads it: EMA weights when present
+    (``state_dict_ema`` / ``model_ema``), else ``state_dict`` / ``model``, and DataParallel /
+    torch.compile prefixes removed (``clean_state_dict``); ``weights_only`` loading."""
+    from timm.models import load_state_dict
+
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint not found: {path}")
+    try:
+        state = load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read checkpoint {path}: {_reader_error(exc)}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"checkpoint {path} does not hold a state_dict of tensors")
+    return state
+
+
+def _timm_preprocessing(spec: ModelSpec, module: nn.Module) -> ModelSpec:
+    """``spec`` with the preprocessing the entry leaves unset taken from timm's data config
+    (the model's ``pretrained_cfg``; the input size from ``img_size`` when the entry builds the
+    model with one)."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(module)
+    size = spec.factory_kwargs.get("img_size", cfg["input_size"][1:])
+    size = (size, size) if isinstance(size, int) else size
+    values: dict[str, Any] = {
+        "input_size": (int(size[0]), int(size[1])),
+        "mean": tuple(float(v) for v in cfg["mean"]),
+        "std": tuple(float(v) for v in cfg["std"]),
+        "interpolation": str(cfg["interpolation"]),
+        "crop_pct": float(cfg["crop_pct"]),
+    }
+    taken = tuple(k for k in PREPROCESSING_KEYS if k not in spec.explicit)
+    if len(values["mean"]) != spec.channels and {"mean", "std"} & set(taken):
+        raise ModelLoadError(
+            f"model {spec.name!r}: timm's mean/std have {len(values['mean'])} values but the "
+            f"entry says channels = {spec.channels}; set mean and std in the config"
+        )
+    return replace(spec, from_timm=taken, **{k: values[k] for k in taken})
+
+
+def describe_preprocessing(spec: ModelSpec) -> str:
+    """One line: size, interpolation, crop, mean/std, and where they come from."""
+    crop = (
+        f"resize to {spec.input_size[0]}/{spec.crop_pct:g}, center crop"
+        if spec.crop_pct
+        else ("no crop")
+    )
+    mean = ", ".join(f"{v:.3g}" for v in spec.mean)
+    std = ", ".join(f"{v:.3g}" for v in spec.std)
+    line = (
+        f"{spec.input_size[0]}×{spec.input_size[1]} · {spec.interpolation} · {crop} · "
+        f"mean ({mean}) · std ({std})"
+    )
+    if not spec.from_timm:
+        return f"{line} — from the config"
+    if len(spec.from_timm) == len(PREPROCESSING_KEYS):
+        return f"{line} — from timm"
+    return f"{line} — from timm ({', '.join(spec.from_timm)}), the rest from the config"
 
 
 def _classes_in_state(
@@ -264,27 +359,66 @@ def _count_outputs(module: nn.Module, spec: ModelSpec, device: torch.device) -> 
     return int(out.shape[1])
 
 
+def _scale_size(size: Sequence[int], crop_pct: float) -> int | list[int]:
+    """timm's eval resize target before the center crop: ``floor(size / crop_pct)``, an int
+    (shorter edge) for square sizes."""
+    scaled = [math.floor(s / crop_pct) for s in size]
+    return scaled[0] if scaled[0] == scaled[1] else scaled
+
+
 class ResizeTo:
-    """uint8 image tensor → the input size, as ``v2.Resize(size, antialias=True)`` does it.
+    """uint8 image tensor → the input size (antialiased, with ``interpolation``), as the model's
+    eval transform does it: straight to ``size``, or, with ``crop_pct``, timm's resize of the
+    shorter edge to ``size / crop_pct`` then a center crop.
 
     A plain picklable callable: a ``v2.Compose`` costs more per call than the resize itself on
-    small images.
+    small images. On tensors the antialiased resize can differ from PIL's (``transform``'s) by a
+    grey level at some pixels.
     """
 
-    def __init__(self, size: Sequence[int]) -> None:
+    def __init__(
+        self, size: Sequence[int], interpolation: str = "bilinear", crop_pct: float | None = None
+    ) -> None:
         self.size = [int(s) for s in size]
+        self.interpolation = interpolation
+        self.crop_pct = crop_pct
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if list(image.shape[-2:]) == self.size:
             return image
-        return v2.functional.resize(image, self.size, antialias=True)
+        mode = v2.InterpolationMode(self.interpolation)
+        if self.crop_pct is None:
+            return v2.functional.resize(image, self.size, interpolation=mode, antialias=True)
+        scale = _scale_size(self.size, self.crop_pct)
+        if isinstance(scale, list):  # timm's ResizeKeepRatio: the shorter side fits
+            ratio = min(image.shape[-2] / scale[0], image.shape[-1] / scale[1])
+            scale = [round(image.shape[-2] / ratio), round(image.shape[-1] / ratio)]
+        image = v2.functional.resize(image, scale, interpolation=mode, antialias=True)
+        return v2.functional.center_crop(image, self.size)
 
     def __repr__(self) -> str:
-        return f"ResizeTo({self.size})"
+        extra = f", {self.interpolation!r}" if self.interpolation != "bilinear" else ""
+        extra += f", crop_pct={self.crop_pct}" if self.crop_pct is not None else ""
+        return f"ResizeTo({self.size}{extra})"
 
 
 def _resize(spec: ModelSpec) -> v2.Compose:
-    return v2.Compose([v2.PILToTensor(), v2.Resize(spec.input_size, antialias=True)])
+    """PIL image → uint8 tensor at the input size: PIL's resize (and crop), as timm's and
+    torchvision's eval transforms do it."""
+    mode = v2.InterpolationMode(spec.interpolation)
+    if spec.crop_pct is None:
+        return v2.Compose([v2.PILToTensor(), v2.Resize(spec.input_size, mode, antialias=True)])
+    if isinstance(scale := _scale_size(spec.input_size, spec.crop_pct), list):
+        raise ModelLoadError(
+            f"model {spec.name!r}: crop_pct needs a square input_size here, got {spec.input_size}"
+        )
+    return v2.Compose(
+        [
+            v2.Resize(scale, mode, antialias=True),  # on the PIL image, as timm does
+            v2.CenterCrop(spec.input_size),
+            v2.PILToTensor(),
+        ]
+    )
 
 
 def _normalize(spec: ModelSpec) -> v2.Compose:

@@ -27,6 +27,7 @@ from core.gallery import (
     uses_stored_maps,
 )
 from core.map_cache import Unavailable
+from core.models import describe_preprocessing
 from core.notes import NotesStore, PathSummary
 from core.overlay import overlay
 from core.panels import enlarge
@@ -89,7 +90,9 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
     """
     layers, layer = _layer_choice(config_path, view)
     labels = {info.name: _layer_label(info) for info in layers}
+    spec = resources.model(config_path, view.model).spec
     with st.sidebar:
+        st.caption(f"Preprocessing: {describe_preprocessing(spec)}")
         st.header("Gallery")
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
         if layer is not None:
@@ -190,7 +193,8 @@ def _layer_choice(config_path: str, view: ViewState) -> tuple[list[LayerInfo], s
 
 
 def _layer_label(info: LayerInfo) -> str:
-    return f"{info.name} · {info.type_name} · {'×'.join(str(s) for s in info.shape)}"
+    kind = {"tokens": " (tokens)", "channels_last": " (channels last)"}.get(info.layout, "")
+    return f"{info.name} · {info.type_name} · {'×'.join(str(s) for s in info.shape)}{kind}"
 
 
 def _tag_filter(view: ViewState, tags: list[str]) -> None:
