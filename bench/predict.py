@@ -51,7 +51,7 @@ from core.config import load_config  # noqa: E402
 from core.datasets import ImageDataset, open_dataset  # noqa: E402
 from core.evaluate import evaluate  # noqa: E402
 from core.models import LoadedModel, load_model  # noqa: E402
-from core.predictions import default_workers  # noqa: E402
+from core.predictions import default_workers, predict  # noqa: E402
 
 MAPS = os.environ.get("BENCH_MAPS", "0") == "1"  # BENCH_MAPS=1: the evaluation stores maps too
 
