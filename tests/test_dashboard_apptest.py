@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core import cell_rows
-from core.gallery import compared_classes, first_pages, page_rows, sort_rows
-from core.map_cache import MapRequest, Unavailable
+from core.gallery import first_pages, page_rows, sort_rows
 from dashboard import resources
 from dashboard.notes_ui import AUTHOR_KEY
 from tests.projects import ROOT, expected, write_config
@@ -137,23 +135,12 @@ def test_first_pages_are_warmed_once_the_predictions_are_ready(project: Path, mo
     assert len(pages) == len(result.predictions.groupby(["true", "pred"]))  # every cell
     at = run(project, monkeypatch)
     assert not at.exception
-    scope = (result.fingerprint, "Grad-CAM", resources.layers(str(project), "digits-cnn")[1])
-    requests = [
-        [MapRequest(row["path"], compared_classes(row), _no_image) for _, row in rows.iterrows()]
-        for rows in pages
-    ]
-    deadline = time.monotonic() + 60
-    while True:  # the app's warm-up thread fills the server-wide cache in the background
-        try:
-            for page in requests:  # what each cell's first click asks for is all there
-                got = resources.map_cache().get_many(scope, page, _not_computed)
-                missing = [m.reason for m in got if isinstance(m, Unavailable)]
-                if missing:  # an image had to be loaded: its maps were not there yet
-                    raise LookupError(missing[0])
-            break
-        except LookupError:
-            assert time.monotonic() < deadline, "page 1 of some cells was not warmed in 60 s"
-            time.sleep(0.2)
+    # the maps come from the result (made in the evaluation): warming encodes every panel
+    thread = resources.warm_up(str(project), "digits-cnn", "digits-test", result.fingerprint)
+    assert thread is not None
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert len(resources.panel_cache()) >= sum(len(rows) for rows in pages)
 
 
 def _no_image():  # type: ignore[no-untyped-def]
