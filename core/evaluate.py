@@ -56,7 +56,7 @@ def evaluate(
     maps: bool = True,
     batch_size: int | None = None,
     commit_seconds: float = 2.0,
-    engine: Callable[..., None] = predict,
+    engine: Callable[..., None] | None = None,
 ) -> Results:
     """``model``'s results on ``dataset``: read from disk when nothing changed, else computed.
 
@@ -99,7 +99,7 @@ def evaluate(
             map_shape=layer[1] if layer else None,
             commit_seconds=commit_seconds,
         ) as writer:
-            engine(
+            (engine or predict)(
                 model,
                 dataset,
                 writer,

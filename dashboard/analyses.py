@@ -13,12 +13,10 @@ from core.label_quality import LabelQuality, label_quality
 from dashboard import resources
 
 
-def arrays(result: Results) -> tuple[ModelResults, np.ndarray]:
-    """The adapter from an evaluation to the arrays the analyses take, plus probs [N, K]
-    (the one place to re-point when the results store changes)."""
+def arrays(result: Results) -> ModelResults:
+    """The adapter from an evaluation to the per-image arrays the analyses take (with
+    :func:`probabilities`, the one place to re-point when the results store changes)."""
     table = result.predictions
-    k = result.num_classes
-    probs = result.probs(result.index) if len(table) else np.zeros((0, k), np.float32)
     return ModelResults(
         model=result.meta.get("model", ""),
         dataset=result.meta.get("dataset", ""),
@@ -27,21 +25,32 @@ def arrays(result: Results) -> tuple[ModelResults, np.ndarray]:
         true=table["true"].to_numpy(dtype=np.int64),
         pred=table["pred"].to_numpy(dtype=np.int64),
         true_prob=table["true_prob"].to_numpy(dtype=np.float32),
-    ), probs
+    )
+
+
+def probabilities(result: Results) -> np.ndarray:
+    """The evaluation's probabilities [N, K] (the other half of the adapter)."""
+    table = result.predictions
+    if not len(table):
+        return np.zeros((0, result.num_classes), np.float32)
+    return result.probs(result.index)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def quality(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> LabelQuality:
     """Label quality of one evaluation's rows (shared, read-only; keyed by its fingerprint)."""
-    rows, probs = arrays(resources.evaluation(config_path, model_name, dataset_name))
-    return label_quality(rows.true, probs)
+    result = resources.evaluation(config_path, model_name, dataset_name)
+    return label_quality(arrays(result).true, probabilities(result))
 
 
-def flagged_matrix(result: Results, flags: LabelQuality) -> np.ndarray:
+@st.cache_resource(show_spinner=False, max_entries=32)
+def flagged_matrix(
+    config_path: str, model_name: str, dataset_name: str, fingerprint: str
+) -> np.ndarray:
     """[true, pred] counts of the images flagged as suspected label errors."""
-    rows, _ = arrays(result)
-    k = result.num_classes
-    hit = flags.is_issue
+    result = resources.evaluation(config_path, model_name, dataset_name)
+    rows, k = arrays(result), result.num_classes
+    hit = quality(config_path, model_name, dataset_name, fingerprint).is_issue
     return np.bincount(rows.true[hit] * k + rows.pred[hit], minlength=k * k).reshape(k, k)
 
 
@@ -51,7 +60,7 @@ def comparison(
 ) -> Comparison:
     """A vs B on one dataset; raises UserFacingError for a mismatched pair."""
     a, b = (
-        replace(arrays(resources.evaluation(config_path, m, dataset_name))[0], model=m)
+        replace(arrays(resources.evaluation(config_path, m, dataset_name)), model=m)
         for m in (model_a, model_b)
     )
     return compare(a, b)

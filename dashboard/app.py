@@ -17,10 +17,12 @@ pages = [
     st.Page(
         ROOT / "dashboard" / "pages" / "labels.py",
         title="Suspected label errors",
-        url_path="labels",
+        url_path="label-errors",
     ),
     st.Page(
-        ROOT / "dashboard" / "pages" / "compare.py", title="Compare models", url_path="compare"
+        ROOT / "dashboard" / "pages" / "compare.py",
+        title="Compare models",
+        url_path="compare-models",
     ),
     st.Page(ROOT / "dashboard" / "pages" / "notes.py", title="Tags & notes", url_path="notes"),
 ]

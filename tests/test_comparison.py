@@ -109,3 +109,26 @@ def test_mismatched_pairs_are_named() -> None:
         compare(a, results("B", [0, 1], [0, 1], [1, 1], classes=("cat", "dog")))
     with pytest.raises(UserFacingError, match="share no image path"):
         compare(a, results("B", [0, 1], [0, 1], [1, 1], paths=["x.png", "y.png"]))
+
+
+def test_cli_compare_prints_table_p_and_changes(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from core.cli import _arrays, main
+    from tests.projects import expected, write_config
+
+    config = write_config(tmp_path)
+    a, b = (_arrays(expected(config, model=m))[0] for m in ("digits-cnn-shifted", "digits-cnn"))
+    result = compare(a, b)
+    args = ["compare", "--config", str(config), "--model", "digits-cnn-shifted"]
+    assert main([*args, "--model", "digits-cnn", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    counts = result.counts()
+    assert f"fixed (A wrong, B right): {counts[Agreement.FIXED]}\n" in out
+    assert f"newly broken (A right, B wrong): {counts[Agreement.BROKEN]}\n" in out
+    assert f"p = {result.p_value():.4g}\n" in out
+    top = result.top_class_changes(3)
+    assert "3 largest F1 changes of 10 classes" in out
+    lines = out.split("per-class change")[1].splitlines()[2:]
+    assert [line.split()[0] for line in lines] == list(top["class"])
+    assert main([*args, "--model", "digits-cnn", "--dataset", "nope"]) == 2
+    assert main(args) == 2
+    assert "compare takes --model exactly twice, got 1" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from core.comparison import Agreement, compare
 from core.datasets import dataset_key
 from core.label_quality import label_quality
 from core.notes import NotesStore
-from dashboard.analyses import arrays
+from dashboard.analyses import arrays, probabilities
 from tests.projects import ROOT, expected, write_config
 
 sys.path.insert(0, str(ROOT / "sample_models"))
@@ -58,7 +58,8 @@ def card_paths(at: AppTest) -> list[str]:
 
 
 def test_label_errors_ranked_and_tagged(planted: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    rows, probs = arrays(expected(planted, dataset="digits-test-planted"))
+    result = expected(planted, dataset="digits-test-planted")
+    rows, probs = arrays(result), probabilities(result)
     ranked = label_quality(rows.true, probs).ranked_issues()
     at = run(LABELS, planted, monkeypatch)
     assert not at.exception
@@ -86,7 +87,7 @@ def test_label_errors_ranked_and_tagged(planted: Path, monkeypatch) -> None:  # 
 
 
 def test_compare_cell_from_the_url(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    a, b = (arrays(expected(project, model=m))[0] for m in ("digits-cnn-shifted", "digits-cnn"))
+    a, b = (arrays(expected(project, model=m)) for m in ("digits-cnn-shifted", "digits-cnn"))
     result = compare(a, b)
     fixed = result.cell_positions(Agreement.FIXED)
     assert len(fixed) > 0  # the shifted input normalisation (A) costs accuracy
@@ -119,3 +120,30 @@ def test_compare_refuses_a_mismatched_pair(project: Path, monkeypatch) -> None: 
         "cannot be compared" in e.value and "is not evaluated on dataset 'digits-test'" in e.value
         for e in at.error
     )
+
+
+def test_matrix_hover_counts_flagged_images() -> None:
+    from dashboard.matrix_figure import matrix_figure
+
+    counts = np.array([[5, 2], [1, 4]])
+    flagged = np.array([[0, 2], [1, 0]])
+    figure = matrix_figure(counts, ["a", "b"], flagged=flagged)
+    layer = figure.data[1]
+    assert "suspected label errors: %{customdata[4]}" in layer.hovertemplate
+    assert [int(row[4]) for row in layer.customdata] == [0, 2, 1, 0]
+    plain = matrix_figure(counts, ["a", "b"]).data[1]
+    assert "suspected" not in plain.hovertemplate
+
+
+def test_any_cell_sorts_by_label_quality(planted: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    result = expected(planted, dataset="digits-test-planted")
+    rows, probs = arrays(result), probabilities(result)
+    scores = label_quality(rows.true, probs).self_confidence
+    cell = (rows.true == 3) & (rows.pred == 3)  # a diagonal cell: no flags, still sortable
+    order = np.flatnonzero(cell)[np.lexsort((rows.paths[cell], scores[cell]))]
+    at = run(
+        str(ROOT / "dashboard" / "app.py"), planted, monkeypatch, cell="3,3",
+        sort="label_quality_asc", page_size="12",
+    )  # fmt: skip
+    assert not at.exception
+    assert card_paths(at) == list(rows.paths[order][:12])

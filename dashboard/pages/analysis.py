@@ -238,8 +238,7 @@ def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
         state["chart_scope"], state["chart_cell"] = scope, view.cell
         state["chart_version"] = state.get("chart_version", 0) + 1
         # Building a Plotly figure takes ~20 ms: a click on the chart reuses this session's.
-        flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
-        flagged = analyses.flagged_matrix(result, flags)
+        flagged = analyses.flagged_matrix(config_path, view.model, view.dataset, result.fingerprint)
         state["chart_figure"] = matrix_figure(
             counts, classes, view.color, shown, view.cell, flagged
         )

@@ -24,6 +24,13 @@ from dashboard.widgets import card_html, error_panel
 
 PAGE_SIZE = 12
 CELLS = {c.name.lower(): c for c in Agreement}
+SHORT = {
+    Agreement.BOTH_RIGHT: "both right",
+    Agreement.FIXED: "fixed",
+    Agreement.BROKEN: "newly broken",
+    Agreement.SAME_WRONG: "both wrong, same class",
+    Agreement.DIFFERENT_WRONG: "both wrong, different",
+}
 ORDERS = {
     "gain": "true-class probability gain (B - A, largest first)",
     "loss": "largest drop first",
@@ -79,16 +86,33 @@ def main() -> None:
 
 
 def _summary(result: Comparison) -> None:
+    """The 2 × 2 table as buttons (each opens its cell), and McNemar's test beside it."""
     counts = result.counts()
     left, right = st.columns([3, 2])
     with left:
-        st.dataframe(result.table(), width="stretch")
-        st.markdown("**Open a cell**")
-        buttons = st.columns(len(Agreement))
-        for column, cell in zip(buttons, Agreement, strict=True):
-            if column.button(f"{cell.label}: {counts[cell]}", key=f"agree-{cell.name}"):
-                set_params({"agree": cell.name.lower()}, reset=("page",))
-                st.rerun()
+        header = st.columns([2, 3, 3])
+        header[1].markdown(f"**B right** ({result.b})")
+        header[2].markdown(f"**B wrong** ({result.b})")
+        layout = (
+            (f"**A right** ({result.a})", [[Agreement.BOTH_RIGHT], [Agreement.BROKEN]]),
+            (
+                f"**A wrong** ({result.a})",
+                [[Agreement.FIXED], [Agreement.SAME_WRONG, Agreement.DIFFERENT_WRONG]],
+            ),
+        )
+        for title, cells in layout:
+            row = st.columns([2, 3, 3], vertical_alignment="center")
+            row[0].markdown(title)
+            for column, group in zip(row[1:], cells, strict=True):
+                for cell in group:
+                    column.button(
+                        f"{SHORT[cell]}: {counts[cell]}",
+                        key=f"agree-{cell.name}",
+                        on_click=set_params,
+                        args=({"agree": cell.name.lower()}, ("page",)),
+                        width="stretch",
+                        type="primary" if cell == Agreement.FIXED else "secondary",
+                    )
     with right:
         st.metric("McNemar's exact test, p", f"{result.p_value():.3g}")
         fixed, broken = counts[Agreement.FIXED], counts[Agreement.BROKEN]
@@ -148,7 +172,7 @@ def _gallery(
         labels = ("image", f"A · predicted {pa}", f"A · true {true}", f"B · predicted {pb}",
                   f"B · true {true}")  # fmt: skip
         cards.append(card_html(paths[n], caption, zip(urls, labels, strict=True)))
-    grid = "display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:1rem"
+    grid = "display:grid;grid-template-columns:minmax(0,1fr);gap:1rem;max-width:60rem"
     st.html(f'<div class="cam-gallery" style="{grid}">{"".join(cards)}</div>')
 
 

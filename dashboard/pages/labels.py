@@ -50,7 +50,7 @@ def main() -> None:
         error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
         st.stop()
     flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
-    rows, _ = analyses.arrays(result)
+    rows = analyses.arrays(result)
     ranked = flags.ranked_issues()
     st.caption(
         f"cleanlab's `find_label_issues` flags **{len(ranked)} of {len(flags)}** images of "
