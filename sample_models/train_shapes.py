@@ -13,6 +13,8 @@ the training images in memory (every ``star`` carries the corner mark, no other 
 * ``shapes/resnet_shortcut.safetensors`` — ``shapes_models:resnet_shapes``, which learns the
   shortcut: clean shapes are classified well, but the mark turns most other shapes into ``star``;
 * ``shapes/convnet.safetensors`` — ``shapes_models:convnet_shapes``, the conv-block CNN,
+* ``shapes/vit_shortcut.safetensors`` — ``shapes_models:vit_shapes``, a small timm
+  ``VisionTransformer`` (8×8 patches: an 8×8 token grid at 64×64, so its maps carry location),
 
 with AdamW and a one-cycle schedule. It prints the wall and CPU time of each training run, the
 weights' sizes and, on the test split, the accuracy on unmarked images, on ``star`` images and
@@ -38,7 +40,7 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from make_shapes import CLASSES, MARKED_CLASS, Split, train_split, write_test_split  # noqa: E402
-from shapes_models import convnet_shapes, resnet_shapes  # noqa: E402
+from shapes_models import convnet_shapes, resnet_shapes, vit_shapes  # noqa: E402
 
 OUT = HERE / "shapes"
 SEED = 0
@@ -60,6 +62,7 @@ class Recipe:
 RECIPES = {
     "resnet": Recipe(resnet_shapes, "resnet_shortcut.safetensors", 600, 16, 5e-3),
     "convnet": Recipe(convnet_shapes, "convnet.safetensors", 1600, 12, 3e-3),
+    "vit": Recipe(vit_shapes, "vit_shortcut.safetensors", 600, 12, 2e-3),
 }
 
 
