@@ -1,9 +1,9 @@
 """Reproduce the bundled shapes samples: the test split and the weights of both shapes models.
 
-One command, nothing downloaded, deterministic (fixed seeds, 2 threads), about 8 minutes on an
-otherwise idle 2-core CPU::
+One command, nothing downloaded, deterministic (fixed seeds, 2 threads), about 8 minutes for the
+two CNNs and 7 more for the ViT on an otherwise idle 2-core CPU::
 
-    python sample_models/train_shapes.py                  # test split + both models
+    python sample_models/train_shapes.py                  # test split + all three models
     python sample_models/train_shapes.py --model resnet   # test split + one model
 
 It writes the test split with :mod:`make_shapes` (``shapes/test``: PNGs + ``marks.csv``), draws
