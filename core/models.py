@@ -234,11 +234,10 @@ def _timm_preprocessing(spec: ModelSpec, module: nn.Module) -> ModelSpec:
 
 def describe_preprocessing(spec: ModelSpec) -> str:
     """One line: size, interpolation, crop, mean/std, and where they come from."""
-    crop = (
-        f"resize to {spec.input_size[0]}/{spec.crop_pct:g}, center crop"
-        if spec.crop_pct
-        else ("no crop")
-    )
+    crop = "no crop"
+    if spec.crop_pct is not None:
+        scale = _scale_size(spec.input_size, spec.crop_pct)
+        crop = f"shorter side to {scale if isinstance(scale, int) else scale[0]}, center crop"
     mean = ", ".join(f"{v:.3g}" for v in spec.mean)
     std = ", ".join(f"{v:.3g}" for v in spec.std)
     line = (

@@ -22,7 +22,18 @@ from collections.abc import Sequence
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ["NarrowResNet", "convnet_shapes", "resnet_shapes"]
+__all__ = ["VIT_KWARGS", "NarrowResNet", "convnet_shapes", "resnet_shapes", "vit_shapes"]
+
+# timm.create_model("vit_tiny_patch16_224", **VIT_KWARGS): the transformer sample; config.toml's
+# entry passes the same values as factory_kwargs
+VIT_KWARGS = {
+    "img_size": 64,
+    "patch_size": 8,
+    "embed_dim": 48,
+    "depth": 3,
+    "num_heads": 3,
+    "mlp_ratio": 2.0,
+}
 
 
 class NarrowResNet(ResNet):
@@ -89,4 +100,15 @@ def convnet_shapes(num_classes: int = 5) -> nn.Module:
         _block(32, 64, 0.2),  # 8×8: the Grad-CAM target found automatically
         nn.Flatten(),
         nn.Linear(64 * 8 * 8, num_classes),
+    )
+
+
+def vit_shapes(num_classes: int = 5) -> nn.Module:
+    """The transformer sample: timm's ``vit_tiny_patch16_224`` narrowed by ``VIT_KWARGS`` (class
+    token, 48-dim, 3 blocks, MLP ratio 2, 8×8 patches → an 8×8 token grid at 64×64 input).
+    timm is imported here, not at module level, so the other samples do not need it."""
+    import timm
+
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, **VIT_KWARGS
     )

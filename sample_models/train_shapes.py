@@ -1,9 +1,9 @@
-"""Reproduce the bundled shapes samples: the test split and the weights of both shapes models.
+"""Reproduce the bundled shapes samples: the test split and the weights of the shapes models.
 
-One command, nothing downloaded, deterministic (fixed seeds, 2 threads), about 8 minutes on an
-otherwise idle 2-core CPU::
+One command, nothing downloaded, deterministic (fixed seeds, 2 threads), about 8 minutes for the
+two CNNs and 7 more for the ViT on an otherwise idle 2-core CPU::
 
-    python sample_models/train_shapes.py                  # test split + both models
+    python sample_models/train_shapes.py                  # test split + all four models
     python sample_models/train_shapes.py --model resnet   # test split + one model
     python sample_models/train_shapes.py --model resnet-clean
 
@@ -16,6 +16,8 @@ the training images in memory (every ``star`` carries the corner mark, no other 
 * ``shapes/convnet.safetensors`` — ``shapes_models:convnet_shapes``, the conv-block CNN,
 * ``shapes/resnet_clean.safetensors`` — the same ResNet recipe trained on the same images drawn
   WITHOUT the mark (no training image is marked), so it has to look at the shape,
+* ``shapes/vit_shortcut.safetensors`` — ``shapes_models:vit_shapes``, a small timm
+  ``VisionTransformer`` (8×8 patches: an 8×8 token grid at 64×64, so its maps carry location),
 
 with AdamW and a one-cycle schedule. It prints the wall and CPU time of each training run, the
 weights' sizes and, on the test split, the accuracy on unmarked images, on ``star`` images and
@@ -49,7 +51,7 @@ from make_shapes import (  # noqa: E402
     train_split,
     write_test_split,
 )
-from shapes_models import convnet_shapes, resnet_shapes  # noqa: E402
+from shapes_models import convnet_shapes, resnet_shapes, vit_shapes  # noqa: E402
 
 OUT = HERE / "shapes"
 SEED = 0
@@ -73,6 +75,7 @@ RECIPES = {
     "resnet": Recipe(resnet_shapes, "resnet_shortcut.safetensors", 600, 16, 5e-3),
     "convnet": Recipe(convnet_shapes, "convnet.safetensors", 1600, 12, 3e-3),
     "resnet-clean": Recipe(resnet_shapes, "resnet_clean.safetensors", 600, 16, 5e-3, marked=False),
+    "vit": Recipe(vit_shapes, "vit_shortcut.safetensors", 600, 12, 2e-3),
 }
 
 

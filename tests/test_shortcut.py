@@ -4,7 +4,8 @@
 test images of other classes that carry the mark and are predicted ``star``, its Grad-CAM for
 the predicted class puts most of its mass on the mark; on clean, correctly classified images
 the same corner holds little. ``shapes-convnet``'s automatically found target layer gives maps
-whose mass lies mostly on the shape's bounding box.
+whose mass lies mostly on the shape's bounding box. ``shapes-vit (shortcut)``, a small timm ViT,
+calls every marked shape a star, and its Grad-CAM (on its 8×8 token grid) shows the mark too.
 
 Mass share = sum of the [0, 1] map inside a box / sum over the whole map, at input resolution
 (``core.cam.grad_cam`` with its default, automatically found layer). Boxes come from
@@ -34,6 +35,8 @@ MARKED_CLASS = "star"
 MARK_DILATION = 4  # pixels added on every side of the mark's 8×8 box, clipped to the image
 CORNER_BOX = (47, 47, 64, 64)  # holds every dilated mark box (marks start at x, y in 51..54)
 SHAPE_DILATION = 2  # pixels added on every side of the shape's bounding box
+# the ViT sample (measured: 80/80 fooled, 0.61 of the map on the mark, 0.05 in a clean corner)
+VIT_FOOLED, VIT_ON_MARK, VIT_CLEAN_CORNER = 0.9, 0.45, 0.15
 
 
 @dataclass(frozen=True)
@@ -163,3 +166,38 @@ def test_convnet_target_layer_and_maps_on_the_shape(convnet: Run) -> None:
     assert on_shape.mean().item() >= 2.5 * uniform.mean().item()  # a flat map: area share
     assert on_shape.mean().item() >= 2 * elsewhere.mean().item()
     assert (on_shape > uniform).float().mean().item() >= 0.9
+
+
+@pytest.fixture(scope="module")
+def vit() -> Run:
+    return _run("shapes-vit (shortcut)")
+
+
+def test_vit_target_layer_is_its_last_blocks_first_norm_on_an_8x8_grid(vit: Run) -> None:
+    module, shape = vit.model.module, vit.model.input_shape
+    layer = find_target_layer(module, shape)
+    assert layer == "blocks.2.norm1"
+    info = {i.name: i for i in candidate_layers(module, shape)}[layer]
+    assert (info.layout, info.shape) == ("tokens", (48, 8, 8))
+
+
+def test_vit_takes_the_shortcut_and_its_gradcam_shows_it(vit: Run) -> None:
+    """The transformer learned the mark too; its predicted-class maps on fooled images sit on
+    the mark, and that corner holds little on clean, correctly classified images."""
+    star = vit.classes.index(MARKED_CLASS)
+    size = vit.images.shape[-1]
+    other_marked = vit.marked & (vit.labels != star)
+    fooled = other_marked & (vit.pred == star)
+    assert (fooled.sum() / other_marked.sum()).item() >= VIT_FOOLED
+    maps = grad_cam(vit.model.module, vit.images[fooled], vit.pred[fooled])
+    on_mark = _mass_share(maps, _dilate(vit.mark_boxes[fooled], MARK_DILATION, size))
+
+    clean = ~vit.marked & (vit.pred == vit.labels)
+    assert int(clean.sum()) >= 60
+    maps = grad_cam(vit.model.module, vit.images[clean], vit.pred[clean])
+    clean_corner = _mass_share(maps, torch.tensor([CORNER_BOX]).expand(int(clean.sum()), 4))
+
+    assert on_mark.mean().item() >= VIT_ON_MARK, f"fooled: share on mark {on_mark.mean():.3f}"
+    assert clean_corner.mean().item() <= VIT_CLEAN_CORNER, (
+        f"clean: share in corner {clean_corner.mean():.3f}"
+    )
