@@ -19,7 +19,7 @@ from core.config import ProjectConfig, load_config
 from core.datasets import open_dataset
 from core.errors import UserFacingError
 from core.evaluate import evaluate
-from core.label_quality import label_quality
+from core.label_quality import result_label_quality
 from core.metrics import accuracy, confusion_matrix, per_class_metrics, top_confused_pairs
 from core.models import load_model
 from core.predictions import predict
@@ -223,12 +223,9 @@ def _evaluation(config: ProjectConfig, model_name: str | None, dataset: str | No
     return result
 
 
-def _arrays(result: Results) -> tuple[ModelResults, np.ndarray]:
-    """The adapter from an evaluation to the arrays the analyses take, plus the probabilities
-    [N, K] (the one place to re-point when the results store changes)."""
+def _arrays(result: Results) -> ModelResults:
+    """The per-image arrays the analyses take."""
     table = result.predictions
-    k = result.num_classes
-    probs = result.probs(result.index) if len(table) else np.zeros((0, k), np.float32)
     return ModelResults(
         model=result.meta["model"],
         dataset=result.meta["dataset"],
@@ -237,15 +234,16 @@ def _arrays(result: Results) -> tuple[ModelResults, np.ndarray]:
         true=table["true"].to_numpy(dtype=np.int64),
         pred=table["pred"].to_numpy(dtype=np.int64),
         true_prob=table["true_prob"].to_numpy(dtype=np.float32),
-    ), probs
+    )
 
 
 def _label_issues(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    rows, probs = _arrays(_evaluation(config, args.model, args.dataset))
+    result = _evaluation(config, args.model, args.dataset)
+    rows = _arrays(result)
     if not len(rows.true):
         raise UserFacingError("no image could be evaluated, so there is nothing to rank")
-    quality = label_quality(rows.true, probs)
+    quality = result_label_quality(result)  # computed once, then read from the result folder
     ranked = quality.ranked_issues()
     print(
         f"{len(ranked)} of {len(rows.true)} images suspected of a wrong label "
@@ -269,7 +267,7 @@ def _compare(args: argparse.Namespace) -> int:
     if len(args.model) != 2:
         raise UserFacingError(f"compare takes --model exactly twice, got {len(args.model)}")
     config = load_config(args.config)
-    a, b = (_arrays(_evaluation(config, name, args.dataset))[0] for name in args.model)
+    a, b = (_arrays(_evaluation(config, name, args.dataset)) for name in args.model)
     result = compare(a, b)
     counts = result.counts()
     print(f"A = {result.a}, B = {result.b}: {len(result.paths)} images matched by path")

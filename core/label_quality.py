@@ -21,7 +21,9 @@ from cleanlab.count import calibrate_confident_joint
 from cleanlab.filter import _keep_at_least_n_per_class  # the K × K step, as cleanlab does it
 from cleanlab.internal.constants import CONFIDENT_THRESHOLDS_LOWER_BOUND, FLOATING_POINT_COMPARISON
 
-__all__ = ["LabelQuality", "Score", "label_quality"]
+from core.results import Results, load_derived, save_derived
+
+__all__ = ["LabelQuality", "Score", "label_quality", "result_label_quality"]
 
 Score = Literal["self_confidence", "normalized_margin"]
 
@@ -93,6 +95,17 @@ def label_quality(
     prune = _keep_at_least_n_per_class(joint.T, n=_MIN_EXAMPLES_PER_CLASS, frac_noise=1.0)
     is_issue = _prune_by_noise_rate(labels, probs, prune) & ~confirmed
     return LabelQuality(sc, margin, is_issue, suggested)
+
+
+def result_label_quality(result: Results) -> LabelQuality:
+    """Label quality of ``result``'s evaluated rows: computed once, then stored beside the
+    result (``derived/label_quality``) and read back from there."""
+    stored = load_derived(result, "label_quality")
+    if stored is not None and len(next(iter(stored.values()))) == len(result.index):
+        return LabelQuality.from_arrays(stored)
+    found = label_quality(result.true.astype(np.int64), result.probs(result.index))
+    save_derived(result, "label_quality", found.to_arrays())
+    return found
 
 
 def _check(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:

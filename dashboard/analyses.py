@@ -9,7 +9,7 @@ import streamlit as st
 
 from core import Results
 from core.comparison import Comparison, ModelResults, compare
-from core.label_quality import LabelQuality, label_quality
+from core.label_quality import LabelQuality, result_label_quality
 from dashboard import resources
 
 
@@ -39,8 +39,7 @@ def probabilities(result: Results) -> np.ndarray:
 @st.cache_resource(show_spinner=False, max_entries=32)
 def quality(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> LabelQuality:
     """Label quality of one evaluation's rows (shared, read-only; keyed by its fingerprint)."""
-    result = resources.evaluation(config_path, model_name, dataset_name)
-    return label_quality(arrays(result).true, probabilities(result))
+    return result_label_quality(resources.evaluation(config_path, model_name, dataset_name))
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

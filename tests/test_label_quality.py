@@ -91,3 +91,34 @@ def test_bad_input_messages() -> None:
     del arrays["is_issue"]
     with pytest.raises(ValueError, match="missing: is_issue"):
         LabelQuality.from_arrays(arrays)
+
+
+def test_computed_once_per_result_and_stored_beside_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    import core.label_quality as module
+    from core.results import ResultWriter, scores_from_logits
+
+    rng = np.random.default_rng(3)
+    n, k = 400, 5
+    labels = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)).astype(np.float32)
+    logits[np.arange(n), labels] += 2.5
+    manifest = [(f"{y}/{i}.png", int(y)) for i, y in enumerate(labels)]
+    with ResultWriter(tmp_path / "r", manifest, [str(c) for c in range(k)], "x") as writer:
+        writer.write(
+            scores_from_logits(np.arange(n), torch.from_numpy(labels), torch.from_numpy(logits))
+        )
+        result = writer.finish()
+    first = module.result_label_quality(result)
+    expected = label_quality(labels, result.probs(result.index))
+    np.testing.assert_array_equal(first.is_issue, expected.is_issue)
+    assert (result.folder / "derived" / "label_quality" / "is_issue.npy").is_file()
+
+    def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("computed again although it was stored")
+
+    monkeypatch.setattr(module, "label_quality", fail)
+    again = module.result_label_quality(result)
+    for name, value in first.to_arrays().items():
+        np.testing.assert_array_equal(again.to_arrays()[name], value)

@@ -41,7 +41,15 @@ import pyarrow as pa
 from core.errors import UserFacingError
 from core.results.scores import BatchScores
 
-__all__ = ["ResultWriter", "Results", "SkippedFile", "StoreError", "open_results"]
+__all__ = [
+    "ResultWriter",
+    "Results",
+    "SkippedFile",
+    "StoreError",
+    "load_derived",
+    "open_results",
+    "save_derived",
+]
 
 FORMAT = "cam-results/1"
 _SCALARS = {
@@ -454,3 +462,27 @@ def open_results(folder: str | Path) -> Results:
         skipped=skipped,
         skipped_rows=np.array([int(s["row"]) for s in found], dtype=np.int64),
     )
+
+
+def load_derived(result: Results, name: str) -> dict[str, np.ndarray] | None:
+    """Arrays computed once from ``result`` and saved beside it (``derived/<name>/``), or None."""
+    folder = result.folder / "derived" / name
+    try:
+        return {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))} or None
+    except (OSError, ValueError):
+        return None
+
+
+def save_derived(result: Results, name: str, arrays: dict[str, np.ndarray]) -> bool:
+    """Save arrays computed from ``result`` beside it, atomically (a folder renamed into place);
+    False where the result folder is read-only (then callers keep them in memory)."""
+    target = result.folder / "derived" / name
+    try:
+        target.parent.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+        for key, value in arrays.items():
+            np.save(tmp / f"{key}.npy", np.asarray(value))
+        os.replace(tmp, target)
+    except OSError:
+        return False
+    return True
