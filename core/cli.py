@@ -19,7 +19,6 @@ from core.config import ProjectConfig, load_config
 from core.datasets import open_dataset
 from core.errors import UserFacingError
 from core.evaluate import evaluate
-from core.label_quality import result_label_quality
 from core.metrics import accuracy, confusion_matrix, per_class_metrics, top_confused_pairs
 from core.models import load_model
 from core.predictions import predict
@@ -243,6 +242,8 @@ def _label_issues(args: argparse.Namespace) -> int:
     rows = _arrays(result)
     if not len(rows.true):
         raise UserFacingError("no image could be evaluated, so there is nothing to rank")
+    from core.label_quality import result_label_quality  # cleanlab: only for this command
+
     quality = result_label_quality(result)  # computed once, then read from the result folder
     ranked = quality.ranked_issues()
     print(
