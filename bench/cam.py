@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "sample_models"))
 
-from core.cam import find_target_layer, grad_cam  # noqa: E402
+from core.explain.cam import find_target_layer, grad_cam  # noqa: E402
 
 SPEED_UP_TARGET = 6.0
 FORWARD_RATIO_TARGET = 1.2

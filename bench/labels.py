@@ -4,7 +4,8 @@ Run from the repository root: ``python bench/labels.py`` (about 1-2 minutes and 
 on a 2-core machine) or ``python bench/labels.py --rows 100000 --classes 100`` (a smoke run).
 
 It synthesises float16 probabilities (a softmax of noisy logits, the true class boosted, 5% of
-the labels flipped), then times :func:`core.label_quality.label_quality` on all of them against
+the labels flipped), then times :func:`core.analysis.label_quality.label_quality` on all of
+them against
 the 20 s target, and cleanlab's ``get_label_quality_scores`` + ``find_label_issues`` (n_jobs=1)
 on a float32 copy of the first ``--reference-rows`` rows as a reference, checking that both
 flag the same images there.
@@ -23,7 +24,7 @@ from cleanlab.rank import get_label_quality_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from core.label_quality import label_quality  # noqa: E402
+from core.analysis.label_quality import label_quality  # noqa: E402
 
 TARGET_S = 20.0
 

@@ -3,7 +3,8 @@
     python bench/predict.py            # full run: digits sample + resnet18 @224 over 2,000 JPEGs
     python bench/predict.py --quick    # small smoke run
 
-"ours" is :func:`core.predictions.predict` exactly as the dashboard and CLI run it (the model's
+"ours" is :func:`core.results.local_engine.predict` exactly as the dashboard and CLI run it
+(the model's
 transform, the DataLoader, softmax and the predictions table; no cache), once per loader
 setting ``num_workers`` 0/1/2. "bare" is the same model object over the same images already
 decoded, transformed, batched (same batch size) and in channels_last, under
@@ -48,10 +49,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from core.config import load_config  # noqa: E402
-from core.datasets import ImageDataset, open_dataset  # noqa: E402
-from core.evaluate import evaluate  # noqa: E402
-from core.models import LoadedModel, load_model  # noqa: E402
-from core.predictions import default_workers, predict  # noqa: E402
+from core.data.datasets import ImageDataset, open_dataset  # noqa: E402
+from core.data.models import LoadedModel, load_model  # noqa: E402
+from core.results.evaluate import evaluate  # noqa: E402
+from core.results.local_engine import default_workers, predict  # noqa: E402
 
 MAPS_VARIANT = "ours + stored maps, num_workers=0"
 MAPS_TARGET = 1.25  # evaluation with maps takes at most 1.25× the time of without
@@ -280,8 +281,8 @@ def ray_rows(rounds: int, images: int | None = None) -> int:
     sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != here]  # bench/click.py
     import ray
 
-    from core.evaluate import evaluate
     from core.results import ray_engine
+    from core.results.evaluate import evaluate
 
     work = generated_workload(images) if images else digits_workload()
     n = len(work.dataset)

@@ -3,7 +3,7 @@
     python bench/resnet50_gpu.py [--batch 128] [--iters 20]
 
 Random weights (no download), channels_last, float32 as the engines run it. "bare" is
-``model(x)`` under inference_mode; "with maps" is :func:`core.cam.evaluation_maps` at layer4
+``model(x)`` under inference_mode; "with maps" is :func:`core.explain.cam.evaluation_maps` at layer4
 (one forward plus the Grad-CAM of the predicted and the true class), what ``evaluate`` stores.
 Also prints this machine's decode + resize cost per image per core (core's own path, a
 generated 500×375 JPEG), the other number the estimate rests on.
@@ -25,9 +25,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.cam import evaluation_maps
-from core.datasets import load_tensor
-from core.models import ResizeTo
+from core.data.datasets import load_tensor
+from core.data.models import ResizeTo
+from core.explain.cam import evaluation_maps
 
 
 def rate(step, batch: int, iters: int) -> list[float]:

@@ -56,8 +56,8 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[2])
 t = time.perf_counter()
 from core.results import open_results
-from core.metrics import cell_rows, confusion_matrix
-from core.gallery import page_rows, sort_rows, stored_maps
+from core.analysis.metrics import cell_rows, confusion_matrix
+from core.analysis.gallery import page_rows, sort_rows, stored_maps
 import_s = time.perf_counter() - t
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 out = {"import_s": import_s}

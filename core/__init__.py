@@ -3,17 +3,7 @@
 Never imports streamlit; everything the dashboard shows is computed here.
 """
 
-from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
-from core.datasets import ImageDataset, dataset_key, load_image, load_tensor, open_dataset
-from core.errors import (
-    ClassCountMismatchError,
-    ConfigError,
-    DatasetError,
-    ModelLoadError,
-    UserFacingError,
-)
-from core.evaluate import EvaluationJob, check_classes, evaluate
-from core.metrics import (
+from core.analysis.metrics import (
     accuracy,
     block_classes,
     block_sums,
@@ -24,10 +14,20 @@ from core.metrics import (
     per_class_metrics,
     top_confused_pairs,
 )
-from core.models import LoadedModel, architectures, load_model
+from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
+from core.data.datasets import ImageDataset, dataset_key, load_image, load_tensor, open_dataset
+from core.data.models import LoadedModel, architectures, load_model
+from core.errors import (
+    ClassCountMismatchError,
+    ConfigError,
+    DatasetError,
+    ModelLoadError,
+    UserFacingError,
+)
 from core.notes import Note, NotesError, NotesStore
-from core.predictions import predict
 from core.results import Results, SkippedFile, StoreError, open_results
+from core.results.evaluate import EvaluationJob, check_classes, evaluate
+from core.results.local_engine import predict
 
 __all__ = [
     "ClassCountMismatchError",

@@ -14,15 +14,15 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from core.comparison import Agreement, ModelResults, compare
+from core.analysis.comparison import Agreement, ModelResults, compare
+from core.analysis.metrics import accuracy, confusion_matrix, per_class_metrics, top_confused_pairs
 from core.config import ProjectConfig, load_config
-from core.datasets import open_dataset
+from core.data.datasets import open_dataset
+from core.data.models import load_model
 from core.errors import UserFacingError
-from core.evaluate import evaluate
-from core.metrics import accuracy, confusion_matrix, per_class_metrics, top_confused_pairs
-from core.models import load_model
-from core.predictions import predict
 from core.results import Results
+from core.results.evaluate import evaluate
+from core.results.local_engine import predict
 
 __all__ = ["export_batches", "export_table", "main"]
 
@@ -242,7 +242,7 @@ def _label_issues(args: argparse.Namespace) -> int:
     rows = _arrays(result)
     if not len(rows.true):
         raise UserFacingError("no image could be evaluated, so there is nothing to rank")
-    from core.label_quality import result_label_quality  # cleanlab: only for this command
+    from core.analysis.label_quality import result_label_quality  # cleanlab: only for this command
 
     quality = result_label_quality(result)  # computed once, then read from the result folder
     ranked = quality.ranked_issues()

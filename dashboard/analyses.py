@@ -8,8 +8,8 @@ import numpy as np
 import streamlit as st
 
 from core import Results
-from core.comparison import Comparison, ModelResults, compare
-from core.label_quality import LabelQuality, result_label_quality
+from core.analysis.comparison import Comparison, ModelResults, compare
+from core.analysis.label_quality import LabelQuality, result_label_quality
 from dashboard import resources
 
 

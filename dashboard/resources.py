@@ -28,11 +28,11 @@ from core import (
     per_class_metrics,
     top_confused_pairs,
 )
-from core.cam import LayerInfo, candidate_layers, find_target_layer
-from core.gallery import first_pages, warm_pages
-from core.map_cache import MapCache
+from core.analysis.gallery import first_pages, warm_pages
+from core.analysis.panels import PanelCache
+from core.explain.cam import LayerInfo, candidate_layers, find_target_layer
+from core.explain.map_cache import MapCache
 from core.notes import NotesStore
-from core.panels import PanelCache
 from dashboard.view_state import SORTS, ViewState
 
 WARM_UP_IMAGES = 2_000  # first pages of the most-clicked cells, computed before anyone clicks

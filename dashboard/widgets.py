@@ -13,11 +13,7 @@ import torch
 from PIL import Image
 
 from core import ImageDataset, Results, UserFacingError, accuracy, cell_rows
-from core.cam import METHODS as CAM_FUNCTIONS
-from core.cam import LayerInfo, layer_activations
-from core.datasets import dataset_key
-from core.errors import reason_of
-from core.gallery import (
+from core.analysis.gallery import (
     compared_classes,
     page_count,
     page_maps,
@@ -26,11 +22,15 @@ from core.gallery import (
     stored_maps,
     uses_stored_maps,
 )
-from core.map_cache import Unavailable
-from core.models import describe_preprocessing
+from core.analysis.panels import enlarge
+from core.data.datasets import dataset_key
+from core.data.models import describe_preprocessing
+from core.errors import reason_of
+from core.explain.cam import METHODS as CAM_FUNCTIONS
+from core.explain.cam import LayerInfo, layer_activations
+from core.explain.map_cache import Unavailable
+from core.explain.overlay import overlay
 from core.notes import NotesStore, PathSummary
-from core.overlay import overlay
-from core.panels import enlarge
 from dashboard import analyses, resources
 from dashboard.notes_ui import badge_text, editor
 from dashboard.settings import settings

@@ -28,7 +28,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from core.config import ModelSpec, load_config  # noqa: E402
-from core.datasets import open_dataset  # noqa: E402
+from core.data.datasets import open_dataset  # noqa: E402
 
 SAMPLE_CONFIG = HERE / "config.toml"
 

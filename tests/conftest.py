@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch is imported by the fixtures that need it, not by ever
     from torch import nn
 
     from core.config import ProjectConfig
-    from core.models import LoadedModel
+    from core.data.models import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CONFIG = REPO / "sample_models" / "config.toml"
@@ -34,7 +34,7 @@ def sample_config() -> ProjectConfig:
 @pytest.fixture(scope="session")
 def digits_model(sample_config: ProjectConfig) -> LoadedModel:
     """The bundled digits CNN (10 classes, 1×32×32), loaded once per session."""
-    from core.models import load_model
+    from core.data.models import load_model
 
     return load_model(sample_config.model("digits-cnn"))
 

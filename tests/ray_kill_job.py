@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 
 from core.config import ModelSpec, load_config
-from core.datasets import open_dataset
-from core.evaluate import evaluate
-from core.models import load_model
+from core.data.datasets import open_dataset
+from core.data.models import load_model
 from core.results import ray_engine
+from core.results.evaluate import evaluate
 
 MARKERS = Path(os.environ.get("RAY_KILL_MARKERS", "."))
 

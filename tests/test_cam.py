@@ -1,4 +1,5 @@
-"""Behaviour of core.cam and core.overlay: hand-computed maps, API contract, safety, threads."""
+"""Behaviour of core.explain.cam and core.explain.overlay: hand-computed maps, API contract,
+safety, threads."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-import core.cam
-from core.cam import (
+import core.explain.cam
+from core.explain.cam import (
     METHODS,
     _Resizer,  # the normalisation, checked against F.interpolate + min-max
     cam,
@@ -23,7 +24,7 @@ from core.cam import (
     layer_activations,
     saliency,
 )
-from core.overlay import colormap_lut, overlay
+from core.explain.overlay import colormap_lut, overlay
 from sample_models.digits_model import build as build_digits
 
 torch.set_num_threads(2)
@@ -103,7 +104,7 @@ def grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Run a test with the GAP + Linear shortcut (gradients W[k] / hw, no backward pass) and
     again with it turned off, so that autograd computes every gradient."""
     if request.param == "autograd":
-        monkeypatch.setattr(core.cam, "_is_gap_linear", lambda *args: False)
+        monkeypatch.setattr(core.explain.cam, "_is_gap_linear", lambda *args: False)
     return str(request.param)
 
 
@@ -191,7 +192,7 @@ def test_gap_linear_shortcut_equals_autograd(method, monkeypatch: pytest.MonkeyP
     calls = count_backward_passes(monkeypatch)
     fast = method(model, x, classes)
     assert calls == []  # GAP + Linear head: gradients without a backward pass
-    monkeypatch.setattr(core.cam, "_is_gap_linear", lambda *args: False)
+    monkeypatch.setattr(core.explain.cam, "_is_gap_linear", lambda *args: False)
     slow = method(model, x, classes)
     assert len(calls) == 3  # one backward pass per class column
     assert (fast - slow).abs().max() <= 1e-5

@@ -1,4 +1,4 @@
-"""core.cam against the reference implementations: pytorch-grad-cam and captum.
+"""core.explain.cam against the reference implementations: pytorch-grad-cam and captum.
 
 Random-init torchvision models (``weights=None``, fixed seeds). Their BatchNorm running
 statistics are first set from one calibration batch (a standard recalibration; without it,
@@ -28,7 +28,7 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from core.cam import cam, find_target_layer, grad_cam, grad_cam_pp
+from core.explain.cam import cam, find_target_layer, grad_cam, grad_cam_pp
 
 torch.set_num_threads(2)
 TOL = 1e-4

@@ -1,4 +1,4 @@
-"""core.cam on transformers and timm models against pytorch-grad-cam with its documented
+"""core.explain.cam on transformers and timm models against pytorch-grad-cam with its documented
 ``reshape_transform`` (prefix tokens dropped, tokens read as a row-major grid; Swin's
 channels-last output permuted).
 
@@ -23,8 +23,8 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-import core.cam
-from core.cam import (
+import core.explain.cam
+from core.explain.cam import (
     cam,
     candidate_layers,
     evaluation_maps,
@@ -121,7 +121,7 @@ class Case:
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def ours(self) -> torch.Tensor:
-        """core.cam.grad_cam's maps for ``classes``, computed once per case."""
+        """core.explain.cam.grad_cam's maps for ``classes``, computed once per case."""
         if "ours" not in self.cache:
             self.cache["ours"] = grad_cam(self.model, self.x, self.classes)
         return self.cache["ours"]
@@ -207,8 +207,8 @@ def test_class_token_heads_never_take_the_shortcut(
     def refuse(*args: object) -> None:
         raise AssertionError("the GAP + Linear shortcut fired on a class-token head")
 
-    monkeypatch.setattr(core.cam, "_is_gap_linear", refuse)
-    monkeypatch.setattr(core.cam, "_gap_linear_grads", refuse)
+    monkeypatch.setattr(core.explain.cam, "_is_gap_linear", refuse)
+    monkeypatch.setattr(core.explain.cam, "_gap_linear_grads", refuse)
     grad_cam(case.model, case.x[:1], 0)
     with pytest.raises(ValueError, match="class/distillation/register token"):
         cam(case.model, case.x[:1], 0)
@@ -261,7 +261,7 @@ def test_channels_last_gap_head_takes_the_shortcut_and_equals_cam(
     fast = grad_cam(model, x, classes, layer="norm")
     assert grads == []
     assert (fast - cam(model, x, classes, layer="norm")).abs().max() <= 1e-5
-    monkeypatch.setattr(core.cam, "_is_gap_linear", lambda *args: False)
+    monkeypatch.setattr(core.explain.cam, "_is_gap_linear", lambda *args: False)
     assert (fast - grad_cam(model, x, classes, layer="norm")).abs().max() <= 1e-5
     assert len(grads) == 2
     assert (fast.flatten(2).std(2) > 0.05).all()

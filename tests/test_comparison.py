@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.comparison import Agreement, ModelResults, compare, mcnemar_exact
+from core.analysis.comparison import Agreement, ModelResults, compare, mcnemar_exact
 from core.errors import UserFacingError
 
 CLASSES = ("cat", "dog", "fox")

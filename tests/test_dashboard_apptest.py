@@ -12,7 +12,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core import cell_rows
-from core.gallery import first_pages, page_rows, sort_rows
+from core.analysis.gallery import first_pages, page_rows, sort_rows
 from dashboard import resources
 from dashboard.notes_ui import AUTHOR_KEY
 from tests.projects import ROOT, expected, write_config

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from core import cell_rows, top_confused_pairs
-from core.gallery import page_rows, sort_rows
+from core.analysis.gallery import page_rows, sort_rows
 from dashboard.matrix_figure import point_of_cell
 from tests.browser import (
     chromium,

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageFile
 
 from core.config import DatasetSpec
-from core.datasets import _decode_png, _to_tensor, load_image, load_tensor, open_dataset
+from core.data.datasets import _decode_png, _to_tensor, load_image, load_tensor, open_dataset
 from core.errors import DatasetError, ImageRefusedError, UserFacingError
 
 # --- listing ----------------------------------------------------------------------------
@@ -21,8 +21,8 @@ def predict(model, dataset, **kwargs):  # type: ignore[no-untyped-def]
     """The in-process engine into a scratch result folder (no class check, no maps)."""
     import tempfile
 
-    from core.predictions import predict as run
     from core.results import ResultWriter
+    from core.results.local_engine import predict as run
 
     folder = Path(tempfile.mkdtemp(prefix="test-results-"))
     with ResultWriter(folder, dataset.samples, dataset.classes, "test") as writer:
@@ -500,7 +500,7 @@ def test_an_image_over_max_pixels_is_refused_undecoded_in_both_paths(
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("an image over the limit was decoded")
 
-    monkeypatch.setattr("core.datasets.cv2.imdecode", never)  # the OpenCV path
+    monkeypatch.setattr("core.data.datasets.cv2.imdecode", never)  # the OpenCV path
     monkeypatch.setattr(ImageFile.ImageFile, "load", never)  # the PIL path
     error = dataset[dataset.samples.index((f"b/{name}", 1))].error
     assert error == "image of 40×30 = 1,200 pixels: over the dataset's limit of 1,000 (max_pixels)"

@@ -1,4 +1,5 @@
-"""core.cam.evaluation_maps / finish_maps: logits and both gallery maps from one forward pass,
+"""core.explain.cam.evaluation_maps / finish_maps: logits and both gallery maps from one
+forward pass,
 equal to model(x) and to grad_cam for the same classes, on the shortcut and the autograd path."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
-import core.cam
-from core.cam import evaluation_maps, finish_maps, grad_cam
+import core.explain.cam
+from core.explain.cam import evaluation_maps, finish_maps, grad_cam
 from sample_models.digits_model import build as build_digits
 from sample_models.shapes_models import convnet_shapes, resnet_shapes
 
@@ -45,7 +46,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] = {
 @pytest.fixture(params=["shortcut", "autograd"])
 def grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "autograd":
-        monkeypatch.setattr(core.cam, "_is_gap_linear", lambda *args: False)
+        monkeypatch.setattr(core.explain.cam, "_is_gap_linear", lambda *args: False)
     return str(request.param)
 
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from core import DatasetSpec, evaluate, load_config, load_model, open_dataset
-from core.errors import ImageRefusedError
-from core.gallery import (
+from core.analysis.gallery import (
     compared_classes,
     first_pages,
     page_count,
@@ -21,8 +20,9 @@ from core.gallery import (
     sort_rows,
     warm_pages,
 )
-from core.map_cache import MapCache, MapRequest, Unavailable
-from core.panels import PanelCache
+from core.analysis.panels import PanelCache
+from core.errors import ImageRefusedError
+from core.explain.map_cache import MapCache, MapRequest, Unavailable
 from tests.projects import expected, write_config
 
 

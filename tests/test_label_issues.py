@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.analysis.label_quality import label_quality
 from core.cli import _arrays, _evaluation, main
 from core.config import load_config
-from core.label_quality import label_quality
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sample_models"))

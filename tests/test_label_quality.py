@@ -7,7 +7,7 @@ import pytest
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
-from core.label_quality import LabelQuality, label_quality
+from core.analysis.label_quality import LabelQuality, label_quality
 
 # cleanlab warns that the never-given last class has too few examples; that is the point
 pytestmark = pytest.mark.filterwarnings("ignore:May not flag all label issues:UserWarning")
@@ -96,7 +96,7 @@ def test_bad_input_messages() -> None:
 def test_computed_once_per_result_and_stored_beside_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import torch
 
-    import core.label_quality as module
+    import core.analysis.label_quality as module
     from core.results import ResultWriter, scores_from_logits
 
     rng = np.random.default_rng(3)

@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 import pytest
 
+from core.analysis.comparison import Agreement, compare
+from core.analysis.label_quality import label_quality
 from core.cli import _arrays
-from core.comparison import Agreement, compare
-from core.label_quality import label_quality
 from tests.browser import chromium, new_page, streamlit_server, wait_for_matrix, wait_idle
 from tests.projects import ROOT, SAMPLE
 from tests.test_shortcut_compare import CLEAN, SHORTCUT, _evaluation

@@ -12,9 +12,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import load_config
-from core.comparison import Agreement, compare
-from core.datasets import dataset_key
-from core.label_quality import label_quality
+from core.analysis.comparison import Agreement, compare
+from core.analysis.label_quality import label_quality
+from core.data.datasets import dataset_key
 from core.notes import NotesStore
 from dashboard.analyses import arrays, probabilities
 from tests.projects import ROOT, expected, write_config

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from core import cell_rows, focus_classes, load_config, load_model, open_dataset
-from core.evaluate import evaluate
-from core.gallery import page_rows, sort_rows
-from core.metrics import confusion_matrix
+from core.analysis.gallery import page_rows, sort_rows
+from core.analysis.metrics import confusion_matrix
+from core.results.evaluate import evaluate
 from tests.browser import (
     chromium,
     click_cell,

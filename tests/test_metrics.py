@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from core.metrics import (
+from core.analysis.metrics import (
     accuracy,
     cell_rows,
     confusion_matrix,

@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from core.config import ModelSpec
+from core.data.models import architectures, load_model, read_state_dict
 from core.errors import ModelLoadError, UserFacingError
-from core.models import architectures, load_model, read_state_dict
 
 SIZE = (32, 32)
 

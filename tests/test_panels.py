@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core.datasets
-from core.datasets import ImageDataset
+import core.data.datasets
+from core.analysis.panels import PanelCache, data_url, enlarge, panel_png
+from core.data.datasets import ImageDataset
 from core.errors import ImageRefusedError
-from core.overlay import overlay
-from core.panels import PanelCache, data_url, enlarge, panel_png
+from core.explain.overlay import overlay
 from dashboard.widgets import card_html
 
 
@@ -61,8 +61,10 @@ def test_cache_hit_reads_nothing_and_an_edited_file_is_reread(
     cam = np.eye(8, dtype=np.float32)
     first = cache.panels(*_listed(picture), [cam], alpha=0.5)
     reads: list[str] = []
-    real = core.datasets.load_tensor
-    monkeypatch.setattr(core.datasets, "load_tensor", lambda p, *a: reads.append(p) or real(p, *a))
+    real = core.data.datasets.load_tensor
+    monkeypatch.setattr(
+        core.data.datasets, "load_tensor", lambda p, *a: reads.append(p) or real(p, *a)
+    )
     assert cache.panels(*_listed(picture), [cam.copy()], alpha=0.5) == first  # same content: a hit
     assert reads == []
     assert cache.panels(*_listed(picture), [cam], alpha=0.6)[1] != first[1]  # opacity is in the key

@@ -17,20 +17,20 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from core.config import DatasetSpec
-from core.datasets import open_dataset
+from core.data.datasets import open_dataset
+from core.data.models import load_model
 from core.errors import ClassCountMismatchError
-from core.evaluate import check_classes, evaluate
-from core.models import load_model
-from core.predictions import predict
 from core.results import ResultWriter, StoreError, open_results
+from core.results.evaluate import check_classes, evaluate
+from core.results.local_engine import predict
 
 COLUMNS = (
     "index", "path", "true", "pred", "confidence", "true_prob", "loss", "runner_up",
     "runner_up_prob",
 )  # fmt: skip
 
-# ``core.evaluate`` the attribute is the function; the module is needed to patch ``predict``
-evaluate_module = importlib.import_module("core.evaluate")
+# ``core.results.evaluate`` the attribute is the function; the module is needed to patch ``predict``
+evaluate_module = importlib.import_module("core.results.evaluate")
 
 
 def reference_outputs(root: Path, rels: list[str], reference, mean: float, std: float):
@@ -390,7 +390,7 @@ def test_class_count_mismatch_names_both_numbers(
 
 
 def test_default_workers_leave_the_cores_to_the_model_on_cpu(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import core.predictions as predictions
+    import core.results.local_engine as predictions
 
     monkeypatch.setattr(predictions.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(predictions.torch, "get_num_threads", lambda: 8)

@@ -16,14 +16,19 @@ import core
 REPO = Path(__file__).resolve().parents[1]
 # every module of the package (new ones included), except the ``python -m core`` entry point
 MODULES = sorted(
-    f"core.{m.name}"
-    for m in pkgutil.iter_modules(core.__path__)
-    if m.name != "__main__" and not m.name.startswith("_")
+    m.name
+    for m in pkgutil.walk_packages(core.__path__, "core.")
+    if not m.name.endswith("__main__") and not m.name.rsplit(".", 1)[1].startswith("_")
 )
 
 
 def test_modules_found() -> None:
-    assert {"core.config", "core.models", "core.datasets", "core.metrics"} <= set(MODULES)
+    assert {
+        "core.config",
+        "core.data.models",
+        "core.data.datasets",
+        "core.analysis.metrics",
+    } <= set(MODULES)
 
 
 def test_core_all_is_exactly_its_public_names() -> None:
@@ -70,3 +75,37 @@ def test_core_never_imports_streamlit() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+# the layers of core, lowest first: a module may import its own layer and the ones below it
+LAYERS = ["core.errors core.config", "core.data core.explain", "core.results", "core.analysis"]
+
+
+def _layer(module: str) -> int:
+    for level, names in enumerate(LAYERS):
+        if any(module == n or module.startswith(n + ".") for n in names.split()):
+            return level
+    return len(LAYERS)  # core.notes, core.cli, core itself: on top
+
+
+@pytest.mark.parametrize("module_name", [m for m in MODULES if _layer(m) < len(LAYERS)])
+def test_imports_point_down_the_layers(module_name: str) -> None:
+    """UI → analysis → results → data/explain → config/errors, never back up."""
+    import ast
+
+    module = importlib.import_module(module_name)
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("core")
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name.startswith("core")
+    }
+    upward = sorted(name for name in imported if _layer(name) > _layer(module_name))
+    assert not upward, f"{module_name} imports {upward} from a higher layer"

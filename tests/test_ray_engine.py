@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from core.config import load_config
-from core.datasets import ImageDataset, open_dataset
-from core.evaluate import evaluate, map_layer
-from core.predictions import _forward_with_maps
+from core.data.datasets import ImageDataset, open_dataset
 from core.results import Results, open_results
+from core.results.evaluate import evaluate, map_layer
+from core.results.local_engine import _forward_with_maps
 from core.results.ray_engine import ModelActor, Placement, decode_batch
 from tests.conftest import REPO
 
@@ -122,7 +122,13 @@ def local_digits(tmp_path_factory, sample_config, digits_model) -> Results:
 
 
 def test_importing_core_and_the_dashboard_does_not_import_ray() -> None:
-    modules = ["core", "core.evaluate", "core.predictions", "core.cli", "core.results"]
+    modules = [
+        "core",
+        "core.results.evaluate",
+        "core.results.local_engine",
+        "core.cli",
+        "core.results",
+    ]
     modules += [f"dashboard.{p.stem}" for p in (REPO / "dashboard").glob("*.py")]
     code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
     code += "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"

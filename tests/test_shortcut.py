@@ -8,7 +8,7 @@ whose mass lies mostly on the shape's bounding box. ``shapes-vit (shortcut)``, a
 calls every marked shape a star, and its Grad-CAM (on its 8×8 token grid) shows the mark too.
 
 Mass share = sum of the [0, 1] map inside a box / sum over the whole map, at input resolution
-(``core.cam.grad_cam`` with its default, automatically found layer). Boxes come from
+(``core.explain.cam.grad_cam`` with its default, automatically found layer). Boxes come from
 ``sample_models/shapes/test/marks.csv`` (pixels, exclusive ends): the 8×8 mark's box is dilated
 by 4 pixels on every side (clipped to the image), the clean images' corner box is the 17×17
 bottom-right corner that holds every such dilated box, and shape boxes are dilated by 2 pixels.
@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.cam import candidate_layers, find_target_layer, grad_cam
 from core.config import load_config
-from core.datasets import open_dataset
-from core.models import LoadedModel, load_model
+from core.data.datasets import open_dataset
+from core.data.models import LoadedModel, load_model
+from core.explain.cam import candidate_layers, find_target_layer, grad_cam
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "sample_models" / "config.toml"

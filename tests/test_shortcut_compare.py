@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.cam import grad_cam
+from core.analysis.comparison import Agreement, compare
 from core.cli import _arrays
-from core.comparison import Agreement, compare
 from core.config import load_config
-from core.datasets import open_dataset
-from core.evaluate import evaluate
-from core.models import load_model
+from core.data.datasets import open_dataset
+from core.data.models import load_model
+from core.explain.cam import grad_cam
+from core.results.evaluate import evaluate
 from tests.test_shortcut import (
     CONFIG,
     DATASET,

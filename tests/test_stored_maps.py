@@ -13,11 +13,11 @@ import torchvision
 from safetensors.torch import save_file
 
 from core import evaluate, load_model, open_dataset
-from core.cam import grad_cam
+from core.analysis.gallery import compared_classes, stored_maps, uses_stored_maps
 from core.config import DatasetSpec, ModelSpec
-from core.evaluate import map_layer
-from core.gallery import compared_classes, stored_maps, uses_stored_maps
-from core.models import LoadedModel
+from core.data.models import LoadedModel
+from core.explain.cam import grad_cam
+from core.results.evaluate import map_layer
 from tests.projects import SAMPLE
 
 
@@ -31,7 +31,7 @@ def on_demand(model: LoadedModel, dataset, rows) -> np.ndarray:
 
 
 def dataset_image(model: LoadedModel, dataset, rel: str):
-    from core.datasets import load_image
+    from core.data.datasets import load_image
 
     return load_image(dataset.path(rel), model.spec.channels)
 
@@ -93,7 +93,7 @@ def test_maps_are_compact_and_can_be_turned_off(digits_model, digits_subset, tmp
 
 
 def test_a_config_layer_is_respected(digits_model, digits_subset, tmp_path) -> None:
-    from core.cam import candidate_layers
+    from core.explain.cam import candidate_layers
 
     layers = [info for info in candidate_layers(digits_model.module, digits_model.input_shape)]
     chosen = next(info for info in layers if info.name != map_layer(digits_model)[0])

@@ -16,8 +16,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from core.config import load_config
+from core.data.models import describe_preprocessing, load_model
 from core.errors import ModelLoadError
-from core.models import describe_preprocessing, load_model
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_unknown_timm_model_names_close_ones(tmp_path: Path) -> None:
 
 def test_core_and_dashboard_modules_do_not_import_timm() -> None:
     code = (
-        "import sys, core.models, core.cam, core.config, dashboard.widgets; "
+        "import sys, core.data.models, core.explain.cam, core.config, dashboard.widgets; "
         "sys.exit('timm' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

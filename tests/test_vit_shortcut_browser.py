@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core import cell_rows, evaluate, load_config, load_model, open_dataset
-from core.gallery import page_rows, sort_rows
+from core.analysis.gallery import page_rows, sort_rows
 from tests.browser import (
     chromium,
     click_cell,

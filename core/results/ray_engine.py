@@ -28,9 +28,9 @@ import pyarrow as pa
 import torch
 
 from core.config import ModelSpec
-from core.datasets import ImageDataset
-from core.models import LoadedModel, ResizeTo, load_model
-from core.predictions import Progress
+from core.data.datasets import ImageDataset
+from core.data.models import LoadedModel, ResizeTo, load_model
+from core.results.local_engine import Progress
 from core.results.scores import scores_from_logits
 from core.results.store import ResultWriter
 
@@ -85,7 +85,7 @@ def predict(
     address: str | None = None,
     actor: type[ModelActor] | None = None,
 ) -> None:
-    """:func:`core.predictions.predict` on Ray: the rows ``writer`` still needs, into ``writer``.
+    """:func:`core.results.local_engine.predict` on Ray: the rows ``writer`` still needs.
 
     ``address`` (else ``RAY_ADDRESS``) joins a running cluster; without one a local Ray sized to
     this machine is started and stopped again (a Ray this process already started is reused).
@@ -255,7 +255,7 @@ class ModelActor:
         if self.layer is None:
             with torch.inference_mode():
                 return self.model.module(inputs).float().cpu().numpy(), None
-        from core.cam import evaluation_maps
+        from core.explain.cam import evaluation_maps
 
         target = torch.from_numpy(labels).to(device)
         logits, maps = evaluation_maps(self.model.module, inputs, target, self.layer)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.datasets import ImageDataset
+from core.data.datasets import ImageDataset
 from core.errors import UserFacingError
 from core.results.store import Results, SkippedFile, StoreError, open_results
 

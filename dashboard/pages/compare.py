@@ -12,10 +12,10 @@ from __future__ import annotations
 import streamlit as st
 
 from core import UserFacingError
-from core.comparison import Agreement, Comparison
+from core.analysis.comparison import Agreement, Comparison
+from core.analysis.gallery import class_maps, page_count
 from core.errors import reason_of
-from core.gallery import class_maps, page_count
-from core.map_cache import Unavailable
+from core.explain.map_cache import Unavailable
 from dashboard import analyses, resources
 from dashboard.settings import settings
 from dashboard.url import bind, set_params

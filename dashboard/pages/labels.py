@@ -10,10 +10,10 @@ from __future__ import annotations
 import streamlit as st
 
 from core import UserFacingError
-from core.datasets import dataset_key
+from core.analysis.gallery import class_maps, page_count
+from core.data.datasets import dataset_key
 from core.errors import reason_of
-from core.gallery import class_maps, page_count
-from core.map_cache import Unavailable
+from core.explain.map_cache import Unavailable
 from dashboard import analyses, resources
 from dashboard.notes_ui import author, author_input, badge_text
 from dashboard.settings import settings

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import UserFacingError
-from core.datasets import dataset_key
+from core.data.datasets import dataset_key
 from dashboard import resources
 from dashboard.settings import settings
 from dashboard.widgets import error_panel

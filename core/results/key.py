@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from core.datasets import ImageDataset
-from core.models import LoadedModel
+from core.data.datasets import ImageDataset
+from core.data.models import LoadedModel
 
 __all__ = ["evaluation_key", "file_digest"]
 

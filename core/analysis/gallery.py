@@ -2,9 +2,10 @@
 
 For an error (true ≠ predicted) each image gets the map of the predicted and of the true
 class; on the diagonal, of the predicted class and the runner-up. Maps of a page come from a
-shared :class:`~core.map_cache.MapCache` in one batched call; an image that cannot be read when
+shared :class:`~core.explain.map_cache.MapCache` in one batched call; an image that cannot be
+read when
 the page is drawn (changed, deleted or refused since the evaluation) fails alone, as
-:class:`~core.map_cache.Unavailable` with its reason.
+:class:`~core.explain.map_cache.Unavailable` with its reason.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.cam import METHODS, finish_maps
-from core.datasets import ImageDataset
+from core.analysis.panels import PanelCache
+from core.data.datasets import ImageDataset
+from core.data.models import LoadedModel
 from core.errors import UserFacingError
-from core.map_cache import MapCache, MapRequest, Unavailable
-from core.models import LoadedModel
-from core.panels import PanelCache
+from core.explain.cam import METHODS, finish_maps
+from core.explain.map_cache import MapCache, MapRequest, Unavailable
 from core.results import Results
 
 __all__ = [
@@ -75,7 +76,7 @@ def stored_maps(
     result: Results, rows: pd.DataFrame, size: tuple[int, int]
 ) -> list[list[np.ndarray]]:
     """The stored raw maps of ``rows`` (predicted class, then true class or runner-up),
-    normalised for display at ``size`` exactly as :func:`~core.cam.grad_cam` does."""
+    normalised for display at ``size`` exactly as :func:`~core.explain.cam.grad_cam` does."""
     if rows.empty:
         return []
     raw = torch.from_numpy(result.maps(rows["index"].to_numpy()))

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-from core.cache import evaluation_key
-from core.datasets import ImageDataset
+from core.data.datasets import ImageDataset
+from core.data.models import LoadedModel
 from core.errors import ClassCountMismatchError
-from core.models import LoadedModel
-from core.predictions import Progress, predict
+from core.results.key import evaluation_key
+from core.results.local_engine import Progress, predict
 from core.results.store import Results, ResultWriter, StoreError, open_results
 
 __all__ = ["EvaluationJob", "check_classes", "evaluate", "map_layer"]
@@ -32,7 +32,7 @@ def check_classes(model: LoadedModel, dataset: ImageDataset) -> None:
 def map_layer(model: LoadedModel) -> tuple[str, tuple[int, int]] | None:
     """The layer whose Grad-CAM the evaluation stores, and its map size; None if maps are off
     (``maps = false``) or the model has no spatial layer (e.g. a flat MLP)."""
-    from core.cam import candidate_layers, find_target_layer
+    from core.explain.cam import candidate_layers, find_target_layer
 
     if not model.spec.maps:
         return None
@@ -62,7 +62,7 @@ def evaluate(
 
     The result folder is ``out``, else ``cache_dir/results/<key>``, else a temporary folder
     (removed once open). A folder left half-way by a killed run is resumed. ``engine`` fills the
-    writer: :func:`core.predictions.predict`, or the same signature elsewhere (e.g. on Ray).
+    writer: :func:`core.results.local_engine.predict`, or the same signature elsewhere (Ray).
     """
     check_classes(model, dataset)
     if model.spec.results and out is None:  # predictions made elsewhere (--out DIR/)

@@ -4,7 +4,7 @@ A page of the cell view shows three panels per image. Encoding them is the costl
 page once its maps are cached, so :class:`PanelCache` keeps the encoded panels for every
 session of a server, keyed by the file (path and mtime: an edited file is re-read, never shown
 stale), the map's content and the opacity. Images are read through the dataset's own
-:meth:`~core.datasets.ImageDataset.load`, so what evaluated displays, and what was refused is
+:meth:`~core.data.datasets.ImageDataset.load`, so what evaluated displays, and what was refused is
 refused here with the same reason. Data URLs travel inside the page's own message, so
 the browser fetches nothing more.
 """
@@ -22,8 +22,8 @@ from collections.abc import Hashable
 import numpy as np
 from PIL import Image
 
-from core.datasets import ImageDataset
-from core.overlay import overlay
+from core.data.datasets import ImageDataset
+from core.explain.overlay import overlay
 
 __all__ = ["PanelCache", "data_url", "enlarge", "panel_png", "panel_url"]
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from core.datasets import ImageDataset, Sample
-from core.models import LoadedModel
+from core.data.datasets import ImageDataset, Sample
+from core.data.models import LoadedModel
 from core.results.scores import scores_from_logits
 from core.results.store import ResultWriter
 
@@ -79,7 +79,7 @@ def _forward(model: LoadedModel) -> Forward:
 
 
 def _forward_with_maps(model: LoadedModel, layer: str) -> Forward:
-    from core.cam import evaluation_maps
+    from core.explain.cam import evaluation_maps
 
     def run(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, maps = evaluation_maps(model.module, inputs, labels.to(inputs.device), layer)

@@ -1,0 +1,3 @@
+"""Where a model looked: class activation maps (Grad-CAM and relatives), their cache, overlays."""
+
+__all__: list[str] = []
