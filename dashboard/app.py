@@ -11,19 +11,27 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the pat
 
 import streamlit as st  # noqa: E402
 
+from dashboard.settings import settings  # noqa: E402
+
 st.set_page_config(page_title="CAM error analysis", page_icon="🔍", layout="wide")
+if settings().login and not st.user.get("is_logged_in", False):  # every page, deep links too
+    st.title("CAM error analysis")
+    st.button("Log in", on_click=st.login, type="primary")
+    st.stop()
+# The pages live in dashboard/views/, not pages/: Streamlit would take a pages/ folder beside
+# the entry point for its own multipage app on a fresh server's first request.
 pages = [
-    st.Page(ROOT / "dashboard" / "pages" / "analysis.py", title="Error analysis", default=True),
+    st.Page(ROOT / "dashboard" / "views" / "analysis.py", title="Error analysis", default=True),
     st.Page(
-        ROOT / "dashboard" / "pages" / "labels.py",
+        ROOT / "dashboard" / "views" / "labels.py",
         title="Suspected label errors",
         url_path="label-errors",
     ),
     st.Page(
-        ROOT / "dashboard" / "pages" / "compare.py",
+        ROOT / "dashboard" / "views" / "compare.py",
         title="Compare models",
         url_path="compare-models",
     ),
-    st.Page(ROOT / "dashboard" / "pages" / "notes.py", title="Tags & notes", url_path="notes"),
+    st.Page(ROOT / "dashboard" / "views" / "notes.py", title="Tags & notes", url_path="notes"),
 ]
 st.navigation(pages).run()

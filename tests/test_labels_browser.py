@@ -16,7 +16,7 @@ import pytest
 from core.analysis.comparison import Agreement, compare
 from core.analysis.label_quality import label_quality
 from core.cli import _arrays
-from tests.browser import chromium, new_page, streamlit_server, wait_for_matrix, wait_idle
+from tests.browser import chromium, new_page, streamlit_server, wait_idle
 from tests.projects import ROOT, SAMPLE
 from tests.test_shortcut_compare import CLEAN, SHORTCUT, _evaluation
 
@@ -45,12 +45,7 @@ def test_compare_click_into_fixed(tmp_path: Path) -> None:
     query = f"model={quote(SHORTCUT)}&model_b={quote(CLEAN)}&dataset=shapes-test"
     with streamlit_server() as url, chromium() as browser:  # the bundled sample
         page = new_page(browser)
-        # Streamlit 1.67 resolves the very first request of a fresh server against the legacy
-        # dashboard/pages/ folder (st.navigation switches that off on its first run): open the
-        # main page once, as any earlier visitor would have, then follow the deep link
-        page.goto(url)
-        wait_for_matrix(page)
-        page.goto(f"{url}/compare-models?{query}")
+        page.goto(f"{url}/compare-models?{query}")  # a deep link as the server's first request
         button = page.get_by_role("button", name=f"fixed: {len(fixed)}", exact=True)
         button.wait_for(timeout=180_000)
         page.get_by_text(f"p {result.p_value():.3g}"[2:], exact=True).wait_for()

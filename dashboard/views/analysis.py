@@ -35,10 +35,6 @@ OVERVIEW_BLOCKS = 40  # the overview of a large matrix: at most 40 × 40 clickab
 
 def main() -> None:
     server = settings()
-    if server.login and not st.user.get("is_logged_in", False):
-        st.title("CAM error analysis")
-        st.button("Log in", on_click=st.login, type="primary")
-        st.stop()
     config_path = str(server.config)
     try:
         config = resources.project(config_path)
