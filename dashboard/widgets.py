@@ -142,7 +142,7 @@ def cell_view(
     gallery, problem = _gallery_html(config_path, view, result, page, layer, store, notes_key)
     tags = store.all_tags(notes_key)
     # ---- nothing above this line sends anything to the browser
-    count = f"{len(rows)} image" + ("" if len(rows) == 1 else "s")
+    count = f"{len(rows):,} image" + ("" if len(rows) == 1 else "s")
     tagged = f" tagged “{view.tag}”" if view.tag else ""
     st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}")
     cols = st.columns([3, 4, 1.5, 2.5], vertical_alignment="bottom")

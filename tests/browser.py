@@ -147,19 +147,19 @@ def click_cell(page, true: int, pred: int) -> None:  # type: ignore[no-untyped-d
     page.mouse.click(x, y)
 
 
-HEADING = re.compile(r"true (.+) → predicted (.+): (\d+) images?")
+HEADING = re.compile(r"true (.+) → predicted (.+): ([\d,]+) images?")
 
 
 def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_000) -> int:  # type: ignore[no-untyped-def]
     """Wait until the cell heading and every card's three panels are shown; returns N."""
-    title = rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: (\d+) images?$"
+    title = rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: ([\d,]+) images?$"
     found = page.wait_for_function(  # one read in the page: the heading may be re-rendered
         "(re) => { const m = document.body.innerText.match(new RegExp(re, 'm'));"
         " return m ? m[1] : false; }",
         arg=title,
         timeout=timeout,
     )
-    n = int(found.json_value())
+    n = int(str(found.json_value()).replace(",", ""))
     page.wait_for_function(
         """() => {
             if (document.querySelector('[data-stale="true"]')) return false;
