@@ -116,7 +116,7 @@ def test_cli_compare_prints_table_p_and_changes(tmp_path, capsys) -> None:  # ty
     from tests.projects import expected, write_config
 
     config = write_config(tmp_path)
-    a, b = (_arrays(expected(config, model=m))[0] for m in ("digits-cnn-shifted", "digits-cnn"))
+    a, b = (_arrays(expected(config, model=m)) for m in ("digits-cnn-shifted", "digits-cnn"))
     result = compare(a, b)
     args = ["compare", "--config", str(config), "--model", "digits-cnn-shifted"]
     assert main([*args, "--model", "digits-cnn", "--top", "3"]) == 0

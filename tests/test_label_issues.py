@@ -30,8 +30,9 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
 def test_planted_labels_are_the_least_likely(planted) -> None:
     config, rows = planted
     assert len(rows) == 8 and all(true != wrong for true, wrong in rows.values())
-    arrays, probs = _arrays(_evaluation(load_config(config), None, None))
-    quality = label_quality(arrays.true, probs)
+    result = _evaluation(load_config(config), None, None)
+    arrays = _arrays(result)
+    quality = label_quality(arrays.true, result.probs(result.index))
     lowest = set(arrays.paths[np.argsort(quality.self_confidence)[:8]])
     assert lowest == set(rows)
     flagged = set(arrays.paths[quality.ranked_issues()])

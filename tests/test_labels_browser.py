@@ -37,7 +37,7 @@ PATHS = "() => Array.from(document.querySelectorAll('.cam-card strong')).map(s =
 
 
 def test_compare_click_into_fixed(tmp_path: Path) -> None:
-    a, b = (_arrays(_evaluation(name, tmp_path))[0] for name in (SHORTCUT, CLEAN))
+    a, b = (_arrays(_evaluation(name, tmp_path)) for name in (SHORTCUT, CLEAN))
     result = compare(a, b)
     fixed = result.cell_positions(Agreement.FIXED)
     with (SAMPLE / "shapes" / "test" / "marks.csv").open(newline="", encoding="utf-8") as handle:
@@ -70,8 +70,9 @@ def test_label_errors_view(tmp_path: Path) -> None:
         planted = {row["path"] for row in csv.DictReader(handle)}
     from tests.projects import expected
 
-    rows, probs = _arrays(expected(config, dataset="digits-test-planted"))
-    ranked = label_quality(rows.true, probs).ranked_issues()
+    result = expected(config, dataset="digits-test-planted")
+    rows = _arrays(result)
+    ranked = label_quality(rows.true, result.probs(result.index)).ranked_issues()
     with streamlit_server("--config", str(config)) as url, chromium() as browser:
         page = new_page(browser)
         page.goto(url)

@@ -64,7 +64,7 @@ def test_marked_non_stars_are_fixed_and_the_maps_say_why(
     runs: tuple[Run, Run], tmp_path: Path
 ) -> None:
     shortcut, clean = runs
-    a, b = (_arrays(_evaluation(name, tmp_path))[0] for name in (SHORTCUT, CLEAN))
+    a, b = (_arrays(_evaluation(name, tmp_path)) for name in (SHORTCUT, CLEAN))
     result = compare(a, b)
     assert len(result.paths) == len(shortcut.labels)
     paths = list(open_dataset(load_config(CONFIG).dataset(DATASET)).samples)
