@@ -279,9 +279,10 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
         """A hash of the read limits, the class list and every file's path, size and mtime."""
         limits = (self.classes, [os.fspath(p) for p in self.link_roots], self.max_pixels)
         digest = hashlib.sha256(repr(limits).encode())
+        root = os.path.join(self._root, "")
         for rel, label in self.samples:
             try:
-                st = os.stat(self.root / rel)
+                st = os.stat(root + rel)  # a string join: this runs once per file
                 digest.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             except OSError:
                 digest.update(f"{rel}\0{label}\0missing\n".encode())
@@ -356,7 +357,8 @@ def _from_folders(
     class_to_idx = {name: i for i, name in enumerate(names) if name in folders}
     found = make_dataset(str(spec.root), class_to_idx, EXTENSIONS, allow_empty=True)
     # links are listed like files; ImageDataset.load decides whether their target may be read
-    samples = [(Path(path).relative_to(spec.root).as_posix(), label) for path, label in found]
+    cut = len(os.path.join(str(spec.root), ""))  # strings, not pathlib: 1M files in seconds
+    samples = [(path[cut:].replace(os.sep, "/"), label) for path, label in found]
     return samples, names
 
 
