@@ -22,8 +22,8 @@ from tests.projects import ROOT, expected, write_config
 sys.path.insert(0, str(ROOT / "sample_models"))
 from plant_labels import plant
 
-LABELS = str(ROOT / "dashboard" / "pages" / "labels.py")
-COMPARE = str(ROOT / "dashboard" / "pages" / "compare.py")
+LABELS = str(ROOT / "dashboard" / "views" / "labels.py")
+COMPARE = str(ROOT / "dashboard" / "views" / "compare.py")
 
 
 @pytest.fixture(scope="module")
