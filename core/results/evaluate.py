@@ -98,6 +98,7 @@ def evaluate(
             meta,
             map_shape=layer[1] if layer else None,
             commit_seconds=commit_seconds,
+            durable=not scratch,
         ) as writer:
             (engine or predict)(
                 model,

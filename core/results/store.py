@@ -74,13 +74,14 @@ class SkippedFile:
     reason: str
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -149,11 +150,13 @@ class ResultWriter:
         meta: dict[str, str] | None = None,
         map_shape: tuple[int, int] | None = None,
         commit_seconds: float = 2.0,
+        durable: bool = True,
     ) -> None:
         self.folder = Path(folder)
         self.n, self.k = len(manifest), len(classes)
         self.map_shape = map_shape
         self.commit_seconds = commit_seconds
+        self.durable = durable  # False: no fsync (a scratch folder that no crash must survive)
         self._header = {
             "format": FORMAT,
             "fingerprint": fingerprint,
@@ -222,7 +225,9 @@ class ResultWriter:
         ):
             out.write_table(table)
         _atomic_write_text(
-            self.folder / "result.json", json.dumps({**self._header, "complete": False})
+            self.folder / "result.json",
+            json.dumps({**self._header, "complete": False}),
+            self.durable,
         )
 
     # -- writing ------------------------------------------------------------------------------
@@ -267,11 +272,13 @@ class ResultWriter:
         """Sync written data to disk, then list its rows as done (the order makes it safe)."""
         if not self._pending:
             return
-        for column in self._columns.values():
-            column.sync()
+        if self.durable:
+            for column in self._columns.values():
+                column.sync()
         if self._skipped:
-            _append(self.folder / "skipped.jsonl", (json.dumps(s) for s in self._skipped))
-        _append(self.folder / "done.log", (f"{a} {b}" for a, b in self._pending))
+            lines = (json.dumps(s) for s in self._skipped)
+            _append(self.folder / "skipped.jsonl", lines, self.durable)
+        _append(self.folder / "done.log", (f"{a} {b}" for a, b in self._pending), self.durable)
         for a, b in self._pending:
             self._done[a:b] = True
         self._pending, self._skipped = [], []
@@ -285,7 +292,9 @@ class ResultWriter:
             raise StoreError(f"{self.folder}: {missing} rows were never written")
         self.close()
         _atomic_write_text(
-            self.folder / "result.json", json.dumps({**self._header, "complete": True})
+            self.folder / "result.json",
+            json.dumps({**self._header, "complete": True}),
+            self.durable,
         )
         return open_results(self.folder)
 
@@ -316,11 +325,12 @@ def _subset(scores: BatchScores, mask: np.ndarray) -> BatchScores:
     return BatchScores(**values)
 
 
-def _append(path: Path, lines: Iterable[str]) -> None:
+def _append(path: Path, lines: Iterable[str], durable: bool = True) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write("".join(f"{line}\n" for line in lines))
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
 
 
 def _read_done(path: Path, n: int) -> np.ndarray:
