@@ -224,16 +224,7 @@ def _evaluation(config: ProjectConfig, model_name: str | None, dataset: str | No
 
 def _arrays(result: Results) -> ModelResults:
     """The per-image arrays the analyses take."""
-    table = result.predictions
-    return ModelResults(
-        model=result.meta["model"],
-        dataset=result.meta["dataset"],
-        classes=tuple(result.classes),
-        paths=table["path"].to_numpy(dtype=str),
-        true=table["true"].to_numpy(dtype=np.int64),
-        pred=table["pred"].to_numpy(dtype=np.int64),
-        true_prob=table["true_prob"].to_numpy(dtype=np.float32),
-    )
+    return ModelResults.of(result)
 
 
 def _label_issues(args: argparse.Namespace) -> int:

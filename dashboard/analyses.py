@@ -10,22 +10,13 @@ import streamlit as st
 from core import Results
 from core.analysis.comparison import Comparison, ModelResults, compare
 from core.analysis.label_quality import LabelQuality, result_label_quality
+from core.analysis.metrics import confusion_matrix
 from dashboard import resources
 
 
 def arrays(result: Results) -> ModelResults:
-    """The adapter from an evaluation to the per-image arrays the analyses take (with
-    :func:`probabilities`, the one place to re-point when the results store changes)."""
-    table = result.predictions
-    return ModelResults(
-        model=result.meta.get("model", ""),
-        dataset=result.meta.get("dataset", ""),
-        classes=tuple(result.classes),
-        paths=table["path"].to_numpy(dtype=str),
-        true=table["true"].to_numpy(dtype=np.int64),
-        pred=table["pred"].to_numpy(dtype=np.int64),
-        true_prob=table["true_prob"].to_numpy(dtype=np.float32),
-    )
+    """The per-image arrays the analyses take (with :func:`probabilities`)."""
+    return ModelResults.of(result)
 
 
 def probabilities(result: Results) -> np.ndarray:
@@ -48,9 +39,8 @@ def flagged_matrix(
 ) -> np.ndarray:
     """[true, pred] counts of the images flagged as suspected label errors."""
     result = resources.evaluation(config_path, model_name, dataset_name)
-    rows, k = arrays(result), result.num_classes
     hit = quality(config_path, model_name, dataset_name, fingerprint).is_issue
-    return np.bincount(rows.true[hit] * k + rows.pred[hit], minlength=k * k).reshape(k, k)
+    return confusion_matrix(result.predictions[hit], result.num_classes)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -18,6 +18,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import precision_recall_fscore_support
 
 from core.errors import UserFacingError
+from core.results import Results
 
 __all__ = ["Agreement", "Comparison", "ModelResults", "compare", "mcnemar_exact"]
 
@@ -56,6 +57,20 @@ class ModelResults:
     true: np.ndarray  # int [N]
     pred: np.ndarray  # int [N]
     true_prob: np.ndarray  # float [N]
+
+    @classmethod
+    def of(cls, result: Results) -> ModelResults:
+        """The per-image arrays of a stored result (its meta names the model and dataset)."""
+        table = result.predictions
+        return cls(
+            model=result.meta.get("model", ""),
+            dataset=result.meta.get("dataset", ""),
+            classes=tuple(result.classes),
+            paths=table["path"].to_numpy(dtype=str),
+            true=table["true"].to_numpy(dtype=np.int64),
+            pred=table["pred"].to_numpy(dtype=np.int64),
+            true_prob=table["true_prob"].to_numpy(dtype=np.float32),
+        )
 
 
 @dataclass(frozen=True)
