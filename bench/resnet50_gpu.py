@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.data.datasets import load_tensor
+from core.data.images import load_tensor
 from core.data.models import ResizeTo
 from core.explain.cam import evaluation_maps
 

@@ -40,7 +40,8 @@ def synthesise(folder: Path, rows: int, classes: int, chunk: int = 50_000) -> No
     import numpy as np
     import torch
 
-    from core.results import ResultWriter, scores_from_logits
+    from core.results import ResultWriter
+    from core.results.scores import scores_from_logits
 
     rng = np.random.default_rng(0)
     names = [f"c{i:04d}" for i in range(classes)]

@@ -1,33 +1,83 @@
 """core: the library behind the dashboard (loading, predictions, metrics, CAMs, storage).
 
-Never imports streamlit; everything the dashboard shows is computed here.
+Never imports streamlit; everything the dashboard shows is computed here. The names below are
+imported on first use (PEP 562), so ``import core`` is instant and a command that only reads
+stored results never imports torch.
 """
 
-from core.analysis.metrics import (
-    accuracy,
-    block_classes,
-    block_sums,
-    cell_rows,
-    confusion_matrix,
-    focus_classes,
-    most_confused_classes,
-    per_class_metrics,
-    top_confused_pairs,
-)
-from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
-from core.data.datasets import ImageDataset, dataset_key, load_image, load_tensor, open_dataset
-from core.data.models import LoadedModel, architectures, load_model
-from core.errors import (
-    ClassCountMismatchError,
-    ConfigError,
-    DatasetError,
-    ModelLoadError,
-    UserFacingError,
-)
-from core.notes import Note, NotesError, NotesStore
-from core.results import Results, SkippedFile, StoreError, open_results
-from core.results.evaluate import EvaluationJob, check_classes, evaluate
-from core.results.local_engine import predict
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.analysis.metrics import (
+        accuracy,
+        block_classes,
+        block_sums,
+        cell_rows,
+        confusion_matrix,
+        focus_classes,
+        most_confused_classes,
+        per_class_metrics,
+        top_confused_pairs,
+    )
+    from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
+    from core.data.datasets import ImageDataset, dataset_key, open_dataset
+    from core.data.images import load_image, load_tensor
+    from core.data.models import LoadedModel, architectures, load_model
+    from core.errors import (
+        ClassCountMismatchError,
+        ConfigError,
+        DatasetError,
+        ModelLoadError,
+        UserFacingError,
+    )
+    from core.notes import Note, NotesError, NotesStore
+    from core.results import Results, SkippedFile, StoreError, open_results
+    from core.results.evaluate import EvaluationJob, check_classes, evaluate
+    from core.results.local_engine import predict
+
+#: Each public name and the module that defines it.
+_EXPORTS = {
+    "ClassCountMismatchError": "core.errors",
+    "ConfigError": "core.errors",
+    "DatasetError": "core.errors",
+    "DatasetSpec": "core.config",
+    "EvaluationJob": "core.results.evaluate",
+    "ImageDataset": "core.data.datasets",
+    "LoadedModel": "core.data.models",
+    "ModelLoadError": "core.errors",
+    "ModelSpec": "core.config",
+    "Note": "core.notes",
+    "NotesError": "core.notes",
+    "NotesStore": "core.notes",
+    "ProjectConfig": "core.config",
+    "Results": "core.results",
+    "SkippedFile": "core.results",
+    "StoreError": "core.results",
+    "UserFacingError": "core.errors",
+    "accuracy": "core.analysis.metrics",
+    "architectures": "core.data.models",
+    "block_classes": "core.analysis.metrics",
+    "block_sums": "core.analysis.metrics",
+    "cell_rows": "core.analysis.metrics",
+    "check_classes": "core.results.evaluate",
+    "confusion_matrix": "core.analysis.metrics",
+    "dataset_key": "core.data.datasets",
+    "evaluate": "core.results.evaluate",
+    "focus_classes": "core.analysis.metrics",
+    "load_config": "core.config",
+    "load_image": "core.data.images",
+    "load_model": "core.data.models",
+    "load_tensor": "core.data.images",
+    "most_confused_classes": "core.analysis.metrics",
+    "open_dataset": "core.data.datasets",
+    "open_results": "core.results",
+    "per_class_metrics": "core.analysis.metrics",
+    "predict": "core.results.local_engine",
+    "top_confused_pairs": "core.analysis.metrics",
+}
 
 __all__ = [
     "ClassCountMismatchError",
@@ -67,4 +117,17 @@ __all__ = [
     "per_class_metrics",
     "predict",
     "top_confused_pairs",
-]
+]  # the keys of _EXPORTS (tests/test_public_api.py)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)  # the public surface, as a star import sees it

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -14,15 +15,18 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from core.analysis.comparison import Agreement, ModelResults, compare
 from core.analysis.metrics import accuracy, confusion_matrix, per_class_metrics, top_confused_pairs
 from core.config import ProjectConfig, load_config
 from core.data.datasets import open_dataset
-from core.data.models import load_model
 from core.errors import UserFacingError
 from core.results import Results
-from core.results.evaluate import evaluate
-from core.results.local_engine import predict
+from core.results.evaluate import evaluate, stored_result
+
+if TYPE_CHECKING:
+    from core.analysis.comparison import ModelResults
+
+# torch, the model, scipy and scikit-learn are imported by the commands that need them: reading
+# stored results (a second `evaluate` on unchanged inputs) must not wait seconds for them.
 
 __all__ = ["export_batches", "export_table", "main"]
 
@@ -100,25 +104,19 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UserFacingError(
             f"--out must be a folder (DIR/) or end in .csv or .parquet, got {out.name!r}"
         )
-    engine = _engine(args)
     config = load_config(args.config)
-    model = load_model(config.model(args.model))
-    for note in model.warnings:
-        print(f"warning: {note}", file=sys.stderr)
-    dataset = open_dataset(config.dataset(args.dataset), model.spec.classes)
-    result = evaluate(
-        model,
-        dataset,
-        cache_dir=None if args.no_cache else config.cache_dir,
-        progress=_print_progress,
-        num_workers=args.workers,
+    result = _results(
+        config,
+        args.model,
+        args.dataset,
+        cache=not args.no_cache,
         out=out if out is not None and not table_out else None,
         maps=not args.no_maps,
+        engine=_engine(args),
+        num_workers=args.workers,
         batch_size=args.batch_size,
         commit_seconds=args.commit_every,
-        engine=engine,
     )
-    print(file=sys.stderr)
     _report(result)
     if out is None:
         return 0
@@ -130,11 +128,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine(args: argparse.Namespace) -> Callable[..., None]:
+def _engine(args: argparse.Namespace) -> Callable[..., None] | None:
+    """The engine that fills the store; None: the in-process one."""
     if args.engine == "local":
         if args.address:
             raise UserFacingError("--address needs --engine ray")
-        return predict
+        return None
     from core.results import ray_engine  # imports ray only when it runs
 
     return partial(ray_engine.predict, address=args.address)
@@ -212,24 +211,43 @@ def _report(result: Results) -> None:
         print(f"  {recall:8.2%}  {name} ({support:,} images)")
 
 
-def _evaluation(config: ProjectConfig, model_name: str | None, dataset: str | None) -> Results:
-    model = load_model(config.model(model_name))
+def _results(
+    config: ProjectConfig,
+    model_name: str | None,
+    dataset_name: str | None,
+    cache: bool = True,
+    out: Path | None = None,
+    maps: bool = True,
+    **run: Any,
+) -> Results:
+    """The stored results of unchanged inputs (no model loaded), else a new evaluation."""
+    spec = config.model(model_name)
+    dataset = open_dataset(config.dataset(dataset_name), spec.classes)
+    cache_dir = config.cache_dir if cache else None
+    stored = stored_result(spec, dataset, cache_dir, out, maps)
+    if stored is not None:
+        print(f"stored results of unchanged inputs: {stored.folder}", file=sys.stderr)
+        return stored
+    from core.data.models import load_model  # torch: only when there is something to compute
+
+    model = load_model(spec)
     for note in model.warnings:
         print(f"warning: {note}", file=sys.stderr)
-    data = open_dataset(config.dataset(dataset), model.spec.classes)
-    result = evaluate(model, data, cache_dir=config.cache_dir, progress=_print_progress)
+    result = evaluate(model, dataset, cache_dir, _print_progress, out=out, maps=maps, **run)
     print(file=sys.stderr)
     return result
 
 
 def _arrays(result: Results) -> ModelResults:
-    """The per-image arrays the analyses take."""
+    """The per-image arrays the analyses take (scipy and scikit-learn: only these commands)."""
+    from core.analysis.comparison import ModelResults
+
     return ModelResults.of(result)
 
 
 def _label_issues(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    result = _evaluation(config, args.model, args.dataset)
+    result = _results(config, args.model, args.dataset)
     rows = _arrays(result)
     if not len(rows.true):
         raise UserFacingError("no image could be evaluated, so there is nothing to rank")
@@ -259,7 +277,9 @@ def _compare(args: argparse.Namespace) -> int:
     if len(args.model) != 2:
         raise UserFacingError(f"compare takes --model exactly twice, got {len(args.model)}")
     config = load_config(args.config)
-    a, b = (_arrays(_evaluation(config, name, args.dataset)) for name in args.model)
+    from core.analysis.comparison import Agreement, compare
+
+    a, b = (_arrays(_results(config, name, args.dataset)) for name in args.model)
     result = compare(a, b)
     counts = result.counts()
     print(f"A = {result.a}, B = {result.b}: {len(result.paths)} images matched by path")

@@ -136,6 +136,24 @@ def test_parquet_export_matches_csv(csv_run, capsys) -> None:
     assert f"wrote {len(table)} rows" in capsys.readouterr().out
 
 
+def test_a_second_evaluate_reads_stored_results_without_torch(csv_run) -> None:
+    """Unchanged inputs: the report comes from the stored results, and neither torch nor the
+    model is loaded (importing torch alone takes seconds)."""
+    config, first, _ = csv_run
+    assert first.returncode == 0, first.stderr
+    code = (
+        "import sys\nfrom core.cli import main\n"
+        f"code = main(['evaluate', '--config', {str(config)!r}])\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'no torch', code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.splitlines()[-1] == "no torch 0", done.stderr
+    assert "stored results of unchanged inputs" in done.stderr
+    assert printed_matrix(done.stdout).equals(printed_matrix(first.stdout))
+
+
 def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text("[[models]\nname = 'x'\n")
@@ -369,7 +387,8 @@ def test_report_at_many_classes_lists_pairs_not_the_matrix(tmp_path: Path, capsy
     import torch
 
     from core.cli import _report
-    from core.results import ResultWriter, scores_from_logits
+    from core.results import ResultWriter
+    from core.results.scores import scores_from_logits
 
     k, n = 1000, 3000
     rng = np.random.default_rng(0)

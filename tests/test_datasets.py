@@ -11,7 +11,8 @@ import torch
 from PIL import Image, ImageFile
 
 from core.config import DatasetSpec
-from core.data.datasets import _decode_png, _to_tensor, load_image, load_tensor, open_dataset
+from core.data.datasets import open_dataset
+from core.data.images import _decode_png, _to_tensor, load_image, load_tensor
 from core.errors import DatasetError, ImageRefusedError, UserFacingError
 
 # --- listing ----------------------------------------------------------------------------
@@ -57,6 +58,49 @@ def test_explicit_class_list_sets_the_order(make_image_folder) -> None:
         assert counts.tolist() == [3, 1, 2, 0]
         for rel, label in dataset.samples:
             assert rel.split("/")[0] == order[label]
+
+
+def test_folder_listing_is_torchvisions(make_image_folder) -> None:
+    """The listing is ImageFolder's (torchvision's ``make_dataset``, the reference): the same
+    files in the same order, through nested folders, linked folders, broken links and mixed-case
+    extensions, with a class order that is not the folders' alphabetical one."""
+    from torchvision.datasets.folder import make_dataset
+
+    from core.data.datasets import EXTENSIONS
+
+    root = make_image_folder({"b": 3, "a": 2, "c": 1})
+    (root / "a" / "deeper" / "x").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(root / "a" / "deeper" / "x" / "n.png")
+    Image.new("RGB", (4, 4)).save(root / "a" / "deeper" / "Upper.JPG")
+    for sibling in ("deeper-2", "alpha", "zeta"):  # "deeper-2" sorts before "deeper/x"
+        (root / "a" / sibling).mkdir()
+        Image.new("RGB", (4, 4)).save(root / "a" / sibling / "m.png")
+    (root / "a" / "deeper" / "notes.txt").write_text("not an image")
+    (root / "a-extra").mkdir()  # sorts between "a" and "a/..." paths as a string
+    (root / "b" / "linked").symlink_to(root / "c", target_is_directory=True)
+    (root / "b" / "gone.png").symlink_to(root / "nowhere.png")  # broken: listed, skipped on read
+    order = ["c", "b", "a-extra", "a"]
+    dataset = open_dataset(DatasetSpec("d", root, classes=tuple(order)))
+    found = make_dataset(str(root), {n: i for i, n in enumerate(order)}, EXTENSIONS, None, True)
+    expected = [(os.path.relpath(path, root).replace(os.sep, "/"), label) for path, label in found]
+    assert dataset.samples == expected
+    assert ("b/gone.png", 1) in dataset.samples and ("a/deeper/Upper.JPG", 3) in dataset.samples
+
+
+def test_fingerprint_follows_every_file(make_image_folder) -> None:
+    """Size and modification time of every file (through links), the labels and the paths."""
+    root = make_image_folder({"a": 2, "b": 1})
+    dataset = open_dataset(DatasetSpec("d", root))
+    first = dataset.fingerprint()
+    assert open_dataset(DatasetSpec("d", root)).fingerprint() == first  # nothing changed
+    image = root / dataset.samples[0][0]
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    touched = open_dataset(DatasetSpec("d", root)).fingerprint()
+    image.unlink()
+    gone = dataset.fingerprint()  # listed, now missing
+    relabelled = open_dataset(DatasetSpec("d", root, classes=("b", "a"))).fingerprint()
+    assert len({first, touched, gone, relabelled}) == 4
 
 
 def test_class_list_conflicts(make_image_folder) -> None:
@@ -500,7 +544,7 @@ def test_an_image_over_max_pixels_is_refused_undecoded_in_both_paths(
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("an image over the limit was decoded")
 
-    monkeypatch.setattr("core.data.datasets.cv2.imdecode", never)  # the OpenCV path
+    monkeypatch.setattr("core.data.images.cv2.imdecode", never)  # the OpenCV path
     monkeypatch.setattr(ImageFile.ImageFile, "load", never)  # the PIL path
     error = dataset[dataset.samples.index((f"b/{name}", 1))].error
     assert error == "image of 40×30 = 1,200 pixels: over the dataset's limit of 1,000 (max_pixels)"

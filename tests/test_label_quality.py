@@ -97,7 +97,8 @@ def test_computed_once_per_result_and_stored_beside_it(tmp_path, monkeypatch) ->
     import torch
 
     import core.analysis.label_quality as module
-    from core.results import ResultWriter, scores_from_logits
+    from core.results import ResultWriter
+    from core.results.scores import scores_from_logits
 
     rng = np.random.default_rng(3)
     n, k = 400, 5

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core.data.datasets
+import core.data.images
 from core.analysis.panels import PanelCache, data_url, enlarge, panel_png
 from core.data.datasets import ImageDataset
 from core.errors import ImageRefusedError
@@ -61,9 +61,9 @@ def test_cache_hit_reads_nothing_and_an_edited_file_is_reread(
     cam = np.eye(8, dtype=np.float32)
     first = cache.panels(*_listed(picture), [cam], alpha=0.5)
     reads: list[str] = []
-    real = core.data.datasets.load_tensor
+    real = core.data.images.load_tensor
     monkeypatch.setattr(
-        core.data.datasets, "load_tensor", lambda p, *a: reads.append(p) or real(p, *a)
+        core.data.images, "load_tensor", lambda p, *a: reads.append(p) or real(p, *a)
     )
     assert cache.panels(*_listed(picture), [cam.copy()], alpha=0.5) == first  # same content: a hit
     assert reads == []

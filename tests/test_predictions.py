@@ -30,7 +30,7 @@ COLUMNS = (
 )  # fmt: skip
 
 # ``core.results.evaluate`` the attribute is the function; the module is needed to patch ``predict``
-evaluate_module = importlib.import_module("core.results.evaluate")
+local_engine = importlib.import_module("core.results.local_engine")
 
 
 def reference_outputs(root: Path, rels: list[str], reference, mean: float, std: float):
@@ -147,13 +147,13 @@ def test_progress_counts_unreadable_files(digits_subset, digits_model, tmp_path:
 def counted(monkeypatch) -> list[int]:
     """Counts the times ``evaluate`` really runs the model."""
     calls: list[int] = []
-    original = evaluate_module.predict
+    original = local_engine.predict
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "predict", counting)
+    monkeypatch.setattr(local_engine, "predict", counting)
     return calls
 
 
@@ -189,13 +189,29 @@ def test_second_evaluation_is_a_cache_hit(project, counted, monkeypatch) -> None
     def fail(*args, **kwargs):
         raise AssertionError("the model ran although nothing changed")
 
-    monkeypatch.setattr(evaluate_module, "predict", fail)
+    monkeypatch.setattr(local_engine, "predict", fail)
     calls: list[tuple[int, int]] = []
     second = run(spec, root, cache, progress=lambda d, t: calls.append((d, t)))
     assert_same_evaluation(first, second)
     assert second.fingerprint == first.fingerprint
     assert second.meta == first.meta
     assert calls == [(20, 20)]
+
+
+def test_stored_result_is_found_without_the_model(project, counted) -> None:
+    from core.results.evaluate import stored_result
+
+    spec, root, cache = project
+    dataset = open_dataset(DatasetSpec("d", root))
+    assert stored_result(spec, dataset, cache) is None  # nothing yet
+    first = run(spec, root, cache)
+    found = stored_result(spec, open_dataset(DatasetSpec("d", root)), cache)
+    assert found is not None and found.folder == first.folder
+    assert_same_evaluation(first, found)
+    assert stored_result(spec, dataset, cache, maps=False) is None  # other inputs: another key
+    assert stored_result(replace(spec, layer="features.0"), dataset, cache) is None
+    assert stored_result(spec, dataset, None) is None  # no cache: nothing is ever stored
+    assert counted == [1]
 
 
 def test_no_cache_dir_always_predicts(project, counted) -> None:

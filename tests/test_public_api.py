@@ -34,12 +34,22 @@ def test_modules_found() -> None:
 def test_core_all_is_exactly_its_public_names() -> None:
     public = {
         name
-        for name, value in vars(core).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(core)
+        if not name.startswith("_") and not isinstance(getattr(core, name), types.ModuleType)
     }
-    assert set(core.__all__) == public
+    assert set(core.__all__) == public == set(core._EXPORTS)
     assert len(core.__all__) == len(set(core.__all__))
     assert core.__all__ == sorted(core.__all__)
+
+
+def test_core_names_load_on_first_use() -> None:
+    """``import core`` imports no submodule: a command that only reads stored results must
+    not wait seconds for torch."""
+    code = "import sys, core\nprint([m for m in sys.modules if m.startswith(('core.', 'torch'))])"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        core.nothing  # noqa: B018
 
 
 @pytest.mark.parametrize("name", core.__all__)

@@ -31,7 +31,7 @@ def on_demand(model: LoadedModel, dataset, rows) -> np.ndarray:
 
 
 def dataset_image(model: LoadedModel, dataset, rel: str):
-    from core.data.datasets import load_image
+    from core.data.images import load_image
 
     return load_image(dataset.path(rel), model.spec.channels)
 

@@ -92,6 +92,23 @@ def test_preprocessing_from_timm_unless_the_entry_sets_it(tmp_path: Path) -> Non
     assert "bilinear" in line and "from timm (input_size, std), the rest from the config" in line
 
 
+def test_the_cache_key_is_the_same_before_and_after_timm_fills_in(tmp_path: Path) -> None:
+    """The key of stored results is computed from the entry as configured, without loading the
+    model; loading fills in timm's preprocessing, and the key must not change with it."""
+    from core.data.datasets import ImageDataset
+    from core.results.key import evaluation_key
+
+    save_file({k: v.contiguous() for k, v in tiny_vit().state_dict().items()}, tmp_path / "w.st")
+    (tmp_path / "w.st").rename(tmp_path / "w.safetensors")
+    configured = load_config(write_config(tmp_path, "w.safetensors")).model()
+    loaded = load_model(configured).spec
+    assert loaded.mean != configured.mean  # timm filled it in
+    dataset = ImageDataset("d", tmp_path, [], [f"c{i}" for i in range(7)])
+    assert evaluation_key(configured, dataset) == evaluation_key(loaded, dataset)
+    explicit = load_config(write_config(tmp_path, "w.safetensors", "mean = [0.1, 0.2, 0.3]"))
+    assert evaluation_key(explicit.model(), dataset) != evaluation_key(configured, dataset)
+
+
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 def test_transform_equals_timms_eval_transform(tmp_path: Path, interpolation: str) -> None:
     save_file({k: v.contiguous() for k, v in tiny_vit().state_dict().items()}, tmp_path / "w.st")

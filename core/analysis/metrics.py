@@ -7,7 +7,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
 __all__ = [
     "accuracy",
@@ -48,21 +47,19 @@ def accuracy(predictions: pd.DataFrame) -> float:
     """Share of images whose predicted class is the true class."""
     if predictions.empty:
         return float("nan")
-    return float(skm.accuracy_score(predictions["true"], predictions["pred"]))
+    return float(np.mean(predictions["true"].to_numpy() == predictions["pred"].to_numpy()))
 
 
 def per_class_metrics(predictions: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class (0 where undefined)."""
-    if predictions.empty:  # scikit-learn refuses empty input
-        zeros = np.zeros(len(classes))
-        precision, recall, f1, support = zeros, zeros, zeros, zeros.astype(np.int64)
-    else:
-        precision, recall, f1, support = skm.precision_recall_fscore_support(
-            predictions["true"].to_numpy(dtype=int),
-            predictions["pred"].to_numpy(dtype=int),
-            labels=np.arange(len(classes)),
-            zero_division=0,
-        )
+    """Precision, recall, F1 and support per class (0 where undefined), as scikit-learn's
+    ``precision_recall_fscore_support(..., zero_division=0)`` gives them, read off the
+    confusion matrix: one pass over the rows, not one per class (1M rows × 1,000 classes)."""
+    counts = confusion_matrix(predictions, len(classes))
+    hits = np.diag(counts).astype(np.float64)
+    support = counts.sum(axis=1)
+    precision = _share(hits, counts.sum(axis=0))
+    recall = _share(hits, support)
+    f1 = _share(2 * precision * recall, precision + recall)
     return pd.DataFrame(
         {
             "class": list(classes),
@@ -72,6 +69,11 @@ def per_class_metrics(predictions: pd.DataFrame, classes: Sequence[str]) -> pd.D
             "support": support,
         }
     )
+
+
+def _share(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """``part / whole``, 0 where ``whole`` is 0."""
+    return np.divide(part, whole, out=np.zeros(len(part)), where=whole > 0)
 
 
 def top_confused_pairs(

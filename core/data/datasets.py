@@ -1,10 +1,13 @@
 """Labelled test sets: an ImageFolder tree or a CSV manifest (``path,label``).
 
-Images of any common mode (grayscale, palette, RGBA, 16-bit) are converted to what the
-model takes. Evaluation and display read an image through the same call
-(:meth:`ImageDataset.load`), so they take the same decision on it: a file that is missing, not
-a regular file, linked outside the dataset root and its ``link_roots``, larger than
-``max_pixels`` or undecodable is not fatal; it is skipped and reported with its path and reason.
+Evaluation and display read an image through the same call (:meth:`ImageDataset.load`), so
+they take the same decision on it: a file that is missing, not a regular file, linked outside
+the dataset root and its ``link_roots``, larger than ``max_pixels`` or undecodable is not fatal;
+it is skipped and reported with its path and reason.
+
+Listing and fingerprinting import neither torch nor OpenCV (decoding lives in
+:mod:`core.data.images`, imported on the first decode): reopening stored results of a
+million-image set must not wait for them.
 """
 
 from __future__ import annotations
@@ -13,146 +16,40 @@ import csv
 import hashlib
 import os
 import stat
-import struct
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
-import torch
+import pyarrow.fs as pafs
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from core.config import DEFAULT_MAX_PIXELS, DatasetSpec
 from core.errors import DatasetError, ImageRefusedError, reason_of
 
-__all__ = [
-    "ImageDataset",
-    "Sample",
-    "dataset_key",
-    "load_image",
-    "load_tensor",
-    "open_dataset",
-]
+if TYPE_CHECKING:
+    import torch
 
-EXTENSIONS = tuple(sorted({*IMG_EXTENSIONS, ".tif", ".tiff", ".gif"}))
+    from core.data.images import Sample
 
+__all__ = ["ImageDataset", "dataset_key", "open_dataset"]
 
-@dataclass(frozen=True)
-class Sample:
-    """What the dataset yields for one file: a tensor, or the reason it could not be read."""
-
-    index: int
-    label: int
-    image: torch.Tensor | None
-    error: str | None = None
+#: torchvision's ImageFolder extensions (``IMG_EXTENSIONS``) plus ``.tif``, ``.tiff``, ``.gif``.
+EXTENSIONS = (
+    ".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp",
+)  # fmt: skip
 
 
-def load_image(
-    path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Image.Image:
-    """Open an image as mode ``L`` (channels=1) or ``RGB`` (channels=3).
+def _images() -> ModuleType:
+    """:mod:`core.data.images`, imported on the first decode (it imports torch and OpenCV)."""
+    from core.data import images
 
-    16-bit and float images are scaled to 8 bits (PIL's own conversion would clip them);
-    transparent images are composited over white, as a viewer shows them. An image of more than
-    ``max_pixels`` pixels (read from its header) raises :class:`ImageRefusedError` undecoded.
-    """
-    with _open_within(path, max_pixels) as img:
-        img.load()
-        return to_mode(img, channels)
+    return images
 
 
-def load_tensor(
-    path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> torch.Tensor:
-    """Decode an image file to a uint8 tensor [channels, H, W]: the pixels of :func:`load_image`.
-
-    Complete 8-bit grayscale and RGB PNGs are decoded by OpenCV, two to three times faster than
-    PIL on small files, with identical pixels (PNG is lossless). Everything else, including any
-    PNG that OpenCV cannot read exactly as PIL would, goes through :func:`load_image`, whose
-    errors name the problem. Both paths check ``max_pixels`` against the header first.
-    """
-    path = os.fspath(path)
-    fast = _decode_png(path, channels, max_pixels) if path[-4:].lower() == ".png" else None
-    return fast if fast is not None else _to_tensor(load_image(path, channels, max_pixels))
-
-
-@contextmanager
-def _open_within(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
-    """PIL's lazy open (header only), refused past ``max_pixels`` before anything is decoded."""
-    try:
-        img = Image.open(path)
-    except Image.DecompressionBombError:  # past PIL's hard cap, which max_pixels never exceeds
-        raise ImageRefusedError(
-            f"image of more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels: over the "
-            f"dataset's limit of {max_pixels:,} (max_pixels)"
-        ) from None
-    with img:
-        _check_pixels(img.size, max_pixels)
-        yield img
-
-
-def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
-    width, height = size
-    if width * height > max_pixels:
-        raise ImageRefusedError(
-            f"image of {width}×{height} = {width * height:,} pixels: over the dataset's limit "
-            f"of {max_pixels:,} (max_pixels)"
-        )
-
-
-_PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"  # signature, then the IHDR chunk
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
-
-
-def _decode_png(
-    path: str, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> torch.Tensor | None:
-    """OpenCV's decode of a complete 8-bit gray or RGB PNG; None where PIL must decide."""
-    with open(path, "rb", buffering=0) as file:
-        data = file.readall()
-    if not data.startswith(_PNG_START) or not data.endswith(_PNG_END):
-        return None  # truncated or not a PNG: PIL gives the precise error
-    _check_pixels(struct.unpack(">II", data[16:24]), max_pixels)  # IHDR: width, height
-    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None or array.dtype != np.uint8:
-        return None  # damaged, or 16-bit (PIL's path scales it)
-    if array.ndim == 2:  # gray (also 1/2/4-bit and palette-free gray with tRNS, as PIL reads them)
-        gray = torch.from_numpy(array)[None]
-        return gray if channels == 1 else gray.repeat(3, 1, 1)
-    if array.shape[2] == 3 and channels == 3:  # OpenCV gives BGR
-        return torch.from_numpy(np.ascontiguousarray(array[:, :, ::-1])).permute(2, 0, 1)
-    return None  # alpha (composited by PIL's path) or colour to gray (PIL's luma rounding)
-
-
-def to_mode(img: Image.Image, channels: int = 3) -> Image.Image:
-    """Convert a decoded image of any mode to ``L`` or ``RGB``."""
-    target = "L" if channels == 1 else "RGB"
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        img = _high_depth_to_8bit(img)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert(target)
-
-
-def _high_depth_to_8bit(img: Image.Image) -> Image.Image:
-    array = np.asarray(img)
-    if img.mode == "F":
-        lo, hi = float(array.min()), float(array.max())
-        scaled = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
-    else:  # 16-bit integer data, possibly stored in a 32-bit mode
-        scaled = array.astype(np.float64) / 65535.0
-    return Image.fromarray(np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-
-
-class ImageDataset(torch.utils.data.Dataset[Sample]):
+class ImageDataset:
     """A list of (relative path, class index) under one root folder.
 
     Every read of an image, for evaluation or display, goes through :meth:`load` and takes the
@@ -191,7 +88,8 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> Sample:  # a map-style dataset for torch's DataLoader
+        sample = _images().Sample
         rel, label = self.samples[index]
         try:
             if self.tensors or not self.transform:
@@ -200,8 +98,8 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
             else:
                 tensor = self.transform(self.image(rel, self.channels))
         except Exception as exc:  # a corrupt or refused file must not stop the evaluation
-            return Sample(index, label, None, reason_of(exc))
-        return Sample(index, label, tensor)
+            return sample(index, label, None, reason_of(exc))
+        return sample(index, label, tensor)
 
     def with_transform(
         self, transform: Callable[[Any], torch.Tensor], channels: int, tensors: bool = False
@@ -225,7 +123,7 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
         Raises :class:`ImageRefusedError` (not listed, missing, not a regular file, linked
         outside the allowed folders, too large) or the decoder's error for a damaged file.
         """
-        return load_tensor(self._file(rel), channels or self.channels, self.max_pixels)
+        return _images().load_tensor(self._file(rel), channels or self.channels, self.max_pixels)
 
     def image(self, rel: str, channels: int = 3) -> Image.Image:
         """:meth:`load` as a PIL image (``L`` or ``RGB``), for display."""
@@ -276,23 +174,38 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
         return os.path.join(real_folder, name)
 
     def fingerprint(self) -> str:
-        """A hash of the read limits, the class list and every file's path, size and mtime."""
+        """A hash of the read limits, the class list and every file's path, label, size and
+        modification time (a file that cannot be stat'ed counts as missing)."""
         limits = (self.classes, [os.fspath(p) for p in self.link_roots], self.max_pixels)
         digest = hashlib.sha256(repr(limits).encode())
+        rels = [rel for rel, _ in self.samples]
+        digest.update("\0".join(rels).encode())
+        digest.update(np.array([label for _, label in self.samples], dtype=np.int64).tobytes())
         root = os.path.join(self._root, "")
-        for rel, label in self.samples:
-            try:
-                st = os.stat(root + rel)  # a string join: this runs once per file
-                digest.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                digest.update(f"{rel}\0{label}\0missing\n".encode())
+        digest.update(file_stats([root + rel for rel in rels]).tobytes())
         return digest.hexdigest()
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    array = np.asarray(image, dtype=np.uint8)
-    array = array[:, :, None] if array.ndim == 2 else array
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+def file_stats(paths: Sequence[str], threads: int = 4) -> np.ndarray:
+    """[size, mtime in ns] of each file (links followed); [-1, -1] where it cannot be stat'ed.
+
+    Arrow's filesystem stats the files in C++ with the GIL released, on a few threads: about
+    twice as fast as ``os.stat`` in a Python loop, which matters at a million files.
+    """
+    out = np.full((len(paths), 2), -1, dtype=np.int64)
+    if not paths:
+        return out
+    local = pafs.LocalFileSystem()
+    step = -(-len(paths) // (threads * 4))
+
+    def stat_part(start: int) -> None:
+        for i, info in enumerate(local.get_file_info(paths[start : start + step]), start):
+            if info.type != pafs.FileType.NotFound:
+                out[i] = info.size if info.size is not None else -1, info.mtime_ns or -1
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(stat_part, range(0, len(paths), step)))
+    return out
 
 
 def dataset_key(spec: DatasetSpec) -> str:
@@ -341,25 +254,54 @@ def open_dataset(spec: DatasetSpec, classes: Sequence[str] | None = None) -> Ima
 def _from_folders(
     spec: DatasetSpec, explicit: list[str] | None
 ) -> tuple[list[tuple[str, int]], list[str]]:
+    """torchvision's ImageFolder listing (``find_classes`` and ``make_dataset``: the same files
+    in the same order) without importing torchvision, which costs seconds."""
     try:
-        folders, _ = find_classes(str(spec.root))
-    except FileNotFoundError:
+        with os.scandir(spec.root) as entries:
+            folders = sorted(entry.name for entry in entries if entry.is_dir())
+    except OSError as exc:
+        raise DatasetError(f"dataset {spec.name!r}: cannot list {spec.root}: {exc}") from None
+    if not folders:
         raise DatasetError(
             f"dataset {spec.name!r}: {spec.root} has no class sub-folders (expected an "
             "ImageFolder tree: root/<class>/<image>)"
-        ) from None
+        )
     names = explicit or folders
     extra = sorted(set(folders) - set(names))
     if extra:
         raise DatasetError(
             f"dataset {spec.name!r}: folder(s) {extra} are not in the class list {names}"
         )
-    class_to_idx = {name: i for i, name in enumerate(names) if name in folders}
-    found = make_dataset(str(spec.root), class_to_idx, EXTENSIONS, allow_empty=True)
-    # links are listed like files; ImageDataset.load decides whether their target may be read
-    cut = len(os.path.join(str(spec.root), ""))  # strings, not pathlib: 1M files in seconds
-    samples = [(path[cut:].replace(os.sep, "/"), label) for path, label in found]
+    index = {name: i for i, name in enumerate(names)}
+    root = os.fspath(spec.root)
+    samples: list[tuple[str, int]] = []
+    for folder in folders:  # sorted by name, as make_dataset does, whatever the class order
+        label = index[folder]
+        samples.extend((rel, label) for rel in _walk(os.path.join(root, folder), folder))
     return samples, names
+
+
+def _walk(folder: str, rel: str) -> list[str]:
+    """The image files under ``folder`` as ``rel/...`` paths, in the order of ``sorted(
+    os.walk(folder, followlinks=True))`` with sorted names (links are listed like files;
+    :meth:`ImageDataset.load` decides whether their target may be read)."""
+    listed: list[tuple[str, str, list[str]]] = []
+    pending = [(folder, rel)]
+    while pending:
+        path, prefix = pending.pop()
+        names = []
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        pending.append((entry.path, f"{prefix}/{entry.name}"))
+                    elif entry.name.lower().endswith(EXTENSIONS):
+                        names.append(entry.name)
+        except OSError:
+            continue  # as os.walk: a folder that cannot be listed is left out
+        listed.append((path, prefix, names))
+    listed.sort()
+    return [f"{prefix}/{name}" for _, prefix, names in listed for name in sorted(names)]
 
 
 def _from_manifest(

@@ -1,7 +1,7 @@
 """The results store: evaluations streamed to disk and memory-mapped back."""
 
-from core.results.scores import BatchScores, scores_from_logits
 from core.results.store import (
+    BatchScores,
     Results,
     ResultWriter,
     SkippedFile,
@@ -20,5 +20,4 @@ __all__ = [
     "load_derived",
     "open_results",
     "save_derived",
-    "scores_from_logits",
 ]

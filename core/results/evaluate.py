@@ -1,4 +1,8 @@
-"""One call from a model and a dataset to a result folder: cached, resumable, streamed."""
+"""One call from a model and a dataset to a result folder: cached, resumable, streamed.
+
+:func:`stored_result` finds the results of unchanged inputs without loading the model or
+importing torch, so reopening a million-image evaluation costs a listing and a stat per file.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,19 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from core.config import ModelSpec
 from core.data.datasets import ImageDataset
-from core.data.models import LoadedModel
 from core.errors import ClassCountMismatchError
 from core.results.key import evaluation_key
-from core.results.local_engine import Progress, predict
 from core.results.store import Results, ResultWriter, StoreError, open_results
 
-__all__ = ["EvaluationJob", "check_classes", "evaluate", "map_layer"]
+if TYPE_CHECKING:
+    from core.data.models import LoadedModel
+    from core.results.local_engine import Progress
+
+__all__ = ["EvaluationJob", "check_classes", "evaluate", "map_layer", "stored_result"]
 
 
 def check_classes(model: LoadedModel, dataset: ImageDataset) -> None:
@@ -46,6 +54,39 @@ def map_layer(model: LoadedModel) -> tuple[str, tuple[int, int]] | None:
     return None
 
 
+def stored_result(
+    spec: ModelSpec,
+    dataset: ImageDataset,
+    cache_dir: Path | None = None,
+    out: Path | None = None,
+    maps: bool = True,
+) -> Results | None:
+    """The stored results of model entry ``spec`` on ``dataset`` if unchanged inputs made
+    them (see :func:`evaluate` for where they are looked for), else None. Loads no model."""
+    return _lookup(spec, dataset, cache_dir, out, maps)[2]
+
+
+def _lookup(
+    spec: ModelSpec, dataset: ImageDataset, cache_dir: Path | None, out: Path | None, maps: bool
+) -> tuple[str, Path | None, Results | None]:
+    """(key, result folder or None for a scratch one, the stored results if complete)."""
+    if spec.results and out is None:  # predictions made elsewhere (--out DIR/)
+        from core.results.reconcile import find_result
+
+        made = find_result(spec.results, dataset)
+        if made is not None:
+            return made.fingerprint, made.folder, made
+    key = evaluation_key(spec, dataset, maps)
+    folder = out or (cache_dir / "results" / key if cache_dir is not None else None)
+    if folder is None:
+        return key, None, None
+    try:
+        hit = open_results(folder)
+    except StoreError:  # nothing there yet, unfinished, damaged: (re)compute
+        return key, folder, None
+    return key, folder, hit if hit.fingerprint == key else None
+
+
 def evaluate(
     model: LoadedModel,
     dataset: ImageDataset,
@@ -61,32 +102,24 @@ def evaluate(
     """``model``'s results on ``dataset``: read from disk when nothing changed, else computed.
 
     The result folder is ``out``, else ``cache_dir/results/<key>``, else a temporary folder
-    (removed once open). A folder left half-way by a killed run is resumed. ``engine`` fills the
-    writer: :func:`core.results.local_engine.predict`, or the same signature elsewhere (Ray).
+    (removed once open); a model entry's ``results`` folders made elsewhere come first. A
+    folder left half-way by a killed run is resumed. ``engine`` fills the writer:
+    :func:`core.results.local_engine.predict`, or the same signature elsewhere (Ray).
     """
     check_classes(model, dataset)
-    if model.spec.results and out is None:  # predictions made elsewhere (--out DIR/)
-        from core.results.reconcile import find_result
+    key, folder, hit = _lookup(model.spec, dataset, cache_dir, out, maps)
+    if hit is not None:
+        if progress is not None:
+            progress(len(dataset), len(dataset))
+        return hit
+    if engine is None:  # imported here: a stored result needs no torch
+        from core.results.local_engine import predict
 
-        made = find_result(model.spec.results, dataset)
-        if made is not None:
-            if progress is not None:
-                progress(len(dataset), len(dataset))
-            return made
+        engine = predict
     layer = map_layer(model) if maps else None
-    key = evaluation_key(model, dataset, layer[0] if layer else None)
-    folder = out or (cache_dir / "results" / key if cache_dir is not None else None)
     scratch = folder is None
     folder = Path(tempfile.mkdtemp(prefix="cam-results-")) if folder is None else folder
     try:
-        try:
-            hit = open_results(folder)
-            if hit.fingerprint == key:
-                if progress is not None:
-                    progress(len(dataset), len(dataset))
-                return hit
-        except StoreError:
-            pass  # nothing there yet, unfinished, damaged or other inputs: (re)compute
         meta = {"model": model.name, "dataset": dataset.name, "root": str(dataset.root)}
         if layer is not None:
             meta["map_layer"] = layer[0]
@@ -100,7 +133,7 @@ def evaluate(
             commit_seconds=commit_seconds,
             durable=not scratch,
         ) as writer:
-            (engine or predict)(
+            engine(
                 model,
                 dataset,
                 writer,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from core.data.datasets import ImageDataset, Sample
+from core.data.datasets import ImageDataset
+from core.data.images import Sample
 from core.data.models import LoadedModel
 from core.results.scores import scores_from_logits
 from core.results.store import ResultWriter
@@ -44,8 +46,8 @@ def predict(
     """
     data = dataset.with_transform(model.resize, model.spec.channels, tensors=True)
     todo = writer.todo()
-    loader = DataLoader(
-        data,
+    loader: DataLoader[Sample] = DataLoader(
+        cast("Dataset[Sample]", data),  # a map-style dataset; torch's stubs want its base class
         batch_size=batch_size or model.spec.batch_size,
         sampler=todo.tolist(),
         num_workers=default_workers(model.device) if num_workers is None else num_workers,

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchScores", "scores_from_logits"]
+from core.results.store import BatchScores
 
-
-@dataclass(frozen=True)
-class BatchScores:
-    """Per-image results of one batch, ready for :meth:`ResultWriter.write`."""
-
-    rows: np.ndarray  # int64 [n] dataset indices
-    pred: np.ndarray  # int32 [n]
-    confidence: np.ndarray  # float32 [n] probability of the predicted class
-    true_prob: np.ndarray  # float32 [n]
-    loss: np.ndarray  # float32 [n] cross-entropy of the true class
-    runner_up: np.ndarray  # int32 [n] second most probable class (the predicted one if K = 1)
-    runner_up_prob: np.ndarray  # float32 [n]
-    probs: np.ndarray  # float16 [n, K]
-    maps: np.ndarray | None = None  # float16 [n, 2, h, w] raw maps (predicted, true/runner-up)
+__all__ = ["scores_from_logits"]
 
 
 def scores_from_logits(

@@ -39,9 +39,9 @@ import pandas as pd
 import pyarrow as pa
 
 from core.errors import UserFacingError
-from core.results.scores import BatchScores
 
 __all__ = [
+    "BatchScores",
     "ResultWriter",
     "Results",
     "SkippedFile",
@@ -64,6 +64,21 @@ _SCALARS = {
 
 class StoreError(UserFacingError):
     """A result folder is missing, incomplete, damaged or of another format."""
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """Per-image results of one batch, ready for :meth:`ResultWriter.write`."""
+
+    rows: np.ndarray  # int64 [n] dataset indices
+    pred: np.ndarray  # int32 [n]
+    confidence: np.ndarray  # float32 [n] probability of the predicted class
+    true_prob: np.ndarray  # float32 [n]
+    loss: np.ndarray  # float32 [n] cross-entropy of the true class
+    runner_up: np.ndarray  # int32 [n] second most probable class (the predicted one if K = 1)
+    runner_up_prob: np.ndarray  # float32 [n]
+    probs: np.ndarray  # float16 [n, K]
+    maps: np.ndarray | None = None  # float16 [n, 2, h, w] raw maps (predicted, true/runner-up)
 
 
 @dataclass(frozen=True)
