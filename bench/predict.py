@@ -270,7 +270,7 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def ray_rows(rounds: int, images: int | None = None) -> int:
+def ray_rows(rounds: int, workload: str, images: int | None, data: Path) -> int:
     """``--engine ray``: whole evaluations (maps on, a fresh result folder each) on the digits
     sample, in-process against Ray Data on a local Ray started once (its start timed apart).
 
@@ -284,7 +284,15 @@ def ray_rows(rounds: int, images: int | None = None) -> int:
     from core.results import ray_engine
     from core.results.evaluate import evaluate
 
-    work = generated_workload(images) if images else digits_workload()
+    if workload == "resnet18":
+        count = images or 1500
+        full = resnet_workload(data, count, count)
+        jpegs = subset(full.dataset, 0, count)
+        work = Workload("resnet18 @224 (JPEGs 256×256)", full.model, jpegs, count)
+    elif workload == "generated":
+        work = generated_workload(images or 5000)
+    else:
+        work = digits_workload()
     n = len(work.dataset)
     started = time.perf_counter()
     ray.init(**ray_engine.local_init_args())
@@ -356,14 +364,19 @@ def main() -> int:
         help="ray: the Ray engine (local Ray) against the in-process engine on the digits sample",
     )
     parser.add_argument(
-        "--ray-images",
-        type=int,
-        help="with --engine ray: the generated 1,000-class project of this many images "
-        "instead of the digits sample (Ray's fixed start-up cost weighs less)",
+        "--ray-workload",
+        choices=("digits", "generated", "resnet18"),
+        default="digits",
+        help="with --engine ray: the digits sample (default), the generated 1,000-class PNGs "
+        "or resnet18 @224 on the JPEGs (Ray's fixed start-up cost weighs less on larger work)",
+    )
+    parser.add_argument(
+        "--ray-images", type=int, help="images of the generated / resnet18 Ray workload"
     )
     args = parser.parse_args()
     if args.engine == "ray":
-        return ray_rows(args.rounds or (2 if args.quick else 3), args.ray_images)
+        rounds = args.rounds or (2 if args.quick else 3)
+        return ray_rows(rounds, args.ray_workload, args.ray_images, args.data)
     rounds = args.rounds or (2 if args.quick else 3)
     count = args.images or (200 if args.quick else 2000)
     per_round = args.per_round or (64 if args.quick else 128)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageFile
 
 from core.config import DatasetSpec
-from core.data.datasets import open_dataset
+from core.data.datasets import ImageDataset, open_dataset
 from core.data.images import _decode_png, _to_tensor, load_image, load_tensor
 from core.errors import DatasetError, ImageRefusedError, UserFacingError
 
@@ -101,6 +101,8 @@ def test_fingerprint_follows_every_file(make_image_folder) -> None:
     gone = dataset.fingerprint()  # listed, now missing
     relabelled = open_dataset(DatasetSpec("d", root, classes=("b", "a"))).fingerprint()
     assert len({first, touched, gone, relabelled}) == 4
+    folder = ImageDataset("d", root, [("a", 0)], ["a"])  # a manifest may list a folder
+    assert folder.fingerprint() != ImageDataset("d", root, [("z", 0)], ["a"]).fingerprint()
 
 
 def test_class_list_conflicts(make_image_folder) -> None:
