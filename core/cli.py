@@ -233,9 +233,10 @@ def _results(
     model = load_model(spec)
     for note in model.warnings:
         print(f"warning: {note}", file=sys.stderr)
-    result = evaluate(model, dataset, cache_dir, _print_progress, out=out, maps=maps, **run)
-    print(file=sys.stderr)
-    return result
+    try:
+        return evaluate(model, dataset, cache_dir, _print_progress, out=out, maps=maps, **run)
+    finally:
+        print(file=sys.stderr)  # end the progress line, also before an error message
 
 
 def _arrays(result: Results) -> ModelResults:
