@@ -40,12 +40,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(*app_args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run the dashboard; yields its base URL; stops it afterwards."""
+def streamlit_server(
+    *app_args: str, env: dict[str, str] | None = None, app: Path | None = None
+) -> Iterator[str]:
+    """Run the dashboard (or another Streamlit ``app``); yields its base URL; stops it after."""
     port = free_port()
     home = tempfile.mkdtemp(prefix="st-home-")
     command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+        sys.executable, "-m", "streamlit", "run", str(app or ROOT / "dashboard" / "app.py"),
         "--server.headless", "true", "--server.port", str(port),
         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none", "--server.runOnSave", "false",
