@@ -156,8 +156,12 @@ def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_
     """Wait until the cell heading and every card's three panels are shown; returns N."""
     title = rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: ([\d,]+) images?$"
     found = page.wait_for_function(  # one read in the page: the heading may be re-rendered
-        "(re) => { const m = document.body.innerText.match(new RegExp(re, 'm'));"
-        " return m ? m[1] : false; }",
+        # headings only: reading the whole body's text on every frame is work for the page
+        # being timed (a layout of everything, the matrix's SVG text included)
+        "(re) => { const r = new RegExp(re, 'm');"
+        " for (const h of document.querySelectorAll('h1, h2, h3, h4, h5, h6')) {"
+        "  const m = h.innerText.match(r); if (m) return m[1]; }"
+        " return false; }",
         arg=title,
         timeout=timeout,
     )
