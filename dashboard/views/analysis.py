@@ -277,51 +277,37 @@ def _on_click(key: str, shown: list[int]) -> None:
 
 
 def _tables(config_path: str, view: ViewState) -> None:
-    """Most confused pairs (a row opens its cell) and per-class metrics, folded above the matrix.
-
-    Lazy: a table is built and sent only while its expander is open (at 1,000 classes the
-    per-class table alone is a large grid for a page load that does not show it).
-    """
+    """Most confused pairs (a row opens its cell) and per-class metrics, folded above the matrix."""
     pairs_col, classes_col = st.columns(2)
-    pairs_box = pairs_col.expander("Most confused pairs", key="pairs-open", on_change="rerun")
-    with pairs_box:
-        if pairs_box.open:
-            _pairs_table(config_path, view)
-    classes_box = classes_col.expander(
-        "Per-class precision, recall and F1", key="classes-open", on_change="rerun"
-    )
-    with classes_box:
-        if classes_box.open:
-            table = resources.class_metrics(config_path, view.model, view.dataset)
+    with pairs_col.expander("Most confused pairs"):
+        pairs = resources.confused_pairs(config_path, view.model, view.dataset, 15)
+        if pairs.empty:
+            st.success("No errors: every image is on the diagonal.")
+        else:
+            shown = pairs[["true_name", "pred_name", "count"]].rename(
+                columns={"true_name": "true", "pred_name": "predicted"}
+            )
+            key = f"pairs-{view.model}-{view.dataset}"
             st.dataframe(
-                table,
+                shown,
+                key=key,
+                on_select=partial(_on_pair, key, pairs),
+                selection_mode="single-row",
                 hide_index=True,
                 width="stretch",
-                column_config={
-                    c: st.column_config.NumberColumn(format="%.3f")
-                    for c in ("precision", "recall", "f1")
-                },
             )
-
-
-def _pairs_table(config_path: str, view: ViewState) -> None:
-    pairs = resources.confused_pairs(config_path, view.model, view.dataset, 15)
-    if pairs.empty:
-        st.success("No errors: every image is on the diagonal.")
-        return
-    shown = pairs[["true_name", "pred_name", "count"]].rename(
-        columns={"true_name": "true", "pred_name": "predicted"}
-    )
-    key = f"pairs-{view.model}-{view.dataset}"
-    st.dataframe(
-        shown,
-        key=key,
-        on_select=partial(_on_pair, key, pairs),
-        selection_mode="single-row",
-        hide_index=True,
-        width="stretch",
-    )
-    st.caption("Select a row to open that cell.")
+            st.caption("Select a row to open that cell.")
+    with classes_col.expander("Per-class precision, recall and F1"):
+        table = resources.class_metrics(config_path, view.model, view.dataset)
+        st.dataframe(
+            table,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.3f")
+                for c in ("precision", "recall", "f1")
+            },
+        )
 
 
 def _on_pair(key: str, pairs) -> None:  # type: ignore[no-untyped-def]
