@@ -11,12 +11,14 @@ Three kinds of click on every non-empty cell of the sample:
 * revisit: the same cells again (``--rounds`` - 1 more rounds).
 
 The time runs from the mouse click to the moment the cell's heading and every image of its
-first page are loaded. Target: p50 ≤ 1 s on the sample on a 2-core CPU.
+first page are loaded. Targets on the sample on a 2-core CPU: p50 ≤ 1 s for a cold click, p50
+≤ 0.3 s for a first visit with stored maps (issue #13).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -27,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.browser import (  # noqa: E402
+    cell_centre,
     chromium,
-    click_cell,
     new_page,
     streamlit_server,
     wait_for_gallery,
@@ -64,19 +66,22 @@ def main() -> None:
                 page.wait_for_timeout(3_000)  # the warm-up thread is done
                 query = params
             for true, pred in cells:  # consecutive cells differ: a second click would deselect
+                x, y = cell_centre(page, true, pred)  # where to click, found before the clock
                 start = time.perf_counter()
-                click_cell(page, true, pred)
+                page.mouse.click(x, y)
                 wait_for_gallery(page, names[true], names[pred])
                 timings[kind].append(time.perf_counter() - start)
     print(f"\nclick → first page on the sample ({len(cells)} non-empty cells, page size 24)\n")
-    print("| clicks | n | p50 s | p95 s | max s | p50 ÷ 1 s target |")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| clicks | n | p50 s | p95 s | max s | target p50 |")
     print("|---|---|---|---|---|---|")
+    targets = {cold: 1.0, first: 0.3, again: 0.3}
     for kind, values in timings.items():
         if values:
-            p50 = statistics.median(values)
+            p50, target = statistics.median(values), targets[kind]
             print(
                 f"| {kind} | {len(values)} | {p50:.3f} | {percentile(values, 0.95):.3f} | "
-                f"{max(values):.3f} | {p50:.2f}× {'PASS' if p50 <= 1.0 else 'FAIL'} |"
+                f"{max(values):.3f} | ≤ {target} s {'PASS' if p50 <= target else 'FAIL'} |"
             )
 
 

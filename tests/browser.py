@@ -40,12 +40,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(*app_args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run the dashboard; yields its base URL; stops it afterwards."""
+def streamlit_server(
+    *app_args: str, env: dict[str, str] | None = None, app: Path | None = None
+) -> Iterator[str]:
+    """Run the dashboard (or another Streamlit ``app``); yields its base URL; stops it after."""
     port = free_port()
     home = tempfile.mkdtemp(prefix="st-home-")
     command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+        sys.executable, "-m", "streamlit", "run", str(app or ROOT / "dashboard" / "app.py"),
         "--server.headless", "true", "--server.port", str(port),
         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none", "--server.runOnSave", "false",
@@ -154,8 +156,12 @@ def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_
     """Wait until the cell heading and every card's three panels are shown; returns N."""
     title = rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: ([\d,]+) images?$"
     found = page.wait_for_function(  # one read in the page: the heading may be re-rendered
-        "(re) => { const m = document.body.innerText.match(new RegExp(re, 'm'));"
-        " return m ? m[1] : false; }",
+        # headings only: reading the whole body's text on every frame is work for the page
+        # being timed (a layout of everything, the matrix's SVG text included)
+        "(re) => { const r = new RegExp(re, 'm');"
+        " for (const h of document.querySelectorAll('h1, h2, h3, h4, h5, h6')) {"
+        "  const m = h.innerText.match(r); if (m) return m[1]; }"
+        " return false; }",
         arg=title,
         timeout=timeout,
     )

@@ -196,7 +196,16 @@ def _overview(view: ViewState, result: Results, counts) -> None:  # type: ignore
         f"{result.classes[b * size]}…{result.classes[min((b + 1) * size, n) - 1]}"
         for b in range(len(sums))
     ]
-    with st.expander(f"Overview of all {n:,} classes: click a block to zoom in", expanded=False):
+    # Lazy: the chart (a few thousand points) is built and drawn only while the expander is
+    # open, so a page load draws one Plotly chart, the matrix. Opening it reruns this fragment.
+    box = st.expander(
+        f"Overview of all {n:,} classes: click a block to zoom in",
+        key="overview-open",
+        on_change="rerun",
+    )
+    with box:
+        if not box.open:
+            return
         key = "overview"
         figure = overview_figure(sums, labels, view.block)
         st.plotly_chart(
