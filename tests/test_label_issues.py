@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.analysis.label_quality import label_quality
-from core.cli import _arrays, _evaluation, main
+from core.cli import _arrays, _results, main
 from core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
 def test_planted_labels_are_the_least_likely(planted) -> None:
     config, rows = planted
     assert len(rows) == 8 and all(true != wrong for true, wrong in rows.values())
-    result = _evaluation(load_config(config), None, None)
+    result = _results(load_config(config), None, None)
     arrays = _arrays(result)
     quality = label_quality(arrays.true, result.probs(result.index))
     lowest = set(arrays.paths[np.argsort(quality.self_confidence)[:8]])
