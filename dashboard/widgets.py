@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import partial
 from html import escape
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,7 @@ from core.analysis.gallery import (
     page_maps,
     page_rows,
     sort_rows,
-    stored_panels,
+    stored_maps,
     uses_stored_maps,
 )
 from core.analysis.panels import enlarge
@@ -224,46 +223,29 @@ def _gallery_html(
     model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
     problem = None
-    panels: list[list[str] | Unavailable]
-    if uses_stored_maps(result, view.method, layer):  # made in the evaluation: no model call
-        panels = stored_panels(
-            result, dataset, rows, model.spec.input_size, resources.panel_cache(), view.opacity
-        )
-    else:
-        try:
+    try:
+        maps: list[list[np.ndarray | None] | Unavailable]
+        if uses_stored_maps(result, view.method, layer):  # made in the evaluation: no model call
+            maps = stored_maps(result, rows, model.spec.input_size)  # type: ignore[assignment]
+        else:
             maps = page_maps(
                 model, dataset, rows, view.method, layer, resources.map_cache(), result.fingerprint
-            )
-        except (ValueError, UserFacingError) as exc:  # e.g. classic CAM on a model without GAP
-            problem = f"{view.method} cannot be computed for this model: {exc}"
-            maps = [[None, None] for _ in range(len(rows))]
-        panels = [
-            _panels(dataset, path, row_maps, view)
-            for path, row_maps in zip(rows["path"], maps, strict=True)
-        ]
+            )  # type: ignore[assignment]
+    except (ValueError, UserFacingError) as exc:  # e.g. classic CAM on a model without GAP head
+        problem = f"{view.method} cannot be computed for this model: {exc}"
+        maps = [[None, None] for _ in range(len(rows))]
     summaries = store.counts_by_path(notes_key, rows["path"]) if len(rows) else {}
     cards = [
-        _card(row, urls, result.classes, view, summaries.get(row["path"]))
-        for row, urls in zip(rows.to_dict("records"), panels, strict=True)
+        _card(dataset, row, row_maps, result.classes, view, summaries.get(row["path"]))
+        for (_, row), row_maps in zip(rows.iterrows(), maps, strict=True)
     ]
     return f'<div class="cam-gallery" style="{_GRID}">{"".join(cards)}</div>', problem
 
 
-def _panels(
-    dataset: ImageDataset, path: str, maps: list[np.ndarray | None] | Unavailable, view: ViewState
-) -> list[str] | Unavailable:
-    """One row's panel data URLs, or why its image cannot be shown now."""
-    if isinstance(maps, Unavailable):
-        return maps
-    try:
-        return resources.panel_cache().panels(dataset, path, maps, view.opacity)
-    except Exception as exc:  # the file changed or vanished since the evaluation
-        return Unavailable(reason_of(exc))
-
-
 def _card(
-    row: dict[str, Any],
-    urls: list[str] | Unavailable,
+    dataset: ImageDataset,
+    row: pd.Series,
+    maps: list[np.ndarray | None] | Unavailable,
     names: tuple[str, ...],
     view: ViewState,
     summary: PathSummary | None,
@@ -275,6 +257,14 @@ def _card(
     """
     first, second = compared_classes(row)
     diagonal = int(row["true"]) == int(row["pred"])
+    problem, urls = "", ["", "", ""]
+    try:
+        if isinstance(maps, Unavailable):
+            problem = maps.reason
+        else:
+            urls = resources.panel_cache().panels(dataset, row["path"], maps, view.opacity)
+    except Exception as exc:  # the file changed or vanished since the evaluation
+        problem = reason_of(exc)
     runner_up = f" · runner-up {names[second]} ({row['runner_up_prob']:.1%})" if diagonal else ""
     other = f"runner-up {names[second]}" if diagonal else f"true {names[second]}"
     caption = (
@@ -283,9 +273,9 @@ def _card(
         f"({row['true_prob']:.1%}){runner_up}",
     )
     labels = ("image", f"{view.method} · predicted {names[first]}", f"{view.method} · {other}")
-    if isinstance(urls, Unavailable):
+    if problem:
         return card_html(
-            row["path"], caption, [], badge_text(summary), f"cannot be shown: {urls.reason}"
+            row["path"], caption, [], badge_text(summary), f"cannot be shown: {problem}"
         )
     return card_html(row["path"], caption, zip(urls, labels, strict=True), badge_text(summary))
 

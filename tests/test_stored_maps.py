@@ -139,33 +139,3 @@ def test_opening_a_cell_and_turning_pages_makes_no_forward_pass(tmp_path: Path, 
         handle.remove()
     assert len(cell_rows(result.predictions, 9, 9)) > 24  # page 3 exists, past the warmed page
     assert calls == []  # every map came from the result
-
-
-def test_stored_panels_read_maps_only_for_uncached_panels(
-    digits_model, digits_subset, tmp_path, monkeypatch
-) -> None:
-    """A page's stored-map panels equal those made from the maps themselves; once cached, a
-    page costs lookups only (the maps are not read again), and an unreadable image fails alone."""
-    from core.analysis.gallery import stored_panels
-    from core.analysis.panels import PanelCache
-    from core.explain.map_cache import Unavailable
-
-    dataset = open_dataset(DatasetSpec("d", digits_subset(per_class=2)))
-    result = evaluate(digits_model, dataset, cache_dir=tmp_path, num_workers=0)
-    rows = result.predictions.head(6)
-    size = digits_model.spec.input_size
-    cache = PanelCache()
-    made = stored_panels(result, dataset, rows, size, cache, 0.5)
-    by_content = PanelCache()
-    for path, urls, maps in zip(rows["path"], made, stored_maps(result, rows, size), strict=True):
-        assert urls == by_content.panels(dataset, path, list(maps), 0.5)
-    reads = []
-    original = type(result).maps
-    monkeypatch.setattr(type(result), "maps", lambda self, r: reads.append(r) or original(self, r))
-    assert stored_panels(result, dataset, rows, size, cache, 0.5) == made
-    assert reads == []
-    assert stored_panels(result, dataset, rows, size, cache, 0.7) != made  # another opacity
-    assert len(reads) == 1  # one read for the whole page
-    (dataset.path(rows["path"].iloc[1])).unlink()
-    again = stored_panels(result, dataset, rows, size, cache, 0.5)
-    assert isinstance(again[1], Unavailable) and again[0] == made[0]

@@ -11,9 +11,8 @@ the page is drawn (changed, deleted or refused since the evaluation) fails alone
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,7 @@ import torch
 from core.analysis.panels import PanelCache
 from core.data.datasets import ImageDataset
 from core.data.models import LoadedModel
-from core.errors import UserFacingError, reason_of
+from core.errors import UserFacingError
 from core.explain.cam import METHODS, finish_maps
 from core.explain.map_cache import MapCache, MapRequest, Unavailable
 from core.results import Results
@@ -36,9 +35,7 @@ __all__ = [
     "page_maps",
     "page_rows",
     "sort_rows",
-    "stored_map_keys",
     "stored_maps",
-    "stored_panels",
     "uses_stored_maps",
     "warm_pages",
 ]
@@ -62,7 +59,7 @@ def page_rows(rows: pd.DataFrame, page: int, page_size: int) -> pd.DataFrame:
     return rows.iloc[(page - 1) * page_size : page * page_size]
 
 
-def compared_classes(row: pd.Series | Mapping[str, Any]) -> tuple[int, int]:
+def compared_classes(row: pd.Series) -> tuple[int, int]:
     """(predicted class, true class) for an error; (predicted, runner-up) when correct."""
     pred, true = int(row["pred"]), int(row["true"])
     return (pred, true) if pred != true else (pred, int(row["runner_up"]))
@@ -85,47 +82,6 @@ def stored_maps(
     raw = torch.from_numpy(result.maps(rows["index"].to_numpy()))
     maps = finish_maps(raw, size).numpy()
     return [list(pair) for pair in maps]
-
-
-def stored_map_keys(
-    result: Results, rows: pd.DataFrame, size: tuple[int, int]
-) -> list[tuple[Hashable, Hashable]]:
-    """Names of the maps :func:`stored_maps` makes for ``rows``: the result's fingerprint and
-    map layer, the row, the slot and the display size (the same inputs always give the same map),
-    so a :class:`PanelCache` can find their panels without reading or resizing the maps."""
-    scope = (result.fingerprint, str(result.meta.get("map_layer")), tuple(int(s) for s in size))
-    return [((*scope, int(i), 0), (*scope, int(i), 1)) for i in rows["index"]]
-
-
-def stored_panels(
-    result: Results,
-    dataset: ImageDataset,
-    rows: pd.DataFrame,
-    size: tuple[int, int],
-    panels: PanelCache,
-    alpha: float,
-) -> list[list[str] | Unavailable]:
-    """Each row's panel data URLs (image, then its two stored maps blended on at ``alpha``),
-    or :class:`Unavailable` with the reason when its image cannot be read now.
-
-    The maps are read and resized at most once, and only when a panel is not cached yet: a
-    page the warm-up (or an earlier visit) encoded costs a cache lookup per panel.
-    """
-    keys = stored_map_keys(result, rows, size)
-    made: list[list[np.ndarray]] = []
-
-    def maps_of(i: int) -> list[np.ndarray | None]:
-        if not made:
-            made.extend(stored_maps(result, rows, size))
-        return list(made[i])
-
-    out: list[list[str] | Unavailable] = []
-    for i, path in enumerate(rows["path"]):
-        try:
-            out.append(panels.panels(dataset, path, partial(maps_of, i), alpha, keys[i]))
-        except Exception as exc:  # the file changed or vanished since the evaluation
-            out.append(Unavailable(reason_of(exc)))
-    return out
 
 
 def page_maps(
@@ -231,13 +187,14 @@ def warm_pages(
     done = 0
     stored = result is not None and uses_stored_maps(result, method, layer)
     for rows in pages:
-        if stored:  # the gallery's own lookup: the same panels, under the same names
-            assert result is not None
-            made = stored_panels(result, dataset, rows, model.spec.input_size, panels, alpha)
-            done += sum(not isinstance(urls, Unavailable) for urls in made)
-            continue
         try:
-            page = page_maps(model, dataset, rows, method, layer, maps, fingerprint)
+            if stored:
+                assert result is not None
+                page: list[list[np.ndarray] | Unavailable] = list(
+                    stored_maps(result, rows, model.spec.input_size)
+                )
+            else:
+                page = page_maps(model, dataset, rows, method, layer, maps, fingerprint)
         except (ValueError, OSError, UserFacingError):
             return done
         for path, row_maps in zip(rows["path"], page, strict=True):

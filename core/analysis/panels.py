@@ -17,7 +17,7 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable
 
 import numpy as np
 from PIL import Image
@@ -90,37 +90,24 @@ class PanelCache:
             return len(self._urls)
 
     def panels(
-        self,
-        dataset: ImageDataset,
-        rel: str,
-        maps: list[np.ndarray | None] | Callable[[], list[np.ndarray | None]],
-        alpha: float,
-        map_keys: Sequence[Hashable | None] | None = None,
+        self, dataset: ImageDataset, rel: str, maps: list[np.ndarray | None], alpha: float
     ) -> list[str]:
         """Data URLs of image ``rel`` of ``dataset`` and of one overlay per map (RGB, in order).
-
-        ``map_keys``, when given, name the maps (one key per map, None for a missing map)
-        instead of their content: ``maps`` may then be a function that makes them, called only
-        when a panel is not cached (stored maps need not be read and resized for a cached page).
 
         Raises :class:`~core.errors.ImageRefusedError` or the decoder's error when the image
         cannot be read (checked on every call, cached or not).
         """
         path = str(dataset.path(rel))
         mtime = os.stat(path).st_mtime_ns
-        if map_keys is None:
-            maps = maps() if callable(maps) else maps
-            map_keys = [_digest(m) if m is not None else None for m in maps]
         keys = [(path, mtime, None, 0.0)] + [
-            (path, mtime, k, float(alpha)) if k is not None else None for k in map_keys
+            (path, mtime, _digest(m), float(alpha)) if m is not None else None for m in maps
         ]
         found = [self._get(k) if k is not None else "" for k in keys]
         if any(url is None for url in found):
-            made = maps() if callable(maps) else maps
             image = dataset.image(rel, 3)
             for i, key in enumerate(keys):
                 if found[i] is None and key is not None:
-                    cam_map = None if i == 0 else made[i - 1]
+                    cam_map = None if i == 0 else maps[i - 1]
                     found[i] = self._put(key, panel_url(image, cam_map, alpha))
         return [url or "" for url in found]
 
