@@ -336,31 +336,25 @@ def hit_files(rows: int, classes: int) -> Path:
     folder = REPO / ".cache" / "generated" / f"hit-{rows}x{classes}"
     if (folder / "complete").is_file():
         return folder / "config.toml"
-    model = make_project(classes, 5).parent
+    from tests.large_project import make_large_project
+
+    model = make_large_project(classes, 5).parent
     images = folder / "images"
     for c in range(classes):
         (images / f"c{c:04d}").mkdir(parents=True, exist_ok=True)
-    for name in ("matcher.py", "matcher.safetensors"):
+    for name in ("matcher.py", "matcher.safetensors", "config.toml"):
         shutil.copy2(model / name, folder / name)
     for i in range(rows):
         os.close(os.open(images / f"c{i % classes:04d}" / f"{i:07d}.png", os.O_CREAT | os.O_WRONLY))
-    text = (model / "config.toml").read_text()
-    (folder / "config.toml").write_text(text)
     (folder / "complete").touch()
     return folder / "config.toml"
-
-
-def make_project(classes: int, per_class: int) -> Path:
-    from tests.large_project import make_large_project
-
-    return make_large_project(classes, per_class)
 
 
 def hit_part(args: argparse.Namespace) -> None:
     """``python -m core evaluate`` on unchanged inputs: the stored results are reopened."""
     from core.config import load_config
     from core.data.datasets import open_dataset
-    from core.results import open_results
+    from core.results import StoreError, open_results
     from core.results.key import evaluation_key
 
     start = time.perf_counter()
@@ -373,7 +367,7 @@ def hit_part(args: argparse.Namespace) -> None:
     folder = config.cache_dir / "results" / key
     try:
         ready = open_results(folder).fingerprint == key
-    except Exception:
+    except StoreError:
         ready = False
     start = time.perf_counter()
     if not ready:

@@ -20,7 +20,7 @@ from core.config import ProjectConfig, load_config
 from core.data.datasets import open_dataset
 from core.errors import UserFacingError
 from core.results import Results
-from core.results.evaluate import evaluate, stored_result
+from core.results.evaluate import evaluate, lookup
 
 if TYPE_CHECKING:
     from core.analysis.comparison import ModelResults
@@ -224,17 +224,19 @@ def _results(
     spec = config.model(model_name)
     dataset = open_dataset(config.dataset(dataset_name), spec.classes)
     cache_dir = config.cache_dir if cache else None
-    stored = stored_result(spec, dataset, cache_dir, out, maps)
-    if stored is not None:
-        print(f"stored results of unchanged inputs: {stored.folder}", file=sys.stderr)
-        return stored
+    found = lookup(spec, dataset, cache_dir, out, maps)
+    if found.result is not None:
+        print(f"stored results of unchanged inputs: {found.folder}", file=sys.stderr)
+        return found.result
     from core.data.models import load_model  # torch: only when there is something to compute
 
     model = load_model(spec)
     for note in model.warnings:
         print(f"warning: {note}", file=sys.stderr)
     try:
-        return evaluate(model, dataset, cache_dir, _print_progress, out=out, maps=maps, **run)
+        return evaluate(
+            model, dataset, cache_dir, _print_progress, out=out, maps=maps, found=found, **run
+        )
     finally:
         print(file=sys.stderr)  # end the progress line, also before an error message
 

@@ -11,6 +11,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
     from core.data.models import LoadedModel
     from core.results.local_engine import Progress
 
-__all__ = ["EvaluationJob", "check_classes", "evaluate", "map_layer", "stored_result"]
+__all__ = [
+    "EvaluationJob",
+    "Lookup",
+    "check_classes",
+    "evaluate",
+    "lookup",
+    "map_layer",
+    "stored_result",
+]
 
 
 def check_classes(model: LoadedModel, dataset: ImageDataset) -> None:
@@ -54,6 +63,42 @@ def map_layer(model: LoadedModel) -> tuple[str, tuple[int, int]] | None:
     return None
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """Where the results of some inputs live, and whether they are complete there."""
+
+    key: str  # the evaluation key of the inputs
+    folder: Path | None  # None: no cache, a scratch folder is used
+    result: Results | None  # the stored results, when unchanged inputs made them
+
+
+def lookup(
+    spec: ModelSpec,
+    dataset: ImageDataset,
+    cache_dir: Path | None = None,
+    out: Path | None = None,
+    maps: bool = True,
+) -> Lookup:
+    """Find the result folder of model entry ``spec`` on ``dataset`` (see :func:`evaluate` for
+    where it is looked for). Loads no model; costs a stat of every file and a hash of the
+    weights, so a caller that goes on to :func:`evaluate` hands it over (``found=``)."""
+    if spec.results and out is None:  # predictions made elsewhere (--out DIR/)
+        from core.results.reconcile import find_result
+
+        made = find_result(spec.results, dataset)
+        if made is not None:
+            return Lookup(made.fingerprint, made.folder, made)
+    key = evaluation_key(spec, dataset, maps)
+    folder = out or (cache_dir / "results" / key if cache_dir is not None else None)
+    if folder is None:
+        return Lookup(key, None, None)
+    try:
+        hit = open_results(folder)
+    except StoreError:  # nothing there yet, unfinished, damaged: (re)compute
+        return Lookup(key, folder, None)
+    return Lookup(key, folder, hit if hit.fingerprint == key else None)
+
+
 def stored_result(
     spec: ModelSpec,
     dataset: ImageDataset,
@@ -62,29 +107,8 @@ def stored_result(
     maps: bool = True,
 ) -> Results | None:
     """The stored results of model entry ``spec`` on ``dataset`` if unchanged inputs made
-    them (see :func:`evaluate` for where they are looked for), else None. Loads no model."""
-    return _lookup(spec, dataset, cache_dir, out, maps)[2]
-
-
-def _lookup(
-    spec: ModelSpec, dataset: ImageDataset, cache_dir: Path | None, out: Path | None, maps: bool
-) -> tuple[str, Path | None, Results | None]:
-    """(key, result folder or None for a scratch one, the stored results if complete)."""
-    if spec.results and out is None:  # predictions made elsewhere (--out DIR/)
-        from core.results.reconcile import find_result
-
-        made = find_result(spec.results, dataset)
-        if made is not None:
-            return made.fingerprint, made.folder, made
-    key = evaluation_key(spec, dataset, maps)
-    folder = out or (cache_dir / "results" / key if cache_dir is not None else None)
-    if folder is None:
-        return key, None, None
-    try:
-        hit = open_results(folder)
-    except StoreError:  # nothing there yet, unfinished, damaged: (re)compute
-        return key, folder, None
-    return key, folder, hit if hit.fingerprint == key else None
+    them, else None (:func:`lookup`'s result)."""
+    return lookup(spec, dataset, cache_dir, out, maps).result
 
 
 def evaluate(
@@ -98,6 +122,7 @@ def evaluate(
     batch_size: int | None = None,
     commit_seconds: float = 2.0,
     engine: Callable[..., None] | None = None,
+    found: Lookup | None = None,
 ) -> Results:
     """``model``'s results on ``dataset``: read from disk when nothing changed, else computed.
 
@@ -105,9 +130,11 @@ def evaluate(
     (removed once open); a model entry's ``results`` folders made elsewhere come first. A
     folder left half-way by a killed run is resumed. ``engine`` fills the writer:
     :func:`core.results.local_engine.predict`, or the same signature elsewhere (Ray).
+    ``found`` is a :func:`lookup` of the same inputs made just before (not repeated).
     """
     check_classes(model, dataset)
-    key, folder, hit = _lookup(model.spec, dataset, cache_dir, out, maps)
+    found = found or lookup(model.spec, dataset, cache_dir, out, maps)
+    key, folder, hit = found.key, found.folder, found.result
     if hit is not None:
         if progress is not None:
             progress(len(dataset), len(dataset))
