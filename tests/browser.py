@@ -120,9 +120,8 @@ def wait_for_matrix(page, timeout: float = 120_000) -> None:  # type: ignore[no-
     )
 
 
-def cell_centre(page, true: int, pred: int, plot: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Viewport pixel position of the centre of cell (true, pred) of the shown matrix (of the
-    ``plot``-th Plotly chart on the page: 1 is the 1,000-class overview when it is open).
+def cell_centre(page, true: int, pred: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Viewport pixel position of the centre of cell (true, pred) of the shown matrix.
 
     Waits until no element is stale (a rerun may replace the chart), then scrolls and measures
     in one call inside the page, so the chart cannot be swapped in between.
@@ -133,14 +132,14 @@ def cell_centre(page, true: int, pred: int, plot: int = 0) -> tuple[float, float
         timeout=120_000,
     )
     return page.evaluate(
-        """([row, col, plot]) => {
-            const g = document.querySelectorAll('.js-plotly-plot')[plot];
+        """([row, col]) => {
+            const g = document.querySelector('.js-plotly-plot');
             g.scrollIntoView({block: 'center'});
             const box = g.getBoundingClientRect();
             const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
             return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
         }""",
-        [true, pred, plot],
+        [true, pred],
     )
 
 
