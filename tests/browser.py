@@ -120,33 +120,62 @@ def wait_for_matrix(page, timeout: float = 120_000) -> None:  # type: ignore[no-
     )
 
 
-def cell_centre(page, true: int, pred: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Viewport pixel position of the centre of cell (true, pred) of the shown matrix.
+def cell_centre(page, true: int, pred: int, plot: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Viewport pixel position of the centre of cell (true, pred) of the shown matrix (of the
+    ``plot``-th Plotly chart on the page: 1 is the 1,000-class overview when it is open).
 
     Waits until no element is stale (a rerun may replace the chart), then scrolls and measures
     in one call inside the page, so the chart cannot be swapped in between.
     """
     page.wait_for_function(
-        "() => !document.querySelector('[data-stale=\"true\"]') &&"
-        " document.querySelector('.js-plotly-plot')?._fullLayout?.xaxis",
+        "(plot) => !document.querySelector('[data-stale=\"true\"]') &&"
+        " document.querySelectorAll('.js-plotly-plot')[plot]?._fullLayout?.xaxis",
+        arg=plot,
         timeout=120_000,
     )
     return page.evaluate(
-        """([row, col]) => {
-            const g = document.querySelector('.js-plotly-plot');
+        """([row, col, plot]) => {
+            const g = document.querySelectorAll('.js-plotly-plot')[plot];
             g.scrollIntoView({block: 'center'});
             const box = g.getBoundingClientRect();
             const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
             return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
         }""",
-        [true, pred],
+        [true, pred, plot],
     )
 
 
-def click_cell(page, true: int, pred: int) -> None:  # type: ignore[no-untyped-def]
-    """Click a matrix cell with the mouse, like a person."""
-    x, y = cell_centre(page, true, pred)
-    page.mouse.click(x, y)
+def point_at_cell(page, true: int, pred: int, plot: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Move the mouse onto a cell and wait until Plotly's hover is on it, as a person's click
+    follows the cell's tooltip.
+
+    Plotly attributes a click to its last hover, and computes hovers at most every 50 ms
+    (later still while the page is busy with a rerun). A click in the same instant as the move
+    (what ``page.mouse.click`` does) can therefore land on the previously hovered cell, which,
+    when that cell is the selected one, deselects it. A 1-pixel nudge repeats the move until
+    the hover shows this cell. Returns the mouse position.
+    """
+    x, y = cell_centre(page, true, pred, plot)
+    for attempt in range(50):
+        page.mouse.move(x + (attempt % 3) - 1, y)
+        on_cell = page.evaluate(
+            """([row, col, plot]) => new Promise(done => setTimeout(() => {
+                const g = document.querySelectorAll('.js-plotly-plot')[plot];
+                const h = g && g._hoverdata && g._hoverdata[0];
+                done(!!h && h.curveNumber === 1 && h.x === col && h.y === row);
+            }, 25))""",
+            [true, pred, plot],
+        )
+        if on_cell:
+            return x + (attempt % 3) - 1, y
+    raise AssertionError(f"Plotly's hover never reached cell {(true, pred)}")
+
+
+def click_cell(page, true: int, pred: int, plot: int = 0) -> None:  # type: ignore[no-untyped-def]
+    """Click a matrix cell with the mouse, like a person: point at it, then press."""
+    point_at_cell(page, true, pred, plot)
+    page.mouse.down()
+    page.mouse.up()
 
 
 HEADING = re.compile(r"true (.+) → predicted (.+): ([\d,]+) images?")
