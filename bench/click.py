@@ -30,8 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core import cell_rows  # noqa: E402
+from core.analysis.gallery import page_rows, sort_rows  # noqa: E402
 from tests.browser import (  # noqa: E402
     chromium,
+    heading_pattern,
     new_page,
     point_at_cell,
     streamlit_server,
@@ -39,6 +42,32 @@ from tests.browser import (  # noqa: E402
     wait_for_matrix,
 )
 from tests.projects import expected, write_config  # noqa: E402
+
+# Watches for the click in the page itself: the mouseup's time stamp, and the first animation
+# frame in which nothing is stale, the cell's heading is shown and the cards are exactly its
+# first page, in order, every image loaded. Both times come from the page's clock, so
+# Playwright's round trips (to press the button, and to poll for the result) are not counted.
+WATCH = """([title, paths]) => {
+    const watch = window.__click = {up: null, done: null};
+    addEventListener('mouseup', e => { watch.up = e.timeStamp; }, {capture: true, once: true});
+    const heading = new RegExp(title, 'm');
+    const complete = () => {
+        if (document.querySelector('[data-stale="true"]')) return false;
+        const titles = Array.from(document.querySelectorAll('h1, h2, h3, h4, h5, h6'));
+        if (!titles.some(h => heading.test(h.innerText))) return false;
+        const cards = Array.from(document.querySelectorAll('.cam-card'));
+        const shown = cards.map(card => card.querySelector('strong').innerText);
+        return shown.join('\\n') === paths.join('\\n') && cards.every(card => {
+            const imgs = Array.from(card.querySelectorAll('figure img'));
+            return imgs.length === 3 && imgs.every(i => i.complete && i.naturalWidth > 0);
+        });
+    };
+    const frame = () => {
+        if (watch.up !== null && complete()) watch.done = performance.now();
+        else requestAnimationFrame(frame);
+    };
+    requestAnimationFrame(frame);
+}"""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -54,9 +83,10 @@ def main() -> None:
     result = expected(config)
     counts = result.predictions.groupby(["true", "pred"]).size()
     cells = [(int(t), int(p)) for (t, p) in counts.index]
-    names = result.classes
+    names, preds, order = result.classes, result.predictions, ("confidence", False)
     cold, first, again = "cold (Grad-CAM++)", "first visit (warmed)", "revisit"
     timings: dict[str, list[float]] = {cold: [], first: [], again: []}
+    in_page: dict[str, list[float]] = {cold: [], first: [], again: []}
     plan = [(cold, "?method=Grad-CAM%2B%2B")] + [(first, "")] + [(again, "")] * (args.rounds - 1)
     with streamlit_server("--config", str(config)) as url, chromium() as browser:
         page = new_page(browser)
@@ -69,22 +99,33 @@ def main() -> None:
                 query = params
             for true, pred in cells:  # consecutive cells differ: a second click would deselect
                 point_at_cell(page, true, pred)  # a person points, sees the tooltip, clicks
+                first_page = page_rows(sort_rows(cell_rows(preds, true, pred), *order), 1, 24)
+                page.evaluate(
+                    WATCH, [heading_pattern(names[true], names[pred]), list(first_page["path"])]
+                )
                 start = time.perf_counter()
                 page.mouse.down()
                 page.mouse.up()
                 wait_for_gallery(page, names[true], names[pred])
                 timings[kind].append(time.perf_counter() - start)
+                page.wait_for_function("() => window.__click.done !== null")
+                up, done = page.evaluate("() => [window.__click.up, window.__click.done]")
+                in_page[kind].append((done - up) / 1000)
     print(f"\nclick → first page on the sample ({len(cells)} non-empty cells, page size 24)\n")
     print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| clicks | n | p50 s | p95 s | max s | target p50 |")
-    print("|---|---|---|---|---|---|")
+    print("in page: from the mouseup to the first frame with the page complete (the page's clock)")
+    print("wall: from Playwright's press to its poll seeing the page complete (adds round trips)\n")
+    print("| clicks | n | in page p50 s | p95 s | max s | wall p50 s | p95 s | target p50 |")
+    print("|---|---|---|---|---|---|---|---|")
     targets = {cold: 1.0, first: 0.3, again: 0.3}
-    for kind, values in timings.items():
+    for kind, values in in_page.items():
         if values:
-            p50, target = statistics.median(values), targets[kind]
+            p50, target, wall = statistics.median(values), targets[kind], timings[kind]
+            verdict = "PASS" if p50 <= target else "FAIL"
             print(
                 f"| {kind} | {len(values)} | {p50:.3f} | {percentile(values, 0.95):.3f} | "
-                f"{max(values):.3f} | ≤ {target} s {'PASS' if p50 <= target else 'FAIL'} |"
+                f"{max(values):.3f} | {statistics.median(wall):.3f} | "
+                f"{percentile(wall, 0.95):.3f} | ≤ {target} s {verdict} |"
             )
 
 

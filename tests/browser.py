@@ -181,9 +181,14 @@ def click_cell(page, true: int, pred: int, plot: int = 0) -> None:  # type: igno
 HEADING = re.compile(r"true (.+) → predicted (.+): ([\d,]+) images?")
 
 
+def heading_pattern(true_name: str, pred_name: str) -> str:
+    """A regular expression (Python and JavaScript alike) for a cell's heading; group 1: N."""
+    return rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: ([\d,]+) images?$"
+
+
 def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_000) -> int:  # type: ignore[no-untyped-def]
     """Wait until the cell heading and every card's three panels are shown; returns N."""
-    title = rf"true {re.escape(true_name)} → predicted {re.escape(pred_name)}: ([\d,]+) images?$"
+    title = heading_pattern(true_name, pred_name)
     found = page.wait_for_function(  # one read in the page: the heading may be re-rendered
         # headings only: reading the whole body's text on every frame is work for the page
         # being timed (a layout of everything, the matrix's SVG text included)
