@@ -153,11 +153,13 @@ def point_at_cell(page, true: int, pred: int, plot: int = 0) -> tuple[float, flo
     (later still while the page is busy with a rerun). A click in the same instant as the move
     (what ``page.mouse.click`` does) can therefore land on the previously hovered cell, which,
     when that cell is the selected one, deselects it. A 1-pixel nudge repeats the move until
-    the hover shows this cell. Returns the mouse position.
+    the hover shows this cell, measuring the cell's position each time. Returns the mouse position.
     """
-    x, y = cell_centre(page, true, pred, plot)
     for attempt in range(50):
-        page.mouse.move(x + (attempt % 3) - 1, y)
+        # measured again each time: the page may still move (an expander opening above)
+        x, y = cell_centre(page, true, pred, plot)
+        x += (attempt % 3) - 1
+        page.mouse.move(x, y)
         on_cell = page.evaluate(
             """([row, col, plot]) => new Promise(done => setTimeout(() => {
                 const g = document.querySelectorAll('.js-plotly-plot')[plot];
@@ -167,8 +169,17 @@ def point_at_cell(page, true: int, pred: int, plot: int = 0) -> tuple[float, flo
             [true, pred, plot],
         )
         if on_cell:
-            return x + (attempt % 3) - 1, y
-    raise AssertionError(f"Plotly's hover never reached cell {(true, pred)}")
+            return x, y
+    seen = page.evaluate(
+        """([x, y, plot]) => {
+            const g = document.querySelectorAll('.js-plotly-plot')[plot];
+            const h = (g && g._hoverdata || []).map(p => [p.curveNumber, p.x, p.y]);
+            const at = document.elementFromPoint(x, y);
+            return JSON.stringify({hover: h, at: at && at.outerHTML.slice(0, 120)});
+        }""",
+        [x, y, plot],
+    )
+    raise AssertionError(f"Plotly's hover never reached cell {(true, pred)} at {(x, y)}: {seen}")
 
 
 def click_cell(page, true: int, pred: int, plot: int = 0) -> None:  # type: ignore[no-untyped-def]

@@ -59,13 +59,18 @@ def main() -> None:
         error_panel(_failure_title(exc, view), exc)
         st.stop()
     resources.warm_up(config_path, view.model, view.dataset, result.fingerprint)
+    st.title("Where is the model wrong, and where did it look?")
+    tables = st.container()
+    # The matrix goes out before the tables and the sidebar's settings (their places on the page
+    # do not depend on the order): a new visitor's browser starts loading Plotly's JavaScript,
+    # the largest part of a first page, while it draws the rest.
+    explorer(config_path, models, datasets, result)
+    with tables:
+        _tables(config_path, view)
     sidebar_summary(result)
     matrix_settings(view, result.num_classes)
     gallery_settings(config_path, view)
     author_input(server)
-    st.title("Where is the model wrong, and where did it look?")
-    _tables(config_path, view)
-    explorer(config_path, models, datasets, result)
 
 
 @st.fragment
@@ -277,37 +282,54 @@ def _on_click(key: str, shown: list[int]) -> None:
 
 
 def _tables(config_path: str, view: ViewState) -> None:
-    """Most confused pairs (a row opens its cell) and per-class metrics, folded above the matrix."""
+    """Most confused pairs (a row opens its cell) and per-class metrics, folded above the matrix.
+
+    Lazy, like the overview: a table is built and drawn only while its expander is open, so a
+    new visitor's browser does not load and draw two data grids nobody has asked for yet.
+    """
     pairs_col, classes_col = st.columns(2)
-    with pairs_col.expander("Most confused pairs"):
-        pairs = resources.confused_pairs(config_path, view.model, view.dataset, 15)
-        if pairs.empty:
-            st.success("No errors: every image is on the diagonal.")
-        else:
-            shown = pairs[["true_name", "pred_name", "count"]].rename(
-                columns={"true_name": "true", "pred_name": "predicted"}
-            )
-            key = f"pairs-{view.model}-{view.dataset}"
-            st.dataframe(
-                shown,
-                key=key,
-                on_select=partial(_on_pair, key, pairs),
-                selection_mode="single-row",
-                hide_index=True,
-                width="stretch",
-            )
-            st.caption("Select a row to open that cell.")
-    with classes_col.expander("Per-class precision, recall and F1"):
-        table = resources.class_metrics(config_path, view.model, view.dataset)
-        st.dataframe(
-            table,
-            hide_index=True,
-            width="stretch",
-            column_config={
-                c: st.column_config.NumberColumn(format="%.3f")
-                for c in ("precision", "recall", "f1")
-            },
-        )
+    pairs_box = pairs_col.expander("Most confused pairs", key="pairs-open", on_change="rerun")
+    if pairs_box.open:
+        with pairs_box:
+            _pairs_table(config_path, view)
+    classes_box = classes_col.expander(
+        "Per-class precision, recall and F1", key="classes-open", on_change="rerun"
+    )
+    if classes_box.open:
+        with classes_box:
+            _class_table(config_path, view)
+
+
+def _pairs_table(config_path: str, view: ViewState) -> None:
+    pairs = resources.confused_pairs(config_path, view.model, view.dataset, 15)
+    if pairs.empty:
+        st.success("No errors: every image is on the diagonal.")
+        return
+    shown = pairs[["true_name", "pred_name", "count"]].rename(
+        columns={"true_name": "true", "pred_name": "predicted"}
+    )
+    key = f"pairs-{view.model}-{view.dataset}"
+    st.dataframe(
+        shown,
+        key=key,
+        on_select=partial(_on_pair, key, pairs),
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+    )
+    st.caption("Select a row to open that cell.")
+
+
+def _class_table(config_path: str, view: ViewState) -> None:
+    table = resources.class_metrics(config_path, view.model, view.dataset)
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            c: st.column_config.NumberColumn(format="%.3f") for c in ("precision", "recall", "f1")
+        },
+    )
 
 
 def _on_pair(key: str, pairs) -> None:  # type: ignore[no-untyped-def]
