@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from html import escape
 
@@ -23,6 +24,7 @@ from core.analysis.gallery import (
     uses_stored_maps,
 )
 from core.analysis.panels import enlarge
+from core.config import ProjectConfig
 from core.data.datasets import dataset_key
 from core.data.models import describe_preprocessing
 from core.errors import reason_of
@@ -41,6 +43,33 @@ from dashboard.view_state import METHODS, PAGE_SIZES, SORTS, ViewState, parse_vi
 def error_panel(title: str, exc: BaseException) -> None:
     """A clear, specific message; the rest of the app keeps working."""
     st.error(f"**{title}.** {exc}", icon=":material/error:")
+
+
+@dataclass(frozen=True)
+class ProjectView:
+    """The server's project and the view a page's URL asks for."""
+
+    config_path: str
+    config: ProjectConfig
+    view: ViewState
+    models: list[str]
+    datasets: list[str]  # those of the view's model
+
+
+def project_view() -> ProjectView:
+    """Load the project config (or say why it cannot be loaded and stop the page) and read the
+    view from the URL; its dataset is one of its model's, else that model's first."""
+    config_path = str(settings().config)
+    try:
+        config = resources.project(config_path)
+    except UserFacingError as exc:
+        error_panel("The project config could not be loaded", exc)
+        st.stop()
+    models = [m.name for m in config.models]
+    params = st.query_params.to_dict()
+    view = parse_view(params, models, [d.name for d in config.datasets])
+    datasets = config.datasets_for(view.model)
+    return ProjectView(config_path, config, parse_view(params, models, datasets), models, datasets)
 
 
 def sidebar_summary(result: Results) -> None:

@@ -24,7 +24,13 @@ from dashboard.notes_ui import author_input
 from dashboard.settings import settings
 from dashboard.url import bind, set_params
 from dashboard.view_state import COLOR_MODES, ViewState, parse_view
-from dashboard.widgets import cell_view, error_panel, gallery_settings, sidebar_summary
+from dashboard.widgets import (
+    cell_view,
+    error_panel,
+    gallery_settings,
+    project_view,
+    sidebar_summary,
+)
 
 TOP_N_THRESHOLD = 30  # past this many classes, offer the "most confused classes" view
 TOP_N_OPTIONS = [0, 10, 20, 30, 50]
@@ -35,16 +41,9 @@ OVERVIEW_BLOCKS = 40  # the overview of a large matrix: at most 40 × 40 clickab
 
 def main() -> None:
     server = settings()
-    config_path = str(server.config)
-    try:
-        config = resources.project(config_path)
-    except UserFacingError as exc:
-        error_panel("The project config could not be loaded", exc)
-        st.stop()
-    models = [m.name for m in config.models]
-    view = parse_view(st.query_params.to_dict(), models, [d.name for d in config.datasets])
-    datasets = config.datasets_for(view.model)
-    view = parse_view(st.query_params.to_dict(), models, datasets)
+    project = project_view()
+    config, config_path, view = project.config, project.config_path, project.view
+    models, datasets = project.models, project.datasets
     if st.query_params.get("dataset", view.dataset) != view.dataset:  # not one for this model
         set_params({"dataset": view.dataset}, reset=("cell", "page"))
     with st.sidebar:

@@ -17,10 +17,8 @@ from core.analysis.gallery import class_maps, page_count
 from core.errors import reason_of
 from core.explain.map_cache import Unavailable
 from dashboard import analyses, resources
-from dashboard.settings import settings
 from dashboard.url import bind, set_params
-from dashboard.view_state import parse_view
-from dashboard.widgets import card_html, error_panel
+from dashboard.widgets import card_html, error_panel, project_view
 
 PAGE_SIZE = 12
 CELLS = {c.name.lower(): c for c in Agreement}
@@ -38,22 +36,15 @@ ORDERS = {
 
 
 def main() -> None:
-    config_path = str(settings().config)
-    try:
-        config = resources.project(config_path)
-    except UserFacingError as exc:
-        error_panel("The project config could not be loaded", exc)
-        st.stop()
-    models = [m.name for m in config.models]
+    project = project_view()
+    config, config_path, view = project.config, project.config_path, project.view
+    models, datasets = project.models, project.datasets
     params = st.query_params.to_dict()
-    view = parse_view(params, models, [d.name for d in config.datasets])
     others = [m for m in models if m != view.model]
-    model_b = params.get("model_b") if params.get("model_b") in others else None
-    if model_b is None:
+    model_b = params.get("model_b")
+    if model_b not in others:
         shared = [m for m in others if view.dataset in config.datasets_for(m)]
         model_b = (shared or others or [view.model])[0]
-    datasets = config.datasets_for(view.model)
-    view = parse_view(params, models, datasets)
     with st.sidebar:
         bind(st.selectbox, "Model A", "model", view.model, models, reset=("agree", "page"))
         bind(st.selectbox, "Model B", "model_b", model_b, others, reset=("agree", "page"))

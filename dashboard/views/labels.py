@@ -18,8 +18,7 @@ from dashboard import analyses, resources
 from dashboard.notes_ui import author, author_input, badge_text
 from dashboard.settings import settings
 from dashboard.url import bind
-from dashboard.view_state import parse_view
-from dashboard.widgets import card_html, error_panel
+from dashboard.widgets import card_html, error_panel, project_view
 
 PAGE_SIZE = 12
 TAGS = ("label error", "label ok")
@@ -27,16 +26,9 @@ TAGS = ("label error", "label ok")
 
 def main() -> None:
     server = settings()
-    config_path = str(server.config)
-    try:
-        config = resources.project(config_path)
-    except UserFacingError as exc:
-        error_panel("The project config could not be loaded", exc)
-        st.stop()
-    models = [m.name for m in config.models]
-    view = parse_view(st.query_params.to_dict(), models, [d.name for d in config.datasets])
-    datasets = config.datasets_for(view.model)
-    view = parse_view(st.query_params.to_dict(), models, datasets)
+    project = project_view()
+    config, config_path, view = project.config, project.config_path, project.view
+    models, datasets = project.models, project.datasets
     with st.sidebar:
         bind(st.selectbox, "Model", "model", view.model, models, reset=("page",))
         bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("page",))
