@@ -18,6 +18,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -82,11 +83,16 @@ class ImageDataset:
         self._allowed = tuple(
             os.path.join(os.path.realpath(p), "") for p in (root, *self.link_roots)
         )  # each with a trailing separator: "/data/a/" must not admit "/data/ab/x.png"
-        self._listed = frozenset(rel for rel, _ in self.samples)
         self._folders: dict[str, str] = {}  # folder -> its real path (see _real)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @cached_property
+    def _listed(self) -> frozenset[str]:
+        """The listed files: only these may be read (built on the first read, not on opening:
+        reopening stored results of a million files never reads one)."""
+        return frozenset(rel for rel, _ in self.samples)
 
     def __getitem__(self, index: int) -> Sample:  # a map-style dataset for torch's DataLoader
         sample = _images().Sample
