@@ -20,7 +20,7 @@ from dashboard.widgets import card_html
 
 
 def _decode(url: str) -> np.ndarray:
-    prefix = "data:image/png;base64,"
+    prefix = "data:image/webp;base64,"  # small panels: lossless WebP, exact pixels
     assert url.startswith(prefix)
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :]))))
 

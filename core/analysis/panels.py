@@ -51,12 +51,17 @@ def data_url(data: bytes, kind: str = "png") -> str:
 
 
 def panel_url(image: Image.Image, cam_map: np.ndarray | None = None, alpha: float = 0.5) -> str:
-    """A panel as a data URL: PNG (exact pixels) for small images, JPEG (q90) from
-    ``JPEG_FROM_PX`` pixels on, where a page of PNG photos would weigh megabytes."""
+    """A panel as a data URL: lossless WebP (exact pixels) for small images, JPEG (q90) from
+    ``JPEG_FROM_PX`` pixels on, where a page of lossless photos would weigh megabytes.
+
+    WebP rather than PNG: on the digits sample a page's panels are 40 % smaller (1.1 kB
+    against 1.8 kB each), and a first click's page completes 50–90 ms sooner in Chromium on
+    two cores (``bench/click.py``); encoding costs 0.45 ms a panel instead of 0.2 ms.
+    """
     shown = _panel(image, cam_map, alpha)
     if max(shown.size) >= JPEG_FROM_PX:
         return data_url(_encode(shown.convert("RGB"), "JPEG"), "jpeg")
-    return data_url(_encode(shown, "PNG"))
+    return data_url(_encode(shown, "WEBP"), "webp")
 
 
 def _panel(image: Image.Image, cam_map: np.ndarray | None, alpha: float) -> Image.Image:
@@ -67,6 +72,8 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "JPEG":
         image.save(buffer, format="JPEG", quality=90)
+    elif fmt == "WEBP":  # the fastest lossless settings that still compress well
+        image.save(buffer, format="WEBP", lossless=True, method=1, quality=25)
     else:
         image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
