@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 
 from core import Results
-from core.analysis.comparison import Comparison, ModelResults, compare
 from core.analysis.label_quality import LabelQuality, result_label_quality
 from core.analysis.metrics import confusion_matrix
 from dashboard import resources
 
+if TYPE_CHECKING:  # SciPy and scikit-learn load when two models are compared, not before
+    from core.analysis.comparison import Comparison, ModelResults
+
 
 def arrays(result: Results) -> ModelResults:
     """The per-image arrays the analyses take (with :func:`probabilities`)."""
+    from core.analysis.comparison import ModelResults
+
     return ModelResults.of(result)
 
 
@@ -48,6 +53,8 @@ def comparison(
     config_path: str, model_a: str, model_b: str, dataset_name: str, fingerprints: tuple[str, str]
 ) -> Comparison:
     """A vs B on one dataset; raises UserFacingError for a mismatched pair."""
+    from core.analysis.comparison import compare
+
     a, b = (
         replace(arrays(resources.evaluation(config_path, m, dataset_name)), model=m)
         for m in (model_a, model_b)

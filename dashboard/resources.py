@@ -9,31 +9,26 @@ configs never mix.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import (
-    EvaluationJob,
-    ImageDataset,
-    LoadedModel,
-    ProjectConfig,
-    Results,
-    check_classes,
-    confusion_matrix,
-    load_config,
-    load_model,
-    open_dataset,
-    per_class_metrics,
-    top_confused_pairs,
-)
 from core.analysis.gallery import first_pages, warm_pages
-from core.analysis.panels import PanelCache
-from core.explain.cam import LayerInfo, candidate_layers, find_target_layer
-from core.explain.map_cache import MapCache
+from core.analysis.metrics import confusion_matrix, per_class_metrics, top_confused_pairs
+from core.config import ProjectConfig, load_config
+from core.data.datasets import ImageDataset, open_dataset
 from core.notes import NotesStore
+from core.results import Results
+from core.results.evaluate import EvaluationJob, lookup
 from dashboard.view_state import SORTS, ViewState
+
+if TYPE_CHECKING:  # torch and the model load on first use: stored results need neither
+    from core.analysis.panels import PanelCache
+    from core.data.models import LoadedModel
+    from core.explain.cam import LayerInfo
+    from core.explain.map_cache import MapCache
 
 WARM_UP_IMAGES = 2_000  # first pages of the most-clicked cells, computed before anyone clicks
 
@@ -47,6 +42,8 @@ def project(config_path: str) -> ProjectConfig:
 @st.cache_resource(show_spinner="Loading model…")
 def model(config_path: str, name: str) -> LoadedModel:
     """A loaded model, shared by all sessions (thread-safe for inference and CAMs)."""
+    from core.data.models import load_model
+
     return load_model(project(config_path).model(name))
 
 
@@ -59,11 +56,24 @@ def dataset(config_path: str, name: str, model_name: str) -> ImageDataset:
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def evaluation_job(config_path: str, model_name: str, dataset_name: str) -> EvaluationJob:
-    """The (possibly still running) evaluation; one per server, whoever asked first."""
-    loaded = model(config_path, model_name)
+    """The (possibly still running) evaluation; one per server, whoever asked first.
+
+    Stored results of unchanged inputs are opened without loading the model (nor importing
+    torch), so a fresh server draws its first page from them at once.
+    """
+    from core.results.evaluate import check_classes
+
+    config = project(config_path)
     data = dataset(config_path, dataset_name, model_name)
+    try:
+        found = lookup(config.model(model_name), data, config.cache_dir)
+    except OSError:  # e.g. the weights file is missing: loading the model says so clearly
+        found = None
+    if found is not None and found.result is not None:
+        return EvaluationJob.done_with(found.result)
+    loaded = model(config_path, model_name)
     check_classes(loaded, data)  # a mismatch is reported at once, not from the thread
-    return EvaluationJob(loaded, data, project(config_path).cache_dir)
+    return EvaluationJob(loaded, data, config.cache_dir, found)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -103,6 +113,8 @@ def confused_pairs(config_path: str, model_name: str, dataset_name: str, k: int)
 def layers(config_path: str, model_name: str) -> tuple[list[LayerInfo], str | None]:
     """Candidate target layers and the default one (config's ``layer`` or auto-detected; None
     when the model has no spatial layer, e.g. a flat MLP: only saliency applies then)."""
+    from core.explain.cam import candidate_layers, find_target_layer
+
     loaded = model(config_path, model_name)
     found = candidate_layers(loaded.module, loaded.input_shape)
     try:
@@ -115,12 +127,16 @@ def layers(config_path: str, model_name: str) -> tuple[list[LayerInfo], str | No
 @st.cache_resource(show_spinner=False)
 def map_cache() -> MapCache:
     """The server-wide store of computed CAM maps."""
+    from core.explain.map_cache import MapCache
+
     return MapCache()
 
 
 @st.cache_resource(show_spinner=False)
 def panel_cache() -> PanelCache:
     """The server-wide store of encoded gallery panels (image and overlays)."""
+    from core.analysis.panels import PanelCache
+
     return PanelCache()
 
 

@@ -6,11 +6,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from html import escape
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-import torch
 from PIL import Image
 
 from core import ImageDataset, Results, UserFacingError, accuracy, cell_rows
@@ -23,21 +23,19 @@ from core.analysis.gallery import (
     stored_maps,
     uses_stored_maps,
 )
-from core.analysis.panels import enlarge
 from core.config import ProjectConfig
 from core.data.datasets import dataset_key
-from core.data.models import describe_preprocessing
 from core.errors import reason_of
-from core.explain.cam import METHODS as CAM_FUNCTIONS
-from core.explain.cam import LayerInfo, layer_activations
-from core.explain.map_cache import Unavailable
-from core.explain.overlay import overlay
 from core.notes import NotesStore, PathSummary
 from dashboard import analyses, resources
 from dashboard.notes_ui import badge_text, editor
 from dashboard.settings import settings
 from dashboard.url import bind
 from dashboard.view_state import METHODS, PAGE_SIZES, SORTS, ViewState, parse_view
+
+if TYPE_CHECKING:  # torch and the CAM code load when a cell is opened, not for the matrix
+    from core.explain.cam import LayerInfo
+    from core.explain.map_cache import Unavailable
 
 
 def error_panel(title: str, exc: BaseException) -> None:
@@ -121,6 +119,8 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
     labels = {info.name: _layer_label(info) for info in layers}
     spec = resources.model(config_path, view.model).spec
     with st.sidebar:
+        from core.data.models import describe_preprocessing
+
         st.caption(f"Preprocessing: {describe_preprocessing(spec)}")
         st.header("Gallery")
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
@@ -166,7 +166,11 @@ def cell_view(
     notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
     if view.tag:
         rows = rows[rows["path"].isin(store.paths_with_tag(notes_key, view.tag))]
-    _, layer = _layer_choice(config_path, view)
+    try:  # stored results open without the model: the gallery loads it
+        _, layer = _layer_choice(config_path, view)
+    except UserFacingError as exc:
+        error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
+        return
     page = page_rows(rows, view.page, view.page_size)
     gallery, problem = _gallery_html(config_path, view, result, page, layer, store, notes_key)
     tags = store.all_tags(notes_key)
@@ -284,6 +288,8 @@ def _card(
     An image that cannot be read now (changed, deleted or refused since the evaluation) gets
     a short message in place of its panels; the other cards are unaffected.
     """
+    from core.explain.map_cache import Unavailable
+
     first, second = compared_classes(row)
     diagonal = int(row["true"]) == int(row["pred"])
     problem, urls = "", ["", "", ""]
@@ -338,6 +344,13 @@ def _picked(key: str) -> None:
 def _inspect(
     config_path: str, view: ViewState, row: pd.Series, names: tuple[str, ...], layer: str | None
 ) -> None:
+    import torch
+
+    from core.analysis.panels import enlarge
+    from core.explain.cam import METHODS as CAM_FUNCTIONS
+    from core.explain.cam import layer_activations
+    from core.explain.overlay import overlay
+
     model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
     probs = resources.evaluation(config_path, view.model, view.dataset).probs([row["index"]])[0]
@@ -391,6 +404,9 @@ def _inspect(
 
 
 def _activation_grid(image: Image.Image, acts, chosen: str) -> None:  # type: ignore[no-untyped-def]
+    from core.analysis.panels import enlarge
+    from core.explain.overlay import overlay
+
     st.caption(f"top {len(acts.channels)} channels of {chosen} by mean activation")
     grid = st.columns(4)
     for i, (channel, mean) in enumerate(

@@ -326,3 +326,47 @@ def test_a_card_whose_file_broke_after_evaluation_fails_alone(
         assert "file not found" in cards[gone][1]
         assert cards[broken][0] == 0 and "cannot be shown" in cards[broken][1]
         assert all(cards[p] == (3, "") for p in paths if p not in (gone, broken))
+
+
+def test_stored_results_open_without_the_model(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A fresh server draws the matrix from stored results before (and without) loading the
+    model; a model that cannot be loaded then costs its maps, not the page."""
+    import core.data.models
+    from core.errors import ModelLoadError
+
+    config = write_config(tmp_path)
+    stored = expected(config)  # evaluated and stored, as by an earlier server or the CLI
+
+    def refuse(spec):  # type: ignore[no-untyped-def]
+        raise ModelLoadError(f"{spec.name}: weights unreadable today")
+
+    monkeypatch.setattr(core.data.models, "load_model", refuse)
+    at = run(config, monkeypatch)
+    assert not at.exception
+    right = (stored.predictions["true"] == stored.predictions["pred"]).mean()
+    assert next(m for m in at.metric if m.label == "Accuracy").value == f"{right:.2%}"
+    assert any("weights unreadable today" in e.value for e in at.error)
+    at.query_params["cell"] = "3,9"  # a cell's gallery needs the model: it says so, alone
+    at.run()
+    assert not at.exception
+    assert any("no maps can be shown" in e.value for e in at.error)
+    assert next(m for m in at.metric if m.label == "Accuracy").value == f"{right:.2%}"
+
+
+def test_the_dashboard_modules_import_no_torch() -> None:
+    """The matrix of stored results needs neither torch nor SciPy: the dashboard's modules
+    import them when a cell's maps or a comparison are asked for (a fresh server's first page
+    waited ~7 s for these imports)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "torchvision", "timm", "scipy", "sklearn", "cleanlab")
+    code = (
+        "import sys; import dashboard.widgets, dashboard.resources, dashboard.analyses, "
+        "dashboard.matrix_figure, dashboard.notes_ui; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"

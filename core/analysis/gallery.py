@@ -13,18 +13,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
-from core.analysis.panels import PanelCache
 from core.data.datasets import ImageDataset
-from core.data.models import LoadedModel
 from core.errors import UserFacingError
-from core.explain.cam import METHODS, finish_maps
-from core.explain.map_cache import MapCache, MapRequest, Unavailable
 from core.results import Results
+
+if TYPE_CHECKING:  # torch, the models and the CAM code load on first use: a page that only
+    # lists rows (the matrix, a cell's table) never imports them
+    import torch
+
+    from core.analysis.panels import PanelCache
+    from core.data.models import LoadedModel
+    from core.explain.map_cache import MapCache, Unavailable
 
 __all__ = [
     "STORED_METHOD",
@@ -77,6 +81,10 @@ def stored_maps(
 ) -> list[list[np.ndarray]]:
     """The stored raw maps of ``rows`` (predicted class, then true class or runner-up),
     normalised for display at ``size`` exactly as :func:`~core.explain.cam.grad_cam` does."""
+    import torch
+
+    from core.explain.cam import finish_maps
+
     if rows.empty:
         return []
     raw = torch.from_numpy(result.maps(rows["index"].to_numpy()))
@@ -119,6 +127,9 @@ def class_maps(
 ) -> list[list[np.ndarray] | Unavailable]:
     """Maps of the given classes of each image (e.g. (predicted, given label)), in order;
     :class:`Unavailable` for an image that cannot be read now."""
+    from core.explain.cam import METHODS
+    from core.explain.map_cache import MapRequest
+
     compute = partial(METHODS[method], model.module, layer=layer, batch_size=batch_size)
     scope = (fingerprint, method, layer or "")
     requests = [
@@ -184,6 +195,8 @@ def warm_pages(
     never fail where the gallery itself would show a clear message. With ``result`` holding
     the maps asked for, they are read from it (no model call).
     """
+    from core.explain.map_cache import Unavailable
+
     done = 0
     stored = result is not None and uses_stored_maps(result, method, layer)
     for rows in pages:

@@ -17,9 +17,6 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
-from cleanlab.count import calibrate_confident_joint
-from cleanlab.filter import _keep_at_least_n_per_class  # the K × K step, as cleanlab does it
-from cleanlab.internal.constants import CONFIDENT_THRESHOLDS_LOWER_BOUND, FLOATING_POINT_COMPARISON
 
 from core.results import Results, load_derived, save_derived
 
@@ -74,6 +71,11 @@ def label_quality(
 
     ``probs`` are out-of-sample probabilities (a test set the model never trained on).
     """
+    # cleanlab (and with it scikit-learn and SciPy) is imported when scores are computed, not
+    # when stored ones are read: a stored result's first page needs none of it
+    from cleanlab.filter import _keep_at_least_n_per_class  # the K × K step, as cleanlab does
+    from cleanlab.internal.constants import FLOATING_POINT_COMPARISON
+
     labels = _check(labels, probs)
     n, k = probs.shape
     sc = np.empty(n, np.float32)
@@ -135,6 +137,8 @@ def _as_float(bits: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _thresholds(labels: np.ndarray, sc: np.ndarray, k: int) -> np.ndarray:
     """cleanlab's per-class confident thresholds: the mean self-confidence of each class."""
+    from cleanlab.internal.constants import CONFIDENT_THRESHOLDS_LOWER_BOUND
+
     counts = np.bincount(labels, minlength=k)
     sums = np.bincount(labels, weights=sc.astype(np.float64), minlength=k)
     means = np.divide(sums, counts, out=np.full(k, _MISSING_CLASS_THRESHOLD), where=counts > 0)
@@ -159,6 +163,8 @@ def _confident_joint(
     chunk_rows: int,
 ) -> np.ndarray:
     """cleanlab's calibrated confident joint [given, true], counted chunk by chunk."""
+    from cleanlab.count import calibrate_confident_joint
+
     k = probs.shape[1]
     cutoffs = _bit_cutoffs(thresholds, probs.dtype)
     counts = np.zeros(k * k, np.int64)

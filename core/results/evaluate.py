@@ -182,18 +182,41 @@ class EvaluationJob:
     """
 
     def __init__(
-        self, model: LoadedModel, dataset: ImageDataset, cache_dir: Path | None = None
+        self,
+        model: LoadedModel,
+        dataset: ImageDataset,
+        cache_dir: Path | None = None,
+        found: Lookup | None = None,
     ) -> None:
         self.done, self.total = 0, len(dataset)
         self._future: Future[Results] = Future()
         self._thread = threading.Thread(
-            target=self._run, args=(model, dataset, cache_dir), name="evaluation", daemon=True
+            target=self._run,
+            args=(model, dataset, cache_dir, found),
+            name="evaluation",
+            daemon=True,
         )
         self._thread.start()
 
-    def _run(self, model: LoadedModel, dataset: ImageDataset, cache_dir: Path | None) -> None:
+    @classmethod
+    def done_with(cls, result: Results) -> EvaluationJob:
+        """A job whose results are already there (stored results of unchanged inputs)."""
+        job = cls.__new__(cls)
+        job.done = job.total = len(result.predictions)
+        job._future = Future()
+        job._future.set_result(result)
+        return job
+
+    def _run(
+        self,
+        model: LoadedModel,
+        dataset: ImageDataset,
+        cache_dir: Path | None,
+        found: Lookup | None,
+    ) -> None:
         try:
-            self._future.set_result(evaluate(model, dataset, cache_dir, self._progress))
+            result = evaluate(model, dataset, cache_dir, self._progress, found=found)
+            self._future.set_result(result)
         except BaseException as exc:  # handed to whoever asks for the result
             self._future.set_exception(exc)
 

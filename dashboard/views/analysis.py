@@ -57,7 +57,6 @@ def main() -> None:
         author_input(server)
         error_panel(_failure_title(exc, view), exc)
         st.stop()
-    resources.warm_up(config_path, view.model, view.dataset, result.fingerprint)
     st.title("Where is the model wrong, and where did it look?")
     tables = st.container()
     # The matrix goes out before the tables and the sidebar's settings (their places on the page
@@ -68,7 +67,11 @@ def main() -> None:
         _tables(config_path, view)
     sidebar_summary(result)
     matrix_settings(view, result.num_classes)
-    gallery_settings(config_path, view)
+    try:  # stored results open without the model: it is loaded here, after the matrix is out
+        gallery_settings(config_path, view)
+        resources.warm_up(config_path, view.model, view.dataset, result.fingerprint)
+    except UserFacingError as exc:
+        error_panel(f"{_failure_title(exc, view)}; its stored results are shown", exc)
     author_input(server)
 
 

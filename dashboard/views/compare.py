@@ -169,12 +169,12 @@ def _gallery(
 
 def _maps(config_path: str, model_name: str, view, paths, pred, true):  # type: ignore[no-untyped-def]
     """[predicted, true] maps of each image under one model (None where it cannot apply)."""
-    model = resources.model(config_path, model_name)
     dataset = resources.dataset(config_path, view.dataset, model_name)
-    _, layer = resources.layers(config_path, model_name)
     fingerprint = resources.evaluation(config_path, model_name, view.dataset).fingerprint
     pairs = [(int(p), int(t)) for p, t in zip(pred, true, strict=True)]
-    try:
+    try:  # stored results open without the model: it is loaded here, for the maps
+        model = resources.model(config_path, model_name)
+        _, layer = resources.layers(config_path, model_name)
         return class_maps(
             model, dataset, paths, pairs, view.method, layer, resources.map_cache(), fingerprint
         )

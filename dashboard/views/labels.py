@@ -57,12 +57,12 @@ def main() -> None:
     if pages > 1:
         bind(st.number_input, f"Page (of {pages})", "page", page, min_value=1, max_value=pages)
     shown = ranked[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-    model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
-    _, layer = resources.layers(config_path, view.model)
     paths = [str(p) for p in rows.paths[shown]]
     pairs = [(int(flags.suggested[i]), int(rows.true[i])) for i in shown]
-    try:
+    try:  # stored results open without the model: it is loaded here, for the maps
+        model = resources.model(config_path, view.model)
+        _, layer = resources.layers(config_path, view.model)
         maps = class_maps(
             model, dataset, paths, pairs, view.method, layer, resources.map_cache(),
             result.fingerprint,
