@@ -21,7 +21,7 @@ from core.config import ProjectConfig, load_config
 from core.data.datasets import ImageDataset, open_dataset
 from core.notes import NotesStore
 from core.results import Results
-from core.results.evaluate import EvaluationJob, lookup
+from core.results.evaluate import EvaluationJob, check_classes, lookup
 from dashboard.view_state import SORTS, ViewState
 
 if TYPE_CHECKING:  # torch and the model load on first use: stored results need neither
@@ -61,8 +61,6 @@ def evaluation_job(config_path: str, model_name: str, dataset_name: str) -> Eval
     Stored results of unchanged inputs are opened without loading the model (nor importing
     torch), so a fresh server draws its first page from them at once.
     """
-    from core.results.evaluate import check_classes
-
     config = project(config_path)
     data = dataset(config_path, dataset_name, model_name)
     try:

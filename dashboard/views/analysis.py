@@ -195,24 +195,22 @@ def _on_find() -> None:
 
 
 def _overview(view: ViewState, result: Results, counts) -> None:  # type: ignore[no-untyped-def]
-    """The whole matrix as blocks of classes; a click on a block zooms the matrix into it."""
+    """The whole matrix as blocks of classes; a click on a block zooms the matrix into it.
+
+    Folded: the chart (a few thousand points) is built and drawn only while it is open, so a
+    page load draws one Plotly chart, the matrix. Opening it reruns this fragment.
+    """
     n = result.num_classes
+    box = _folded(st, f"Overview of all {n:,} classes: click a block to zoom in", "overview-open")
+    if box is None:
+        return
     size = -(-n // OVERVIEW_BLOCKS)
     sums = block_sums(counts, size)
     labels = [
         f"{result.classes[b * size]}…{result.classes[min((b + 1) * size, n) - 1]}"
         for b in range(len(sums))
     ]
-    # Lazy: the chart (a few thousand points) is built and drawn only while the expander is
-    # open, so a page load draws one Plotly chart, the matrix. Opening it reruns this fragment.
-    box = st.expander(
-        f"Overview of all {n:,} classes: click a block to zoom in",
-        key="overview-open",
-        on_change="rerun",
-    )
     with box:
-        if not box.open:
-            return
         key = "overview"
         figure = overview_figure(sums, labels, view.block)
         st.plotly_chart(
@@ -286,20 +284,25 @@ def _on_click(key: str, shown: list[int]) -> None:
 def _tables(config_path: str, view: ViewState) -> None:
     """Most confused pairs (a row opens its cell) and per-class metrics, folded above the matrix.
 
-    Lazy, like the overview: a table is built and drawn only while its expander is open, so a
-    new visitor's browser does not load and draw two data grids nobody has asked for yet.
+    Folded like the overview: a table is built and drawn only while it is open, so a new
+    visitor's browser does not load and draw two data grids nobody has asked for yet.
     """
     pairs_col, classes_col = st.columns(2)
-    pairs_box = pairs_col.expander("Most confused pairs", key="pairs-open", on_change="rerun")
-    if pairs_box.open:
-        with pairs_box:
-            _pairs_table(config_path, view)
-    classes_box = classes_col.expander(
-        "Per-class precision, recall and F1", key="classes-open", on_change="rerun"
-    )
-    if classes_box.open:
-        with classes_box:
-            _class_table(config_path, view)
+    for parent, label, key, draw in (
+        (pairs_col, "Most confused pairs", "pairs-open", _pairs_table),
+        (classes_col, "Per-class precision, recall and F1", "classes-open", _class_table),
+    ):
+        box = _folded(parent, label, key)
+        if box is not None:
+            with box:
+                draw(config_path, view)
+
+
+def _folded(parent, label: str, key: str):  # type: ignore[no-untyped-def]
+    """An expander in ``parent`` that is built only while open (opening it reruns): the open
+    expander to fill, or None while it is closed."""
+    box = parent.expander(label, key=key, on_change="rerun")
+    return box if box.open else None
 
 
 def _pairs_table(config_path: str, view: ViewState) -> None:
