@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,35 @@ def test_fingerprint_follows_every_file(make_image_folder) -> None:
     assert len({first, touched, gone, relabelled}) == 4
     folder = ImageDataset("d", root, [("a", 0)], ["a"])  # a manifest may list a folder
     assert folder.fingerprint() != ImageDataset("d", root, [("z", 0)], ["a"]).fingerprint()
+
+
+def test_file_stats_are_os_stats_of_regular_files(tmp_path: Path) -> None:
+    """Size and mtime as ``os.stat`` gives them (through links); [-1, -1] for a folder, a FIFO,
+    a broken link, a link loop and a missing path."""
+    from core.data.datasets import file_stats
+
+    (tmp_path / "big.png").write_bytes(b"x" * 12_345)
+    (tmp_path / "empty.png").touch()
+    (tmp_path / "copy.png").symlink_to(tmp_path / "big.png")
+    (tmp_path / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    names = ["big.png", "folder.png", "empty.png", "pipe.png", "copy.png", "gone.png"]
+    names += ["loop.png", "missing.png"]
+    paths = [str(tmp_path / name) for name in names] * 3  # more than one chunk per thread
+    expected = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            info = None
+        regular = info is not None and stat.S_ISREG(info.st_mode)
+        expected.append([info.st_size, info.st_mtime_ns] if info and regular else [-1, -1])
+    found = file_stats(paths)
+    assert found.dtype == np.int64 and found.tolist() == expected
+    assert found[:8, 0].tolist() == [12_345, -1, 0, -1, 12_345, -1, -1, -1]
+    assert file_stats([]).shape == (0, 2)
 
 
 def test_class_list_conflicts(make_image_folder) -> None:

@@ -197,21 +197,26 @@ def file_stats(paths: Sequence[str], threads: int = 2) -> np.ndarray:
     file (missing, a broken link, a folder).
 
     Arrow's filesystem stats the files in C++ with the GIL released, on a few threads: faster
-    than ``os.stat`` in a Python loop, which matters at a million files.
+    than ``os.stat`` in a Python loop, which matters at a million files. Only a regular file has
+    a size there, so ``FileInfo.type`` (an enum: reading it doubled the time) is not read.
     """
+    out = np.full((len(paths), 2), -1, dtype=np.int64)
     if not paths:
-        return np.empty((0, 2), dtype=np.int64)
+        return out
     local = pafs.LocalFileSystem()
-    regular = pafs.FileType.File
     step = -(-len(paths) // (threads * 4))
 
-    def stat_part(start: int) -> list[tuple[int, int]]:
+    def stat_part(start: int) -> None:
         infos = local.get_file_info(paths[start : start + step])
-        return [(i.size, i.mtime_ns) if i.type == regular else (-1, -1) for i in infos]
+        sizes = [info.size for info in infos]
+        files = [i for i, size in enumerate(sizes) if size is not None]
+        part = out[start : start + len(infos)]
+        part[files, 0] = [sizes[i] for i in files]
+        part[files, 1] = [infos[i].mtime_ns for i in files]
 
     with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(stat_part, range(0, len(paths), step)))
-    return np.array([entry for part in parts for entry in part], dtype=np.int64)
+        list(pool.map(stat_part, range(0, len(paths), step)))
+    return out
 
 
 def dataset_key(spec: DatasetSpec) -> str:
