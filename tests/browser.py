@@ -120,6 +120,28 @@ def wait_for_matrix(page, timeout: float = 120_000) -> None:  # type: ignore[no-
     )
 
 
+CHART_READY_JS = """(plot) => !document.querySelector('[data-stale="true"]') &&
+    document.querySelectorAll('.js-plotly-plot')[plot]?._fullLayout?.xaxis"""
+CELL_CENTRE_JS = """([row, col, plot]) => {
+    const g = document.querySelectorAll('.js-plotly-plot')[plot];
+    g.scrollIntoView({block: 'center'});
+    const box = g.getBoundingClientRect();
+    const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
+    return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
+}"""
+HOVER_ON_CELL_JS = """([row, col, plot]) => new Promise(done => setTimeout(() => {
+    const g = document.querySelectorAll('.js-plotly-plot')[plot];
+    const h = g && g._hoverdata && g._hoverdata[0];
+    done(!!h && h.curveNumber === 1 && h.x === col && h.y === row);
+}, 25))"""
+HOVER_SEEN_JS = """([x, y, plot]) => {
+    const g = document.querySelectorAll('.js-plotly-plot')[plot];
+    const h = (g && g._hoverdata || []).map(p => [p.curveNumber, p.x, p.y]);
+    const at = document.elementFromPoint(x, y);
+    return JSON.stringify({hover: h, at: at && at.outerHTML.slice(0, 120)});
+}"""
+
+
 def cell_centre(page, true: int, pred: int, plot: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Viewport pixel position of the centre of cell (true, pred) of the shown matrix (of the
     ``plot``-th Plotly chart on the page: 1 is the 1,000-class overview when it is open).
@@ -127,22 +149,8 @@ def cell_centre(page, true: int, pred: int, plot: int = 0) -> tuple[float, float
     Waits until no element is stale (a rerun may replace the chart), then scrolls and measures
     in one call inside the page, so the chart cannot be swapped in between.
     """
-    page.wait_for_function(
-        "(plot) => !document.querySelector('[data-stale=\"true\"]') &&"
-        " document.querySelectorAll('.js-plotly-plot')[plot]?._fullLayout?.xaxis",
-        arg=plot,
-        timeout=120_000,
-    )
-    return page.evaluate(
-        """([row, col, plot]) => {
-            const g = document.querySelectorAll('.js-plotly-plot')[plot];
-            g.scrollIntoView({block: 'center'});
-            const box = g.getBoundingClientRect();
-            const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
-            return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
-        }""",
-        [true, pred, plot],
-    )
+    page.wait_for_function(CHART_READY_JS, arg=plot, timeout=120_000)
+    return page.evaluate(CELL_CENTRE_JS, [true, pred, plot])
 
 
 def point_at_cell(page, true: int, pred: int, plot: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -160,25 +168,22 @@ def point_at_cell(page, true: int, pred: int, plot: int = 0) -> tuple[float, flo
         x, y = cell_centre(page, true, pred, plot)
         x += (attempt % 3) - 1
         page.mouse.move(x, y)
-        on_cell = page.evaluate(
-            """([row, col, plot]) => new Promise(done => setTimeout(() => {
-                const g = document.querySelectorAll('.js-plotly-plot')[plot];
-                const h = g && g._hoverdata && g._hoverdata[0];
-                done(!!h && h.curveNumber === 1 && h.x === col && h.y === row);
-            }, 25))""",
-            [true, pred, plot],
-        )
-        if on_cell:
+        if page.evaluate(HOVER_ON_CELL_JS, [true, pred, plot]):
             return x, y
-    seen = page.evaluate(
-        """([x, y, plot]) => {
-            const g = document.querySelectorAll('.js-plotly-plot')[plot];
-            const h = (g && g._hoverdata || []).map(p => [p.curveNumber, p.x, p.y]);
-            const at = document.elementFromPoint(x, y);
-            return JSON.stringify({hover: h, at: at && at.outerHTML.slice(0, 120)});
-        }""",
-        [x, y, plot],
-    )
+    seen = page.evaluate(HOVER_SEEN_JS, [x, y, plot])
+    raise AssertionError(f"Plotly's hover never reached cell {(true, pred)} at {(x, y)}: {seen}")
+
+
+async def point_at_cell_async(page, true: int, pred: int, plot: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """:func:`point_at_cell` with Playwright's async API (many users driven from one process)."""
+    for attempt in range(50):
+        await page.wait_for_function(CHART_READY_JS, arg=plot, timeout=120_000)
+        x, y = await page.evaluate(CELL_CENTRE_JS, [true, pred, plot])
+        x += (attempt % 3) - 1
+        await page.mouse.move(x, y)
+        if await page.evaluate(HOVER_ON_CELL_JS, [true, pred, plot]):
+            return x, y
+    seen = await page.evaluate(HOVER_SEEN_JS, [x, y, plot])
     raise AssertionError(f"Plotly's hover never reached cell {(true, pred)} at {(x, y)}: {seen}")
 
 
