@@ -10,8 +10,8 @@ Three kinds of click on every non-empty cell of the sample:
   the predictions were ready;
 * revisit: the same cells again (``--rounds`` - 1 more rounds).
 
-The mouse is first moved onto the cell until Plotly's hover shows it (a person's click follows
-the cell's tooltip; see ``tests.browser.point_at_cell``), then pressed: the time runs from
+The mouse is first moved onto the cell until it rests on it (a person's click follows the
+pointer; see ``tests.browser.point_at_cell``), then pressed: the time runs from
 that press to the moment the cell's heading and every image of its first page are loaded.
 Targets on the sample on a 2-core CPU: p50 ≤ 1 s for a cold click, p50 ≤ 0.3 s for a first
 visit with stored maps (issue #13).

@@ -5,8 +5,8 @@
 Each user is its own Chromium context (own session and URL) driven concurrently with
 Playwright's async API. A click counts as an error when its gallery does not show the
 clicked cell with the right image count within 30 s. Each click is pointed first, as a
-person's click follows the cell's tooltip (``tests.browser.point_at_cell``: Plotly gives a
-click to its last hover); the latency runs from the press. Target with 8 users on 2 cores:
+person's click follows the pointer (``tests.browser.point_at_cell``); the latency runs from
+the press. Target with 8 users on 2 cores:
 p95 ≤ 2 s and 0 errors.
 
 ``--think S [S ...]``: one run (a fresh server) per value. Before each click a user looks at
@@ -42,8 +42,8 @@ from tests.browser import (  # noqa: E402
 from tests.projects import expected, write_config  # noqa: E402
 
 LOADED_JS = """() => {  // the first run is over: chart drawn, invitation to click shown, idle
-    const g = document.querySelector('.js-plotly-plot');
-    return g && g._fullLayout && !document.querySelector('[data-stale="true"]') &&
+    const g = document.querySelector('[data-testid="stVegaLiteChart"] g.mark-rect.role-mark path');
+    return g && !document.querySelector('[data-stale="true"]') &&
         !document.querySelector('[data-testid="stStatusWidget"]') &&
         document.body.textContent.includes('Click any cell of the confusion matrix');
 }"""

@@ -1,81 +1,108 @@
-"""The clickable confusion-matrix figure (pure Plotly; no streamlit).
+"""The clickable confusion-matrix chart: a Vega-Lite spec and its table (no streamlit).
 
-A ``go.Heatmap`` gives the looks, but Streamlit returns no selection for heatmap clicks
-(streamlit#8760, #15042), so a transparent ``go.Scatter`` of square markers covers every cell
-and takes the clicks. Axes have fixed ranges and the figure a fixed size, so each marker
-exactly covers its cell.
+One rectangle per cell, row-major over the shown classes, with a point selection on the
+(true, predicted) class indices: a click selects the cell under the pointer (Vega resolves the
+click from the pointer's position, so a click is never given to a cell the mouse has left), and
+the selection starts at the URL's cell. Vega-Lite is what Streamlit draws with anyway; a new
+visitor's browser loads and starts it in about a second less than Plotly on this kind of
+machine (``bench/scale.py --browser``). The layout is fixed (no autosize, fixed padding), so a
+cell's position in the page follows from the spec, and the spec is identical across reruns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
+import pandas as pd
 
-__all__ = ["cell_of_point", "matrix_figure", "overview_figure", "point_of_cell"]
+__all__ = ["MatrixChart", "cell_of_selection", "matrix_chart", "overview_chart"]
 
-SELECTED_TINT = "rgba(255, 111, 0, 0.55)"
-MARGIN = {"l": 120, "r": 20, "t": 30, "b": 120}
+PARAM = "cell"  # the selection's name in the spec and in Streamlit's selection state
+SELECTED_STROKE = "#ff6f00"
+MARGIN = {"left": 120, "top": 30, "right": 90, "bottom": 120}  # axes, titles and the legend
 
 
-def point_of_cell(cell: tuple[int, int], shown: Sequence[int]) -> int | None:
-    """Scatter point index of a (true, pred) cell, or None when a class is not shown."""
-    if cell[0] not in shown or cell[1] not in shown:
+@dataclass(frozen=True)
+class MatrixChart:
+    """What ``st.vega_lite_chart(chart.data, chart.spec)`` draws: one row of ``data`` per cell
+    (row-major over the shown classes: ``t`` true and ``p`` predicted class index)."""
+
+    data: pd.DataFrame
+    spec: dict[str, Any]
+
+
+def cell_of_selection(selection: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(true, pred) class indices of a chart's selection state, or None when nothing is selected."""
+    points = selection.get(PARAM) or []
+    if not points:
         return None
-    m = len(shown)
-    return list(shown).index(cell[0]) * m + list(shown).index(cell[1])
+    return int(points[0]["t"]), int(points[0]["p"])
 
 
-def cell_of_point(index: int, shown: Sequence[int]) -> tuple[int, int]:
-    """(true, pred) class indices of a scatter point index."""
-    row, col = divmod(index, len(shown))
-    return int(shown[row]), int(shown[col])
-
-
-def matrix_figure(
+def matrix_chart(
     counts: np.ndarray,
     classes: Sequence[str],
     color: str = "count",
     shown: Sequence[int] | None = None,
     selected: tuple[int, int] | None = None,
     flagged: np.ndarray | None = None,
-) -> go.Figure:
+) -> MatrixChart:
     """Confusion matrix ``counts`` [true, pred] restricted to the ``shown`` classes.
 
     ``color`` is ``count``, ``row`` (share of the true class) or ``col`` (share of the
-    predicted class); ``selected`` is highlighted; ``flagged`` [true, pred] counts of suspected
-    label errors go into the hover text.
+    predicted class); ``selected`` is outlined; ``flagged`` [true, pred] counts of suspected
+    label errors go into the tooltip.
     """
     shown = list(range(len(classes))) if shown is None else list(shown)
-    sub = counts[np.ix_(shown, shown)]
-    row_share = _share(counts, axis=1)[np.ix_(shown, shown)]
-    col_share = _share(counts, axis=0)[np.ix_(shown, shown)]
-    z = {"count": sub, "row": row_share, "col": col_share}[color]
-    names = [classes[i] for i in shown]
+    index = np.ix_(shown, shown)
+    row_share = _share(counts, axis=1)[index]
+    value = {"count": counts[index], "row": row_share, "col": _share(counts, axis=0)[index]}
+    data = _cells(counts[index], value[color], row_share, shown, classes)
+    if flagged is not None:
+        data["flagged"] = flagged[index].ravel()
     m = len(shown)
-    side = _plot_side(m)
-    fig = go.Figure()
-    fig.add_trace(_heatmap(z, sub, m, color))
-    suspects = flagged[np.ix_(shown, shown)] if flagged is not None else None
-    fig.add_trace(_click_layer(sub, row_share, names, side / m, suspects))
-    point = point_of_cell(selected, shown) if selected is not None else None
-    fig.data[1].selectedpoints = [point] if point is not None else None
-    axis = {"tickvals": list(range(m)), "ticktext": names, "fixedrange": True, "showgrid": False}
-    font = 12 if m <= 20 else 9 if m <= 50 else 7
-    fig.update_layout(
-        width=side + MARGIN["l"] + MARGIN["r"],
-        height=side + MARGIN["t"] + MARGIN["b"],
+    spec = _spec(
+        data,
+        side=_plot_side(m),
         margin=MARGIN,
-        xaxis={**axis, "title": "predicted class", "range": [-0.5, m - 0.5], "tickangle": -45},
-        yaxis={**axis, "title": "true class", "range": [m - 0.5, -0.5]},
-        font={"size": font},
-        clickmode="event+select",
-        dragmode=False,
-        showlegend=False,
-        plot_bgcolor="white",
+        legend="count" if color == "count" else "share",
+        scheme="blues",
+        font=12 if m <= 20 else 9 if m <= 50 else 7,
+        labels=True,
+        text=m <= 30,
+        selected=selected,
+        flagged=flagged is not None,
     )
-    return fig
+    return MatrixChart(data, spec)
+
+
+def overview_chart(
+    sums: np.ndarray, labels: Sequence[str], selected: tuple[int, int] | None = None
+) -> MatrixChart:
+    """The block overview of a large matrix: log-coloured block sums, a click selects a block.
+
+    Built like :func:`matrix_chart` (same selection), one rectangle per block.
+    """
+    m = len(labels)
+    blocks = list(range(m))
+    data = _cells(sums, np.log1p(sums), _share(sums, axis=1), blocks, labels)
+    spec = _spec(
+        data,
+        side=480,
+        margin={"left": 60, "top": 30, "right": 90, "bottom": 60},
+        legend="log count",
+        scheme="viridis",
+        font=9,
+        labels=m <= 20,
+        text=False,
+        selected=selected,
+        flagged=False,
+        titles=("true classes", "predicted classes"),
+    )
+    return MatrixChart(data, spec)
 
 
 def _plot_side(m: int) -> int:
@@ -87,79 +114,127 @@ def _share(counts: np.ndarray, axis: int) -> np.ndarray:
     return np.divide(counts, totals, out=np.zeros(counts.shape, float), where=totals > 0)
 
 
-def _heatmap(z: np.ndarray, counts: np.ndarray, m: int, color: str) -> go.Heatmap:
-    return go.Heatmap(
-        z=z,
-        x=list(range(m)),
-        y=list(range(m)),
-        text=counts if m <= 30 else None,
-        texttemplate="%{text:,}" if m <= 30 else None,
-        colorscale="Blues",
-        colorbar={"title": "count" if color == "count" else "share"},
-        hoverinfo="skip",
-        xgap=1,
-        ygap=1,
-    )
-
-
-def _click_layer(
+def _cells(
     counts: np.ndarray,
+    value: np.ndarray,
     row_share: np.ndarray,
+    shown: Sequence[int],
     names: Sequence[str],
-    cell_px: float,
-    flagged: np.ndarray | None = None,
-) -> go.Scatter:
-    m = len(names)
+) -> pd.DataFrame:
+    m = len(shown)
     rows, cols = np.divmod(np.arange(m * m), m)
-    custom = np.stack(
-        [
-            np.asarray(names, dtype=object)[rows],
-            np.asarray(names, dtype=object)[cols],
-            counts[rows, cols],
-            np.round(100 * row_share[rows, cols], 1),
-            flagged[rows, cols] if flagged is not None else np.zeros(m * m, int),
-        ],
-        axis=1,
+    ids = np.asarray(shown, dtype=np.int64)
+    labels = np.asarray([names[i] for i in shown], dtype=object)
+    return pd.DataFrame(
+        {
+            "t": ids[rows],
+            "p": ids[cols],
+            "true": labels[rows],
+            "pred": labels[cols],
+            "count": np.asarray(counts).ravel().astype(np.int64),
+            "value": np.asarray(value, dtype=float).ravel(),
+            "share": np.round(np.asarray(row_share, dtype=float).ravel(), 4),
+        }
     )
-    suspects = "<br>suspected label errors: %{customdata[4]}" if flagged is not None else ""
-    return go.Scatter(
-        x=cols,
-        y=rows,
-        mode="markers",
-        marker={
-            "symbol": "square",
-            "size": cell_px,
-            "color": "rgba(0,0,0,0)",
-            "line": {"width": 0},
+
+
+def _spec(
+    data: pd.DataFrame,
+    side: int,
+    margin: Mapping[str, int],
+    legend: str,
+    scheme: str,
+    font: int,
+    labels: bool,
+    text: bool,
+    selected: tuple[int, int] | None,
+    flagged: bool,
+    titles: tuple[str, str] = ("true class", "predicted class"),
+) -> dict[str, Any]:
+    names = list(dict.fromkeys(data["true"]))  # the shown classes, in order
+    select: dict[str, Any] = {
+        "name": PARAM,
+        # a click picks the cell under the pointer; clicking it again keeps it (no toggle)
+        "select": {
+            "type": "point",
+            "fields": ["t", "p"],
+            "on": "click",
+            "clear": False,
+            "toggle": False,
         },
-        selected={"marker": {"color": SELECTED_TINT}},
-        unselected={"marker": {"opacity": 1}},
-        customdata=custom,
-        hovertemplate=(
-            "true: %{customdata[0]}<br>predicted: %{customdata[1]}<br>"
-            "count: %{customdata[2]}<br>%{customdata[3]}% of row" + suspects + "<extra></extra>"
-        ),
-    )
-
-
-def overview_figure(
-    sums: np.ndarray, labels: Sequence[str], selected: tuple[int, int] | None = None
-) -> go.Figure:
-    """The block overview of a large matrix: log-coloured block sums, a click selects a block.
-
-    Built like :func:`matrix_figure` (same click layer), at most a few thousand points.
-    """
-    fig = matrix_figure(sums, labels, "count", None, selected)
-    fig.data[0].z = np.log1p(sums)
-    fig.data[0].colorbar = {"title": "log count"}
-    fig.data[0].colorscale = "Viridis"
-    m = len(labels)
-    fig.update_layout(
-        xaxis={"title": "predicted classes", "showticklabels": m <= 20},
-        yaxis={"title": "true classes", "showticklabels": m <= 20},
-        width=560,
-        height=560,
-        margin={"l": 60, "r": 20, "t": 30, "b": 60},
-    )
-    fig.data[1].marker.size = (560 - 80) / m
-    return fig
+    }
+    if selected is not None:
+        select["value"] = [{"t": int(selected[0]), "p": int(selected[1])}]
+    tooltip = [
+        {"field": "true", "title": "true"},
+        {"field": "pred", "title": "predicted"},
+        {"field": "count", "title": "count", "format": ","},
+        {"field": "share", "title": "of row", "format": ".1%"},
+    ]
+    if flagged:
+        tooltip.append({"field": "flagged", "title": "suspected label errors"})
+    axis = {"labelFontSize": font, "labelLimit": margin["left"] - 10, "labels": labels,
+            "ticks": labels, "domain": False}  # fmt: skip
+    layers: list[dict[str, Any]] = [
+        {
+            "mark": {"type": "rect", "cursor": "pointer"},
+            "params": [select],
+            "encoding": {
+                "color": {
+                    "field": "value",
+                    "type": "quantitative",
+                    "title": legend,
+                    "scale": {"scheme": scheme},
+                },
+                "stroke": {
+                    "condition": {"param": PARAM, "empty": False, "value": SELECTED_STROKE},
+                    "value": None,
+                },
+                "strokeWidth": {"value": 3},
+                "tooltip": tooltip,
+            },
+        }
+    ]
+    if text:
+        high = 0.6 * float(data["value"].max() or 1)
+        layers.append(
+            {
+                "mark": {"type": "text", "fontSize": font, "cursor": "pointer"},
+                "encoding": {
+                    "text": {"field": "count", "type": "quantitative", "format": ","},
+                    "color": {
+                        "condition": {"test": f"datum.value > {high!r}", "value": "white"},
+                        "value": "black",
+                    },
+                    "tooltip": tooltip,
+                },
+            }
+        )
+    return {
+        "width": side,
+        "height": side,
+        "autosize": {"type": "none"},
+        "padding": dict(margin),
+        "config": {"view": {"stroke": None}},
+        # SVG at every size (Streamlit would switch to a canvas past ~2,000 rows): one element
+        # per cell, carrying its cell, so the page's structure does not depend on the size;
+        # 10,000 cells (100 classes) draw as fast either way
+        "usermeta": {"embedOptions": {"renderer": "svg"}},
+        "encoding": {
+            "x": {
+                "field": "pred",
+                "type": "nominal",
+                "sort": names,
+                "scale": {"domain": names, "paddingInner": 0.03},
+                "axis": {**axis, "title": titles[1], "labelAngle": -45},
+            },
+            "y": {
+                "field": "true",
+                "type": "nominal",
+                "sort": names,
+                "scale": {"domain": names, "paddingInner": 0.03},
+                "axis": {**axis, "title": titles[0]},
+            },
+        },
+        "layer": layers,
+    }

@@ -172,11 +172,14 @@ def cell_view(
         error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
         return
     page = page_rows(rows, view.page, view.page_size)
-    gallery, problem = _gallery_html(config_path, view, result, page, layer, store, notes_key)
-    tags = store.all_tags(notes_key)
-    # ---- nothing above this line sends anything to the browser
     count = f"{len(rows):,} image" + ("" if len(rows) == 1 else "s")
     tagged = f" tagged “{view.tag}”" if view.tag else ""
+    heading = f"true {names[true]} → predicted {names[pred]}: {count}{tagged}"
+    gallery, problem = _gallery_html(
+        config_path, view, result, page, layer, store, notes_key, heading
+    )
+    tags = store.all_tags(notes_key)
+    # ---- nothing above this line sends anything to the browser
     st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}")
     cols = st.columns([3, 4, 1.5, 2.5], vertical_alignment="bottom")
     with cols[0]:
@@ -251,8 +254,14 @@ def _gallery_html(
     layer: str | None,
     store: NotesStore,
     notes_key: str,
+    heading: str,
 ) -> tuple[str, str | None]:
-    """The page of cards as one HTML string, and a message when the maps cannot be computed."""
+    """The page of cards as one HTML string, and a message when the maps cannot be computed.
+
+    The grid carries its cell's ``heading`` (``data-heading``): the heading is its own element,
+    drawn a frame or two before the cards, so a reader of the page (a test) can tell the new
+    cell's cards from the previous cell's.
+    """
     model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
     problem = None
@@ -272,7 +281,8 @@ def _gallery_html(
         _card(dataset, row, row_maps, result.classes, view, summaries.get(row["path"]))
         for (_, row), row_maps in zip(rows.iterrows(), maps, strict=True)
     ]
-    return f'<div class="cam-gallery" style="{_GRID}">{"".join(cards)}</div>', problem
+    grid = f'<div class="cam-gallery" data-heading="{escape(heading)}" style="{_GRID}">'
+    return f"{grid}{''.join(cards)}</div>", problem
 
 
 def _card(

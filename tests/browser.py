@@ -1,7 +1,7 @@
 """Helpers for driving the dashboard in headless Chromium (Playwright), as a person would.
 
 A server is a real ``streamlit run dashboard/app.py`` on a free 127.0.0.1 port; cells are
-clicked by pixel position, computed from the Plotly layout inside the page.
+clicked by pixel position, measured from the chart's cells inside the page.
 """
 
 from __future__ import annotations
@@ -112,39 +112,76 @@ def new_page(browser):  # type: ignore[no-untyped-def]
     return context.new_page()
 
 
-def wait_for_matrix(page, timeout: float = 120_000) -> None:  # type: ignore[no-untyped-def]
+CHARTS = "document.querySelectorAll('[data-testid=\"stVegaLiteChart\"]')"
+# a chart's cells: the paths of its first rectangle mark, one per cell in row-major order
+CELLS_JS = f"""(plot) => {{
+    const c = {CHARTS}[plot];
+    const g = c && c.querySelector('g.mark-rect.role-mark');
+    return g ? g.querySelectorAll('path').length : 0;
+}}"""
+
+
+def wait_for_matrix(  # type: ignore[no-untyped-def]
+    page, cells: int | None = None, plot: int = 0, timeout: float = 120_000
+) -> None:
+    """Wait until the ``plot``-th chart (0: the matrix) has drawn its cells (``cells`` of them)."""
     page.wait_for_function(
-        "() => { const g = document.querySelector('.js-plotly-plot');"
-        " return g && g._fullLayout && g._fullLayout.xaxis && g.data && g.data.length === 2; }",
+        f"([plot, n]) => {{ const k = ({CELLS_JS})(plot); return n === null ? k > 0 : k === n; }}",
+        arg=[plot, cells],
         timeout=timeout,
     )
 
 
-CHART_READY_JS = """(plot) => !document.querySelector('[data-stale="true"]') &&
-    document.querySelectorAll('.js-plotly-plot')[plot]?._fullLayout?.xaxis"""
-CELL_CENTRE_JS = """([row, col, plot]) => {
-    const g = document.querySelectorAll('.js-plotly-plot')[plot];
-    g.scrollIntoView({block: 'center'});
-    const box = g.getBoundingClientRect();
-    const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
-    return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
-}"""
-HOVER_ON_CELL_JS = """([row, col, plot]) => new Promise(done => setTimeout(() => {
-    const g = document.querySelectorAll('.js-plotly-plot')[plot];
-    const h = g && g._hoverdata && g._hoverdata[0];
-    done(!!h && h.curveNumber === 1 && h.x === col && h.y === row);
-}, 25))"""
-HOVER_SEEN_JS = """([x, y, plot]) => {
-    const g = document.querySelectorAll('.js-plotly-plot')[plot];
-    const h = (g && g._hoverdata || []).map(p => [p.curveNumber, p.x, p.y]);
+def chart_count(page) -> int:  # type: ignore[no-untyped-def]
+    """How many matrix charts the page shows (the 1,000-class overview is the second)."""
+    return int(page.evaluate(f"() => {CHARTS}.length"))
+
+
+def selected_cells(page, plot: int = 0) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    """(true, pred) class indices of the cells the chart outlines as selected."""
+    from dashboard.matrix_figure import SELECTED_STROKE
+
+    found = page.evaluate(
+        f"""([plot, stroke]) => [...{CHARTS}[plot].querySelector('g.mark-rect.role-mark')
+            .querySelectorAll('path')].filter(p => p.getAttribute('stroke') === stroke)
+            .map(p => [p.__data__.datum.t, p.__data__.datum.p])""",
+        [plot, SELECTED_STROKE],
+    )
+    return [(int(t), int(p)) for t, p in found]
+
+
+CHART_READY_JS = f"""(plot) => !document.querySelector('[data-stale="true"]') &&
+    ({CELLS_JS})(plot) > 0"""
+CELL_CENTRE_JS = f"""([row, col, plot]) => {{
+    const c = {CHARTS}[plot];
+    c.scrollIntoView({{block: 'center', behavior: 'instant'}});
+    const paths = c.querySelector('g.mark-rect.role-mark').querySelectorAll('path');
+    const m = Math.round(Math.sqrt(paths.length));
+    const box = paths[row * m + col].getBoundingClientRect();
+    return [box.left + box.width / 2, box.top + box.height / 2];
+}}"""
+# The cell has stopped moving and the element under the pointer belongs to it (its rectangle or
+# its count): Vega gives a click to the datum of the element under the pointer.
+ON_CELL_JS = f"""([x, y, row, col, plot]) => new Promise(done => requestAnimationFrame(() =>
+  requestAnimationFrame(() => {{  // two frames later: still in place, still under the pointer
+    const c = {CHARTS}[plot];
+    const paths = c ? c.querySelector('g.mark-rect.role-mark').querySelectorAll('path') : [];
+    const m = Math.round(Math.sqrt(paths.length));
+    const cell = paths[row * m + col];
+    if (!cell) return done(false);
+    const box = cell.getBoundingClientRect();
+    const still = Math.abs(box.left + box.width / 2 - x) < 1 &&
+        Math.abs(box.top + box.height / 2 - y) < 1;
     const at = document.elementFromPoint(x, y);
-    return JSON.stringify({hover: h, at: at && at.outerHTML.slice(0, 120)});
-}"""
+    const got = at && at.__data__ && at.__data__.datum, want = cell.__data__.datum;
+    done(still && !!got && got.t === want.t && got.p === want.p);
+  }})))"""
 
 
 def cell_centre(page, true: int, pred: int, plot: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Viewport pixel position of the centre of cell (true, pred) of the shown matrix (of the
-    ``plot``-th Plotly chart on the page: 1 is the 1,000-class overview when it is open).
+    """Viewport pixel position of the centre of cell (true, pred) of the shown matrix (row and
+    column positions in the ``plot``-th chart on the page: 1 is the 1,000-class overview when
+    it is open).
 
     Waits until no element is stale (a rerun may replace the chart), then scrolls and measures
     in one call inside the page, so the chart cannot be swapped in between.
@@ -154,37 +191,28 @@ def cell_centre(page, true: int, pred: int, plot: int = 0) -> tuple[float, float
 
 
 def point_at_cell(page, true: int, pred: int, plot: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Move the mouse onto a cell and wait until Plotly's hover is on it, as a person's click
-    follows the cell's tooltip.
-
-    Plotly attributes a click to its last hover, and computes hovers at most every 50 ms
-    (later still while the page is busy with a rerun). A click in the same instant as the move
-    (what ``page.mouse.click`` does) can therefore land on the previously hovered cell, which,
-    when that cell is the selected one, deselects it. A 1-pixel nudge repeats the move until
-    the hover shows this cell, measuring the cell's position each time. Returns the mouse position.
-    """
-    for attempt in range(50):
-        # measured again each time: the page may still move (an expander opening above)
+    """Move the mouse onto a cell, as a person's click follows the pointer: measured again
+    until the element under the pointer is that cell's (the page may still be moving, an
+    expander opening above). Returns the mouse position."""
+    for _ in range(50):
         x, y = cell_centre(page, true, pred, plot)
-        x += (attempt % 3) - 1
         page.mouse.move(x, y)
-        if page.evaluate(HOVER_ON_CELL_JS, [true, pred, plot]):
+        if page.evaluate(ON_CELL_JS, [x, y, true, pred, plot]):
             return x, y
-    seen = page.evaluate(HOVER_SEEN_JS, [x, y, plot])
-    raise AssertionError(f"Plotly's hover never reached cell {(true, pred)} at {(x, y)}: {seen}")
+        page.wait_for_timeout(50)
+    raise AssertionError(f"the pointer never rested on cell {(true, pred)} at {(x, y)}")
 
 
 async def point_at_cell_async(page, true: int, pred: int, plot: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """:func:`point_at_cell` with Playwright's async API (many users driven from one process)."""
-    for attempt in range(50):
+    for _ in range(50):
         await page.wait_for_function(CHART_READY_JS, arg=plot, timeout=120_000)
         x, y = await page.evaluate(CELL_CENTRE_JS, [true, pred, plot])
-        x += (attempt % 3) - 1
         await page.mouse.move(x, y)
-        if await page.evaluate(HOVER_ON_CELL_JS, [true, pred, plot]):
+        if await page.evaluate(ON_CELL_JS, [x, y, true, pred, plot]):
             return x, y
-    seen = await page.evaluate(HOVER_SEEN_JS, [x, y, plot])
-    raise AssertionError(f"Plotly's hover never reached cell {(true, pred)} at {(x, y)}: {seen}")
+        await page.wait_for_timeout(50)
+    raise AssertionError(f"the pointer never rested on cell {(true, pred)} at {(x, y)}")
 
 
 def click_cell(page, true: int, pred: int, plot: int = 0) -> None:  # type: ignore[no-untyped-def]
@@ -216,15 +244,18 @@ def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_
         timeout=timeout,
     )
     n = int(str(found.json_value()).replace(",", ""))
-    page.wait_for_function(
-        """() => {
+    page.wait_for_function(  # the cards of this cell (the heading is drawn a frame earlier)
+        """(re) => {
             if (document.querySelector('[data-stale="true"]')) return false;
+            const grid = document.querySelector('.cam-gallery');
+            if (!grid || !new RegExp(re).test(grid.dataset.heading || '')) return false;
             const cards = Array.from(document.querySelectorAll('.cam-card'));
             return cards.length > 0 && cards.every(card => {
                 const imgs = Array.from(card.querySelectorAll('figure img'));
                 return imgs.length === 3 && imgs.every(i => i.complete && i.naturalWidth > 0);
             });
         }""",
+        arg=title,
         timeout=timeout,
     )
     return n

@@ -15,7 +15,6 @@ import pytest
 
 from core import cell_rows, top_confused_pairs
 from core.analysis.gallery import page_rows, sort_rows
-from dashboard.matrix_figure import point_of_cell
 from tests.browser import (
     chromium,
     click_cell,
@@ -23,6 +22,7 @@ from tests.browser import (
     new_page,
     screenshot,
     select_grid_row,
+    selected_cells,
     streamlit_server,
     wait_for_gallery,
     wait_for_matrix,
@@ -83,8 +83,10 @@ def test_click_off_diagonal_then_diagonal_cell(server: str, browser, project: Pa
     _assert_gallery(page, result, int(pair["true"]), int(pair["pred"]))
     page.locator(".cam-card").first.scroll_into_view_if_needed()
     screenshot(page, "02_error_cell")
+    assert selected_cells(page) == [(int(pair["true"]), int(pair["pred"]))]
     click_cell(page, 9, 9)
     _assert_gallery(page, result, 9, 9)
+    assert selected_cells(page) == [(9, 9)]  # the outline moved with the click
     assert len(gallery_cards(page)) == 24  # a full first page of a 50+ image cell
     screenshot(page, "03_diagonal_cell")
     page.context.close()
@@ -129,10 +131,7 @@ def test_deep_link_restores_the_view(server: str, browser, project: Path) -> Non
     page.goto(f"{server}/?model=digits-cnn&dataset=digits-test&cell=9,9&method=Grad-CAM%2B%2B")
     wait_for_matrix(page)
     _assert_gallery(page, result, 9, 9, method="Grad-CAM++")
-    selected = page.evaluate(
-        "() => document.querySelector('.js-plotly-plot').data[1].selectedpoints"
-    )
-    assert selected == [point_of_cell((9, 9), list(range(10)))]
+    assert selected_cells(page) == [(9, 9)]  # the matrix outlines the linked cell, only it
     screenshot(page, "04_deep_link")
 
 

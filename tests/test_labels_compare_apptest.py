@@ -123,16 +123,17 @@ def test_compare_refuses_a_mismatched_pair(project: Path, monkeypatch) -> None: 
 
 
 def test_matrix_hover_counts_flagged_images() -> None:
-    from dashboard.matrix_figure import matrix_figure
+    from dashboard.matrix_figure import matrix_chart
 
     counts = np.array([[5, 2], [1, 4]])
     flagged = np.array([[0, 2], [1, 0]])
-    figure = matrix_figure(counts, ["a", "b"], flagged=flagged)
-    layer = figure.data[1]
-    assert "suspected label errors: %{customdata[4]}" in layer.hovertemplate
-    assert [int(row[4]) for row in layer.customdata] == [0, 2, 1, 0]
-    plain = matrix_figure(counts, ["a", "b"]).data[1]
-    assert "suspected" not in plain.hovertemplate
+    chart = matrix_chart(counts, ["a", "b"], flagged=flagged)
+    tooltip = chart.spec["layer"][0]["encoding"]["tooltip"]
+    assert {"field": "flagged", "title": "suspected label errors"} in tooltip
+    assert list(chart.data["flagged"]) == [0, 2, 1, 0]
+    plain = matrix_chart(counts, ["a", "b"])
+    assert "flagged" not in plain.data
+    assert all(t["field"] != "flagged" for t in plain.spec["layer"][0]["encoding"]["tooltip"])
 
 
 def test_any_cell_sorts_by_label_quality(planted: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

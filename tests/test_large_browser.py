@@ -10,6 +10,7 @@ from core.analysis.gallery import page_rows, sort_rows
 from core.analysis.metrics import confusion_matrix
 from core.results.evaluate import evaluate
 from tests.browser import (
+    chart_count,
     chromium,
     click_cell,
     gallery_cards,
@@ -42,7 +43,7 @@ def test_find_a_class_and_open_its_cell_at_1000_classes() -> None:
         page.goto(url)
         wait_for_matrix(page)
         page.get_by_text("The 20 most confused of 1,000 classes").wait_for()
-        assert page.locator(".js-plotly-plot").first.evaluate("g => g._fullData[1]._length") == 400
+        wait_for_matrix(page, cells=400)  # 20 × 20: no view sends the million cells
         screenshot(page, "large_first_page")
         wait_idle(page)
         picker = page.get_by_test_id("stSelectbox").filter(has_text="Find a class").first
@@ -50,11 +51,7 @@ def test_find_a_class_and_open_its_cell_at_1000_classes() -> None:
         page.keyboard.type(name)
         page.get_by_role("option", name=name, exact=True).click()
         page.get_by_text(f"{name} and its most confused classes").wait_for()
-        page.wait_for_function(
-            "(m) => { const g = document.querySelector('.js-plotly-plot');"
-            " return g && g._fullData && g._fullData[1] && g._fullData[1]._length === m; }",
-            arg=len(shown) ** 2,
-        )
+        wait_for_matrix(page, cells=len(shown) ** 2)
         click_cell(page, shown.index(target), shown.index(partner))
         n = wait_for_gallery(page, name, result.classes[partner])
         screenshot(page, "large_focus_cell")
@@ -67,11 +64,10 @@ def test_find_a_class_and_open_its_cell_at_1000_classes() -> None:
         # the whole matrix as 40 × 40 blocks of 25 classes, opened by its expander: a click on
         # a block zooms the matrix into it
         page.get_by_text("Overview of all 1,000 classes").click()
-        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 2")
+        wait_for_matrix(page, cells=40 * 40, plot=1)
+        assert chart_count(page) == 2
         click_cell(page, 4, 7, plot=1)
         page.get_by_text("Overview block c0100…c0124 × c0175…c0199").wait_for()
-        page.wait_for_function(  # rows 100-124 and columns 175-199: 50 classes shown
-            "() => document.querySelector('.js-plotly-plot')?._fullData?.[1]?._length === 2500"
-        )
+        wait_for_matrix(page, cells=50 * 50)  # rows 100-124 and columns 175-199: 50 classes
         assert "block=4%2C7" in page.url or "block=4,7" in page.url
         screenshot(page, "large_overview_block")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard.matrix_figure import cell_of_point, matrix_figure, point_of_cell
+from dashboard.matrix_figure import cell_of_selection, matrix_chart, overview_chart
 from dashboard.view_state import SORTS, ViewState, parse_view, to_params
 
 MODELS = ["digits-cnn", "resnet"]
@@ -65,47 +65,59 @@ def test_every_sort_names_a_table_column() -> None:
     }
 
 
-@pytest.mark.parametrize("shown", [list(range(5)), [0, 3, 7, 9]])
-def test_point_cell_mapping_round_trips(shown: list[int]) -> None:
-    m = len(shown)
-    for index in range(m * m):
-        cell = cell_of_point(index, shown)
-        assert cell[0] in shown and cell[1] in shown
-        assert point_of_cell(cell, shown) == index
-    assert point_of_cell((1, 2), [0, 3]) is None
+def test_selection_gives_the_clicked_cell() -> None:
+    assert cell_of_selection({"cell": [{"t": 7, "p": 3}]}) == (7, 3)
+    assert cell_of_selection({"cell": []}) is None  # nothing selected
+    assert cell_of_selection({}) is None
 
 
-def test_figure_click_layer_covers_every_cell_in_row_major_order() -> None:
+def test_chart_has_one_cell_per_shown_pair_in_row_major_order() -> None:
     import numpy as np
 
     counts = np.arange(16).reshape(4, 4)
-    fig = matrix_figure(counts, ["a", "b", "c", "d"], "count", [0, 2, 3], selected=(2, 3))
-    heat, dots = fig.data
-    assert np.array_equal(np.asarray(heat.z), counts[np.ix_([0, 2, 3], [0, 2, 3])])
-    assert list(dots.x) == [0, 1, 2] * 3 and list(dots.y) == [0] * 3 + [1] * 3 + [2] * 3
-    assert list(dots.selectedpoints) == [point_of_cell((2, 3), [0, 2, 3])]
-    # hover names the original classes of the point
-    assert tuple(dots.customdata[5][:3]) == ("c", "d", counts[2, 3])
-    assert fig.layout.xaxis.fixedrange and fig.layout.yaxis.fixedrange
-    # each marker spans exactly one cell of the fixed-size plot
-    plot_px = fig.layout.width - fig.layout.margin.l - fig.layout.margin.r
-    assert dots.marker.size == pytest.approx(plot_px / 3)
+    chart = matrix_chart(counts, ["a", "b", "c", "d"], "count", [0, 2, 3], selected=(2, 3))
+    data = chart.data
+    # the selection fields are the original class indices, row-major over the shown classes
+    assert list(data["t"]) == [0] * 3 + [2] * 3 + [3] * 3
+    assert list(data["p"]) == [0, 2, 3] * 3
+    assert list(data["count"]) == list(counts[np.ix_([0, 2, 3], [0, 2, 3])].ravel())
+    assert tuple(data.iloc[5][["true", "pred", "count"]]) == ("c", "d", counts[2, 3])
+    (cells, text) = chart.spec["layer"]
+    select = cells["params"][0]
+    assert select["select"]["fields"] == ["t", "p"] and select["value"] == [{"t": 2, "p": 3}]
+    # the axes list the shown classes in order; the layout is fixed, so a cell's place is too
+    assert chart.spec["encoding"]["x"]["scale"]["domain"] == ["a", "c", "d"]
+    assert chart.spec["autosize"] == {"type": "none"}
+    assert chart.spec["width"] == chart.spec["height"]
+    assert text["mark"]["type"] == "text"  # counts written in the cells of a small matrix
+    assert "value" not in matrix_chart(counts, list("abcd")).spec["layer"][0]["params"][0]
 
 
-def test_figure_is_identical_across_reruns() -> None:
+def test_chart_is_identical_across_reruns() -> None:
+    import json
+
     import numpy as np
 
     counts = np.random.default_rng(0).integers(0, 9, (6, 6))
     names = list("abcdef")
-    assert (
-        matrix_figure(counts, names, "row").to_json()
-        == matrix_figure(counts, names, "row").to_json()
-    )
+    one, two = matrix_chart(counts, names, "row"), matrix_chart(counts, names, "row")
+    assert json.dumps(one.spec) == json.dumps(two.spec)
+    assert one.data.equals(two.data)
 
 
 def test_row_share_colouring() -> None:
     import numpy as np
 
     counts = np.array([[3, 1], [0, 0]])
-    z = np.asarray(matrix_figure(counts, ["a", "b"], "row").data[0].z)
-    assert np.allclose(z, [[0.75, 0.25], [0.0, 0.0]])  # an empty row stays 0, not NaN
+    value = matrix_chart(counts, ["a", "b"], "row").data["value"]
+    assert np.allclose(value, [0.75, 0.25, 0.0, 0.0])  # an empty row stays 0, not NaN
+
+
+def test_overview_chart_colours_blocks_by_log_count() -> None:
+    import numpy as np
+
+    sums = np.array([[100, 0], [9, 50]])
+    chart = overview_chart(sums, ["a…b", "c…d"], selected=(1, 0))
+    assert np.allclose(chart.data["value"], np.log1p([100, 0, 9, 50]))
+    assert list(chart.data["count"]) == [100, 0, 9, 50]
+    assert chart.spec["layer"][0]["params"][0]["value"] == [{"t": 1, "p": 0}]

@@ -19,7 +19,7 @@ from core import (
     most_confused_classes,
 )
 from dashboard import analyses, resources
-from dashboard.matrix_figure import cell_of_point, matrix_figure, overview_figure
+from dashboard.matrix_figure import PARAM, cell_of_selection, matrix_chart, overview_chart
 from dashboard.notes_ui import author_input
 from dashboard.settings import settings
 from dashboard.url import bind, set_params
@@ -60,8 +60,8 @@ def main() -> None:
     st.title("Where is the model wrong, and where did it look?")
     tables = st.container()
     # The matrix goes out before the tables and the sidebar's settings (their places on the page
-    # do not depend on the order): a new visitor's browser starts loading Plotly's JavaScript,
-    # the largest part of a first page, while it draws the rest.
+    # do not depend on the order): a new visitor's browser starts loading the chart's
+    # JavaScript, the largest part of a first page, while it draws the rest.
     explorer(config_path, models, datasets, result)
     with tables:
         _tables(config_path, view)
@@ -197,8 +197,8 @@ def _on_find() -> None:
 def _overview(view: ViewState, result: Results, counts) -> None:  # type: ignore[no-untyped-def]
     """The whole matrix as blocks of classes; a click on a block zooms the matrix into it.
 
-    Folded: the chart (a few thousand points) is built and drawn only while it is open, so a
-    page load draws one Plotly chart, the matrix. Opening it reruns this fragment.
+    Folded: the chart (a few thousand cells) is built and drawn only while it is open, so a
+    page load draws one chart, the matrix. Opening it reruns this fragment.
     """
     n = result.num_classes
     box = _folded(st, f"Overview of all {n:,} classes: click a block to zoom in", "overview-open")
@@ -212,23 +212,23 @@ def _overview(view: ViewState, result: Results, counts) -> None:  # type: ignore
     ]
     with box:
         key = "overview"
-        figure = overview_figure(sums, labels, view.block)
-        st.plotly_chart(
-            figure,
+        chart = overview_chart(sums, labels, view.block)
+        st.vega_lite_chart(
+            chart.data,
+            chart.spec,
             key=key,
-            on_select=partial(_on_block, key, len(sums)),
-            selection_mode="points",
+            on_select=partial(_on_block, key),
+            selection_mode=PARAM,
+            theme=None,
             width="content",
-            config={"displayModeBar": False, "doubleClick": False, "doubleClickDelay": 1},
         )
         st.caption(f"Blocks of {size} classes, coloured by log count (diagonal included).")
 
 
-def _on_block(key: str, blocks: int) -> None:
-    points = st.session_state[key].selection.points
-    if points:
-        row, col = cell_of_point(int(points[0]["point_index"]), list(range(blocks)))
-        set_params({"block": f"{row},{col}"}, reset=("focus", "cell", "page"))
+def _on_block(key: str) -> None:
+    block = cell_of_selection(st.session_state[key].selection)
+    if block is not None:
+        set_params({"block": f"{block[0]},{block[1]}"}, reset=("focus", "cell", "page"))
 
 
 def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
@@ -247,23 +247,19 @@ def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
         # A change that did not come from a click on this chart: rebuild it, selection from the URL.
         state["chart_scope"], state["chart_cell"] = scope, view.cell
         state["chart_version"] = state.get("chart_version", 0) + 1
-        # Building a Plotly figure takes ~20 ms: a click on the chart reuses this session's.
+        # A click on the chart reuses this session's chart: the browser keeps what it drew.
         flagged = analyses.flagged_matrix(config_path, view.model, view.dataset, result.fingerprint)
-        state["chart_figure"] = matrix_figure(
-            counts, classes, view.color, shown, view.cell, flagged
-        )
-    figure = state["chart_figure"]
+        state["chart"] = matrix_chart(counts, classes, view.color, shown, view.cell, flagged)
+    chart = state["chart"]
     key = f"matrix-{state['chart_version']}"
-    st.plotly_chart(
-        figure,
+    st.vega_lite_chart(
+        chart.data,
+        chart.spec,
         key=key,
-        on_select=partial(_on_click, key, shown),
-        selection_mode="points",
+        on_select=partial(_on_click, key),
+        selection_mode=PARAM,
+        theme=None,
         width="content",
-        # Two quick clicks on two cells are two selections, not a double-click that clears
-        # the selection (Plotly's default within 300 ms): the ranges are fixed, so a
-        # double-click has nothing else to do here.
-        config={"displayModeBar": False, "doubleClick": False, "doubleClickDelay": 1},
     )
     st.caption(f"{int(counts.sum()):,} images · rows: true class · columns: predicted class")
     if n > TOP_N_THRESHOLD:
@@ -271,9 +267,8 @@ def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
     return shown
 
 
-def _on_click(key: str, shown: list[int]) -> None:
-    points = st.session_state[key].selection.points
-    cell = cell_of_point(int(points[0]["point_index"]), shown) if points else None
+def _on_click(key: str) -> None:
+    cell = cell_of_selection(st.session_state[key].selection)
     st.session_state["chart_cell"] = cell  # the chart already shows it: keep the figure as is
     if cell is None:
         set_params({}, reset=("cell", "page"))
