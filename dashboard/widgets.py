@@ -109,11 +109,17 @@ def compact_count(n: int) -> str:
     return str(n)  # unreachable
 
 
+GALLERY_SETTINGS_OPEN = "gallery-settings-open"  # the folded settings' state (session state)
+
+
 def gallery_settings(config_path: str, view: ViewState) -> None:
     """Sidebar: how every cell's gallery is drawn (method, layer, opacity) and ordered.
 
     These live outside the matrix fragment: a click on a cell does not redraw them, which
-    keeps a click cheap for the browser when many people share the server.
+    keeps a click cheap for the browser when many people share the server. They are folded
+    (a caption says what is in use) and built only while open: a new visitor's first page
+    then draws one expander instead of four selectboxes and a slider, whose code the browser
+    would otherwise load and start (0.8 s of a page load on 2 cores; ``bench/scale.py``).
     """
     layers, layer = _layer_choice(config_path, view)
     labels = {info.name: _layer_label(info) for info in layers}
@@ -123,6 +129,15 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
 
         st.caption(f"Preprocessing: {describe_preprocessing(spec)}")
         st.header("Gallery")
+        at = f" at layer {layer}" if layer is not None else ""
+        st.caption(
+            f"{view.method}{at} · opacity {view.opacity:g} · {SORTS[view.sort][2]} · "
+            f"{view.page_size} per page"
+        )
+        box = st.expander("Gallery settings", key=GALLERY_SETTINGS_OPEN, on_change="rerun")
+        if not box.open:
+            return
+    with box:
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
         if layer is not None:
             bind(st.selectbox, "Target layer", "layer", layer, list(labels), format_func=labels.get)

@@ -15,6 +15,7 @@ from core import cell_rows
 from core.analysis.gallery import first_pages, page_rows, sort_rows
 from dashboard import resources
 from dashboard.notes_ui import AUTHOR_KEY
+from dashboard.widgets import GALLERY_SETTINGS_OPEN
 from tests.projects import ROOT, expected, write_config
 
 APP = str(ROOT / "dashboard" / "app.py")
@@ -115,9 +116,28 @@ def _card_captions(at: AppTest) -> list[str]:
     ]
 
 
+def open_gallery_settings(at: AppTest) -> AppTest:
+    """Unfold the sidebar's gallery settings, as a click on their expander does."""
+    at.session_state[GALLERY_SETTINGS_OPEN] = True
+    return at.run()
+
+
+def test_gallery_settings_are_folded_until_opened(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    at = run(project, monkeypatch, method="Grad-CAM++", sort="loss_desc")
+    assert not at.exception
+    keys = {w.key for w in at.sidebar.selectbox} | {w.key for w in at.sidebar.slider}
+    assert "url:method" not in keys and "url:opacity" not in keys  # not built while folded
+    summary = " ".join(c.value for c in at.sidebar.caption)
+    assert "Grad-CAM++ at layer" in summary and "24 per page" in summary  # what is in use, said
+    open_gallery_settings(at)
+    assert at.sidebar.selectbox(key="url:method").value == "Grad-CAM++"  # the URL's choice
+    assert at.sidebar.selectbox(key="url:sort").value == "loss_desc"
+    assert at.sidebar.slider(key="url:opacity").value == pytest.approx(0.5)
+
+
 def test_sidebar_settings_change_the_gallery_and_the_url(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     result = expected(project)
-    at = run(project, monkeypatch, cell="9,9")
+    at = open_gallery_settings(run(project, monkeypatch, cell="9,9"))
     assert "Grad-CAM · predicted 9" in _card_captions(at)
     at.sidebar.selectbox(key="url:method").set_value("Grad-CAM++").run()
     at.sidebar.selectbox(key="url:sort").set_value("loss_desc").run()
@@ -180,6 +200,7 @@ def test_a_model_without_a_spatial_layer_still_shows_its_matrix_and_images(
     assert "no module with a spatial" in warnings  # says why there are no maps
     rows = sort_rows(cell_rows(result.predictions, true, pred), "confidence", ascending=False)
     assert _card_paths(at) == list(page_rows(rows, 1, 24)["path"])  # the images are there
+    open_gallery_settings(at)
     at.sidebar.selectbox(key="url:method").set_value("Saliency").run()  # needs no layer
     assert not at.exception and not at.warning
     assert f"Saliency · predicted {result.classes[pred]}" in _card_captions(at)
@@ -276,6 +297,7 @@ def test_widgets_at_their_limits_never_show_a_traceback(
     assert at.number_input(key="url:page").value == last
     assert _card_paths(at) == list(page_rows(rows, last, 24)["path"])
     at.number_input(key="url:page").set_value(1).run()
+    open_gallery_settings(at)
     at.sidebar.selectbox(key="url:page_size").set_value(96).run()
     at.sidebar.slider(key="url:opacity").set_value(0.0).run()
     at.sidebar.selectbox(key="url:layer").set_value("0").run()  # the first conv layer
