@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.browser import (  # noqa: E402
+    CELLS_JS,
     CHROMIUM,
     CHROMIUM_ARGS,
     point_at_cell_async,
@@ -41,12 +42,11 @@ from tests.browser import (  # noqa: E402
 )
 from tests.projects import expected, write_config  # noqa: E402
 
-LOADED_JS = """() => {  // the first run is over: chart drawn, invitation to click shown, idle
-    const g = document.querySelector('[data-testid="stVegaLiteChart"] g.mark-rect.role-mark path');
-    return g && !document.querySelector('[data-stale="true"]') &&
+LOADED_JS = f"""() => {{  // the first run is over: chart drawn, invitation to click shown, idle
+    return ({CELLS_JS})(0) > 0 && !document.querySelector('[data-stale="true"]') &&
         !document.querySelector('[data-testid="stStatusWidget"]') &&
         document.body.textContent.includes('Click any cell of the confusion matrix');
-}"""
+}}"""
 READY_JS = """(title) => {
     if (document.querySelector('[data-stale="true"]')) return false;
     const re = new RegExp(title);

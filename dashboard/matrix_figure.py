@@ -60,12 +60,14 @@ def matrix_chart(
     index = np.ix_(shown, shown)
     row_share = _share(counts, axis=1)[index]
     value = {"count": counts[index], "row": row_share, "col": _share(counts, axis=0)[index]}
-    data = _cells(counts[index], value[color], row_share, shown, classes)
+    names = [classes[i] for i in shown]
+    data = _cells(counts[index], value[color], row_share, shown, names)
     if flagged is not None:
         data["flagged"] = flagged[index].ravel()
     m = len(shown)
     spec = _spec(
         data,
+        names,
         side=_plot_side(m),
         margin=MARGIN,
         legend="count" if color == "count" else "share",
@@ -87,10 +89,10 @@ def overview_chart(
     Built like :func:`matrix_chart` (same selection), one rectangle per block.
     """
     m = len(labels)
-    blocks = list(range(m))
-    data = _cells(sums, np.log1p(sums), _share(sums, axis=1), blocks, labels)
+    data = _cells(sums, np.log1p(sums), _share(sums, axis=1), range(m), labels)
     spec = _spec(
         data,
+        labels,
         side=480,
         margin={"left": 60, "top": 30, "right": 90, "bottom": 60},
         legend="log count",
@@ -121,10 +123,11 @@ def _cells(
     shown: Sequence[int],
     names: Sequence[str],
 ) -> pd.DataFrame:
+    """One row per cell of the shown classes (``names``: theirs, in order), row-major."""
     m = len(shown)
     rows, cols = np.divmod(np.arange(m * m), m)
     ids = np.asarray(shown, dtype=np.int64)
-    labels = np.asarray([names[i] for i in shown], dtype=object)
+    labels = np.asarray(names, dtype=object)
     return pd.DataFrame(
         {
             "t": ids[rows],
@@ -140,6 +143,7 @@ def _cells(
 
 def _spec(
     data: pd.DataFrame,
+    names: Sequence[str],
     side: int,
     margin: Mapping[str, int],
     legend: str,
@@ -151,7 +155,6 @@ def _spec(
     flagged: bool,
     titles: tuple[str, str] = ("true class", "predicted class"),
 ) -> dict[str, Any]:
-    names = list(dict.fromkeys(data["true"]))  # the shown classes, in order
     select: dict[str, Any] = {
         "name": PARAM,
         # a click picks the cell under the pointer; clicking it again keeps it (no toggle)
@@ -224,15 +227,13 @@ def _spec(
             "x": {
                 "field": "pred",
                 "type": "nominal",
-                "sort": names,
-                "scale": {"domain": names, "paddingInner": 0.03},
+                "scale": {"domain": list(names), "paddingInner": 0.03},
                 "axis": {**axis, "title": titles[1], "labelAngle": -45},
             },
             "y": {
                 "field": "true",
                 "type": "nominal",
-                "sort": names,
-                "scale": {"domain": names, "paddingInner": 0.03},
+                "scale": {"domain": list(names), "paddingInner": 0.03},
                 "axis": {**axis, "title": titles[0]},
             },
         },

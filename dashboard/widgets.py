@@ -122,7 +122,6 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
     would otherwise load and start (0.8 s of a page load on 2 cores; ``bench/scale.py``).
     """
     layers, layer = _layer_choice(config_path, view)
-    labels = {info.name: _layer_label(info) for info in layers}
     spec = resources.model(config_path, view.model).spec
     with st.sidebar:
         from core.data.models import describe_preprocessing
@@ -137,6 +136,7 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
         box = st.expander("Gallery settings", key=GALLERY_SETTINGS_OPEN, on_change="rerun")
         if not box.open:
             return
+    labels = {info.name: _layer_label(info) for info in layers}
     with box:
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
         if layer is not None:

@@ -114,11 +114,16 @@ def new_page(browser):  # type: ignore[no-untyped-def]
 
 CHARTS = "document.querySelectorAll('[data-testid=\"stVegaLiteChart\"]')"
 # a chart's cells: the paths of its first rectangle mark, one per cell in row-major order
-CELLS_JS = f"""(plot) => {{
+CELL_PATHS = f"""(plot) => {{
     const c = {CHARTS}[plot];
     const g = c && c.querySelector('g.mark-rect.role-mark');
-    return g ? g.querySelectorAll('path').length : 0;
+    return g ? [...g.querySelectorAll('path')] : [];
 }}"""
+CELL_AT = f"""(plot, row, col) => {{
+    const paths = ({CELL_PATHS})(plot);
+    return paths[row * Math.round(Math.sqrt(paths.length)) + col];
+}}"""
+CELLS_JS = f"(plot) => ({CELL_PATHS})(plot).length"
 
 
 def wait_for_matrix(  # type: ignore[no-untyped-def]
@@ -142,8 +147,8 @@ def selected_cells(page, plot: int = 0) -> list[tuple[int, int]]:  # type: ignor
     from dashboard.matrix_figure import SELECTED_STROKE
 
     found = page.evaluate(
-        f"""([plot, stroke]) => [...{CHARTS}[plot].querySelector('g.mark-rect.role-mark')
-            .querySelectorAll('path')].filter(p => p.getAttribute('stroke') === stroke)
+        f"""([plot, stroke]) => ({CELL_PATHS})(plot)
+            .filter(p => p.getAttribute('stroke') === stroke)
             .map(p => [p.__data__.datum.t, p.__data__.datum.p])""",
         [plot, SELECTED_STROKE],
     )
@@ -153,21 +158,15 @@ def selected_cells(page, plot: int = 0) -> list[tuple[int, int]]:  # type: ignor
 CHART_READY_JS = f"""(plot) => !document.querySelector('[data-stale="true"]') &&
     ({CELLS_JS})(plot) > 0"""
 CELL_CENTRE_JS = f"""([row, col, plot]) => {{
-    const c = {CHARTS}[plot];
-    c.scrollIntoView({{block: 'center', behavior: 'instant'}});
-    const paths = c.querySelector('g.mark-rect.role-mark').querySelectorAll('path');
-    const m = Math.round(Math.sqrt(paths.length));
-    const box = paths[row * m + col].getBoundingClientRect();
+    {CHARTS}[plot].scrollIntoView({{block: 'center', behavior: 'instant'}});
+    const box = ({CELL_AT})(plot, row, col).getBoundingClientRect();
     return [box.left + box.width / 2, box.top + box.height / 2];
 }}"""
 # The cell has stopped moving and the element under the pointer belongs to it (its rectangle or
 # its count): Vega gives a click to the datum of the element under the pointer.
 ON_CELL_JS = f"""([x, y, row, col, plot]) => new Promise(done => requestAnimationFrame(() =>
   requestAnimationFrame(() => {{  // two frames later: still in place, still under the pointer
-    const c = {CHARTS}[plot];
-    const paths = c ? c.querySelector('g.mark-rect.role-mark').querySelectorAll('path') : [];
-    const m = Math.round(Math.sqrt(paths.length));
-    const cell = paths[row * m + col];
+    const cell = ({CELL_AT})(plot, row, col);
     if (!cell) return done(false);
     const box = cell.getBoundingClientRect();
     const still = Math.abs(box.left + box.width / 2 - x) < 1 &&

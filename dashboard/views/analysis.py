@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 
 import streamlit as st
@@ -19,7 +20,13 @@ from core import (
     most_confused_classes,
 )
 from dashboard import analyses, resources
-from dashboard.matrix_figure import PARAM, cell_of_selection, matrix_chart, overview_chart
+from dashboard.matrix_figure import (
+    PARAM,
+    MatrixChart,
+    cell_of_selection,
+    matrix_chart,
+    overview_chart,
+)
 from dashboard.notes_ui import author_input
 from dashboard.settings import settings
 from dashboard.url import bind, set_params
@@ -212,16 +219,7 @@ def _overview(view: ViewState, result: Results, counts) -> None:  # type: ignore
     ]
     with box:
         key = "overview"
-        chart = overview_chart(sums, labels, view.block)
-        st.vega_lite_chart(
-            chart.data,
-            chart.spec,
-            key=key,
-            on_select=partial(_on_block, key),
-            selection_mode=PARAM,
-            theme=None,
-            width="content",
-        )
+        _draw(overview_chart(sums, labels, view.block), key, partial(_on_block, key))
         st.caption(f"Blocks of {size} classes, coloured by log count (diagonal included).")
 
 
@@ -252,19 +250,24 @@ def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
         state["chart"] = matrix_chart(counts, classes, view.color, shown, view.cell, flagged)
     chart = state["chart"]
     key = f"matrix-{state['chart_version']}"
-    st.vega_lite_chart(
-        chart.data,
-        chart.spec,
-        key=key,
-        on_select=partial(_on_click, key),
-        selection_mode=PARAM,
-        theme=None,
-        width="content",
-    )
+    _draw(chart, key, partial(_on_click, key))
     st.caption(f"{int(counts.sum()):,} images · rows: true class · columns: predicted class")
     if n > TOP_N_THRESHOLD:
         _overview(view, result, counts)  # after the matrix: the page's first chart is the matrix
     return shown
+
+
+def _draw(chart: MatrixChart, key: str, on_select: Callable[[], None]) -> None:
+    """A matrix chart whose clicks select its cell (``on_select`` reads the selection)."""
+    st.vega_lite_chart(
+        chart.data,
+        chart.spec,
+        key=key,
+        on_select=on_select,
+        selection_mode=PARAM,
+        theme=None,
+        width="content",
+    )
 
 
 def _on_click(key: str) -> None:
