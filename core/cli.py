@@ -185,7 +185,8 @@ def _write_table(result: Results, out: Path) -> int:
 
 
 def _report(result: Results) -> None:
-    table = result.predictions
+    # the two columns the report reads, not the whole table (gathered from disk: 0.3 s at 1M)
+    table = pd.DataFrame({"true": result.true, "pred": result.pred}, copy=False)
     names = list(result.classes)
     print(f"images: {len(table):,}   skipped: {len(result.skipped):,}")
     for skipped in result.skipped[:20]:

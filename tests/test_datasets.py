@@ -80,12 +80,40 @@ def test_folder_listing_is_torchvisions(make_image_folder) -> None:
     (root / "a-extra").mkdir()  # sorts between "a" and "a/..." paths as a string
     (root / "b" / "linked").symlink_to(root / "c", target_is_directory=True)
     (root / "b" / "gone.png").symlink_to(root / "nowhere.png")  # broken: listed, skipped on read
+    (root / "b" / "loop.png").symlink_to(root / "b" / "loop.png")  # listed; its folder too
     order = ["c", "b", "a-extra", "a"]
     dataset = open_dataset(DatasetSpec("d", root, classes=tuple(order)))
     found = make_dataset(str(root), {n: i for i, n in enumerate(order)}, EXTENSIONS, None, True)
     expected = [(os.path.relpath(path, root).replace(os.sep, "/"), label) for path, label in found]
     assert dataset.samples == expected
     assert ("b/gone.png", 1) in dataset.samples and ("a/deeper/Upper.JPG", 3) in dataset.samples
+    assert ("b/loop.png", 1) in dataset.samples and ("b/000.png", 1) in dataset.samples
+
+
+def test_listing_on_several_processes_is_the_same(make_image_folder) -> None:
+    """Worker processes sharing the class folders list the same files in the same order,
+    each with its size and mtime as ``os.stat`` gives them ([-1, -1] for no regular file)."""
+    from core.data.datasets import EXTENSIONS
+    from core.data.listing import walk_folders
+
+    root = make_image_folder({f"c{i}": i % 3 for i in range(7)})
+    (root / "c1" / "sub").mkdir()
+    (root / "c1" / "sub" / "big.png").write_bytes(b"x" * 5_000)
+    (root / "c2" / "gone.png").symlink_to(root / "nowhere.png")
+    os.mkfifo(root / "c4" / "pipe.png")
+    folders = sorted(p.name for p in root.iterdir())
+    alone = walk_folders(str(root), folders, EXTENSIONS, processes=1)
+    shared = walk_folders(str(root), folders, EXTENSIONS, processes=3, parallel_from=0)
+    assert [rels for rels, _ in shared] == [rels for rels, _ in alone]
+    for (rels, stats), (_, alone_stats) in zip(shared, alone, strict=True):
+        assert stats.dtype == np.int64 and stats.shape == (len(rels), 2)
+        np.testing.assert_array_equal(stats, alone_stats)
+        for rel, (size, mtime) in zip(rels, stats.tolist(), strict=True):
+            info = (root / rel).stat() if (root / rel).exists() else None
+            regular = info is not None and stat.S_ISREG(info.st_mode)
+            assert [size, mtime] == ([info.st_size, info.st_mtime_ns] if regular else [-1, -1])
+    assert sum(len(rels) for rels, _ in shared) == 6 + 3  # the 7 folders' images, 3 others
+    assert shared[0][0] == [] and shared[0][1].shape == (0, 2)  # "c0" has no image
 
 
 def test_fingerprint_follows_every_file(make_image_folder) -> None:
@@ -95,21 +123,35 @@ def test_fingerprint_follows_every_file(make_image_folder) -> None:
     first = dataset.fingerprint()
     assert open_dataset(DatasetSpec("d", root)).fingerprint() == first  # nothing changed
     image = root / dataset.samples[0][0]
-    stat = image.stat()
-    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    info = image.stat()
+    os.utime(image, ns=(info.st_atime_ns, info.st_mtime_ns + 1))
     touched = open_dataset(DatasetSpec("d", root)).fingerprint()
+    assert dataset.fingerprint() == first  # a snapshot: the files as they were listed
     image.unlink()
-    gone = dataset.fingerprint()  # listed, now missing
+    gone = open_dataset(DatasetSpec("d", root)).fingerprint()
     relabelled = open_dataset(DatasetSpec("d", root, classes=("b", "a"))).fingerprint()
     assert len({first, touched, gone, relabelled}) == 4
     folder = ImageDataset("d", root, [("a", 0)], ["a"])  # a manifest may list a folder
     assert folder.fingerprint() != ImageDataset("d", root, [("z", 0)], ["a"]).fingerprint()
 
 
+def test_a_manifest_fingerprint_follows_a_listed_file_that_is_gone(make_image_folder) -> None:
+    """A manifest lists files that may be missing: a file deleted after the first
+    fingerprint changes the next opening's, as an edited one does."""
+    root = make_image_folder({"a": 2})
+    (root / "m.csv").write_text("path,label\na/000.png,a\na/001.png,a\n")
+    spec = DatasetSpec("d", root, csv=root / "m.csv")
+    first = open_dataset(spec).fingerprint()
+    assert open_dataset(spec).fingerprint() == first
+    (root / "a" / "001.png").unlink()
+    gone = open_dataset(spec)
+    assert gone.stats[1].tolist() == [-1, -1] and gone.fingerprint() != first
+
+
 def test_file_stats_are_os_stats_of_regular_files(tmp_path: Path) -> None:
     """Size and mtime as ``os.stat`` gives them (through links); [-1, -1] for a folder, a FIFO,
     a broken link, a link loop and a missing path."""
-    from core.data.datasets import file_stats
+    from core.data.listing import file_stats
 
     (tmp_path / "big.png").write_bytes(b"x" * 12_345)
     (tmp_path / "empty.png").touch()

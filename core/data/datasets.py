@@ -17,17 +17,17 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.fs as pafs
 from PIL import Image
 
 from core.config import DEFAULT_MAX_PIXELS, DatasetSpec
+from core.data.listing import file_stats, walk_folders
 from core.errors import DatasetError, ImageRefusedError, reason_of
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from core.data.images import Sample
 
-__all__ = ["ImageDataset", "dataset_key", "open_dataset"]
+__all__ = ["ImageDataset", "SampleColumns", "dataset_key", "open_dataset"]
 
 #: torchvision's ImageFolder extensions (``IMG_EXTENSIONS``) plus ``.tif``, ``.tiff``, ``.gif``.
 EXTENSIONS = (
@@ -50,8 +50,23 @@ def _images() -> ModuleType:
     return images
 
 
+@dataclass(frozen=True)
+class SampleColumns:
+    """(path, label) pairs as two columns: a million-file listing builds no tuple per file."""
+
+    paths: list[str]
+    labels: np.ndarray  # int64
+
+
 class ImageDataset:
-    """A list of (relative path, class index) under one root folder.
+    """A list of (relative path, class index) under one root folder, as of one moment.
+
+    ``samples`` are (path, label) pairs, or :class:`SampleColumns`; either way they are kept
+    as the columns :attr:`paths` and :attr:`labels`.
+
+    ``stats`` holds each file's [size, mtime in ns] when it was listed (:func:`open_dataset`
+    passes them); without them the files are stat'ed on the first :meth:`fingerprint`. Either
+    way the object is a snapshot: open the dataset again to see changed files.
 
     Every read of an image, for evaluation or display, goes through :meth:`load` and takes the
     same decision: the file must be a regular file whose resolved target lies under ``root`` or
@@ -62,17 +77,27 @@ class ImageDataset:
         self,
         name: str,
         root: Path,
-        samples: Sequence[tuple[str, int]],
+        samples: Sequence[tuple[str, int]] | SampleColumns,
         classes: Sequence[str],
         transform: Callable[[Any], torch.Tensor] | None = None,
         channels: int = 3,
         tensors: bool = False,
         link_roots: Sequence[Path] = (),
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        stats: np.ndarray | None = None,
     ) -> None:
+        if not isinstance(samples, SampleColumns):
+            pairs = list(samples)
+            labels = np.array([label for _, label in pairs], dtype=np.int64)
+            samples = SampleColumns([path for path, _ in pairs], labels)
+        if len(samples.paths) != len(samples.labels):
+            raise ValueError(f"{len(samples.paths)} paths but {len(samples.labels)} labels")
+        if stats is not None and stats.shape != (len(samples.paths), 2):
+            raise ValueError(f"stats of shape {stats.shape} for {len(samples.paths)} files")
         self.name = name
         self.root = root
-        self.samples = list(samples)
+        self.paths = samples.paths
+        self.labels = samples.labels
         self.classes = list(classes)
         self.transform = transform
         self.channels = channels
@@ -84,19 +109,25 @@ class ImageDataset:
             os.path.join(os.path.realpath(p), "") for p in (root, *self.link_roots)
         )  # each with a trailing separator: "/data/a/" must not admit "/data/ab/x.png"
         self._folders: dict[str, str] = {}  # folder -> its real path (see _real)
+        self._stats = stats
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.paths)
+
+    @cached_property
+    def samples(self) -> list[tuple[str, int]]:
+        """(path, label) of each file, built on first use (reopening results never needs it)."""
+        return list(zip(self.paths, self.labels.tolist(), strict=True))
 
     @cached_property
     def _listed(self) -> frozenset[str]:
         """The listed files: only these may be read (built on the first read, not on opening:
         reopening stored results of a million files never reads one)."""
-        return frozenset(rel for rel, _ in self.samples)
+        return frozenset(self.paths)
 
     def __getitem__(self, index: int) -> Sample:  # a map-style dataset for torch's DataLoader
         sample = _images().Sample
-        rel, label = self.samples[index]
+        rel, label = self.paths[index], int(self.labels[index])
         try:
             if self.tensors or not self.transform:
                 tensor = self.load(rel)
@@ -114,13 +145,14 @@ class ImageDataset:
         return ImageDataset(
             self.name,
             self.root,
-            self.samples,
+            SampleColumns(self.paths, self.labels),
             self.classes,
             transform,
             channels,
             tensors,
             self.link_roots,
             self.max_pixels,
+            self.stats,
         )
 
     def load(self, rel: str, channels: int | None = None) -> torch.Tensor:
@@ -179,44 +211,24 @@ class ImageDataset:
             real_folder = self._folders.setdefault(folder, os.path.realpath(folder))
         return os.path.join(real_folder, name)
 
+    @property
+    def stats(self) -> np.ndarray:
+        """Each file's [size, mtime in ns] as listed; [-1, -1] where there was no regular file
+        (missing, a broken link, a folder)."""
+        if self._stats is None:
+            root = os.path.join(self._root, "")
+            self._stats = file_stats([root + rel for rel in self.paths])
+        return self._stats
+
     def fingerprint(self) -> str:
         """A hash of the read limits, the class list and every file's path, label, size and
-        modification time (a file that cannot be stat'ed counts as missing)."""
+        modification time as listed (see :attr:`stats`)."""
         limits = (self.classes, [os.fspath(p) for p in self.link_roots], self.max_pixels)
         digest = hashlib.sha256(repr(limits).encode())
-        rels = [rel for rel, _ in self.samples]
-        digest.update("\0".join(rels).encode())
-        digest.update(np.array([label for _, label in self.samples], dtype=np.int64).tobytes())
-        root = os.path.join(self._root, "")
-        digest.update(file_stats([root + rel for rel in rels]).tobytes())
+        digest.update("\0".join(self.paths).encode())
+        digest.update(self.labels.astype(np.int64, copy=False).tobytes())
+        digest.update(self.stats.tobytes())
         return digest.hexdigest()
-
-
-def file_stats(paths: Sequence[str], threads: int = 2) -> np.ndarray:
-    """[size, mtime in ns] of each file (links followed); [-1, -1] where there is no regular
-    file (missing, a broken link, a folder).
-
-    Arrow's filesystem stats the files in C++ with the GIL released, on a few threads: faster
-    than ``os.stat`` in a Python loop, which matters at a million files. Only a regular file has
-    a size there, so ``FileInfo.type`` (an enum: reading it doubled the time) is not read.
-    """
-    out = np.full((len(paths), 2), -1, dtype=np.int64)
-    if not paths:
-        return out
-    local = pafs.LocalFileSystem()
-    step = -(-len(paths) // (threads * 4))
-
-    def stat_part(start: int) -> None:
-        infos = local.get_file_info(paths[start : start + step])
-        sizes = [info.size for info in infos]
-        files = [i for i, size in enumerate(sizes) if size is not None]
-        part = out[start : start + len(infos)]
-        part[files, 0] = [sizes[i] for i in files]
-        part[files, 1] = [infos[i].mtime_ns for i in files]
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(stat_part, range(0, len(paths), step)))
-    return out
 
 
 def dataset_key(spec: DatasetSpec) -> str:
@@ -243,11 +255,12 @@ def open_dataset(spec: DatasetSpec, classes: Sequence[str] | None = None) -> Ima
     explicit = list(spec.classes or classes or []) or None
     if not spec.root.is_dir():
         raise DatasetError(f"dataset {spec.name!r}: folder not found: {spec.root}")
+    stats = None
     if spec.csv is not None:
         samples, names = _from_manifest(spec, explicit)
     else:
-        samples, names = _from_folders(spec, explicit)
-    if not samples:
+        samples, names, stats = _from_folders(spec, explicit)
+    if not samples.paths:
         raise DatasetError(
             f"dataset {spec.name!r} has no images under {spec.root} "
             f"(looked for {', '.join(EXTENSIONS)})"
@@ -259,14 +272,16 @@ def open_dataset(spec: DatasetSpec, classes: Sequence[str] | None = None) -> Ima
         names,
         link_roots=spec.link_roots,
         max_pixels=spec.max_pixels,
+        stats=stats,
     )
 
 
 def _from_folders(
     spec: DatasetSpec, explicit: list[str] | None
-) -> tuple[list[tuple[str, int]], list[str]]:
+) -> tuple[SampleColumns, list[str], np.ndarray]:
     """torchvision's ImageFolder listing (``find_classes`` and ``make_dataset``: the same files
-    in the same order) without importing torchvision, which costs seconds."""
+    in the same order) without importing torchvision, which costs seconds; with the files'
+    stats, taken as they are listed."""
     try:
         with os.scandir(spec.root) as entries:
             folders = sorted(entry.name for entry in entries if entry.is_dir())
@@ -284,40 +299,18 @@ def _from_folders(
             f"dataset {spec.name!r}: folder(s) {extra} are not in the class list {names}"
         )
     index = {name: i for i, name in enumerate(names)}
-    root = os.fspath(spec.root)
-    samples: list[tuple[str, int]] = []
-    for folder in folders:  # sorted by name, as make_dataset does, whatever the class order
-        label = index[folder]
-        samples.extend((rel, label) for rel in _walk(os.path.join(root, folder), folder))
-    return samples, names
-
-
-def _walk(folder: str, rel: str) -> list[str]:
-    """The image files under ``folder`` as ``rel/...`` paths, in the order of ``sorted(
-    os.walk(folder, followlinks=True))`` with sorted names (links are listed like files;
-    :meth:`ImageDataset.load` decides whether their target may be read)."""
-    listed: list[tuple[str, str, list[str]]] = []
-    pending = [(folder, rel)]
-    while pending:
-        path, prefix = pending.pop()
-        names = []
-        try:
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    if entry.is_dir():
-                        pending.append((entry.path, f"{prefix}/{entry.name}"))
-                    elif entry.name.lower().endswith(EXTENSIONS):
-                        names.append(entry.name)
-        except OSError:
-            continue  # as os.walk: a folder that cannot be listed is left out
-        listed.append((path, prefix, names))
-    listed.sort()
-    return [f"{prefix}/{name}" for _, prefix, names in listed for name in sorted(names)]
+    # sorted by name, as make_dataset does, whatever the class order
+    listed = walk_folders(os.fspath(spec.root), folders, EXTENSIONS)
+    rels = [rel for folder_rels, _ in listed for rel in folder_rels]
+    counts = [len(folder_rels) for folder_rels, _ in listed]
+    labels = np.repeat(np.array([index[folder] for folder in folders], np.int64), counts)
+    stats = np.concatenate([stats for _, stats in listed]).astype(np.int64, copy=False)
+    return SampleColumns(rels, labels), names, stats
 
 
 def _from_manifest(
     spec: DatasetSpec, explicit: list[str] | None
-) -> tuple[list[tuple[str, int]], list[str]]:
+) -> tuple[SampleColumns, list[str]]:
     assert spec.csv is not None
     try:
         with spec.csv.open(newline="", encoding="utf-8") as handle:
@@ -330,7 +323,7 @@ def _from_manifest(
         )
     names = explicit or sorted({row["label"] for row in rows})
     index = {name: i for i, name in enumerate(names)}
-    samples = []
+    paths, labels = [], []
     root = os.fspath(spec.root)
     for line, row in enumerate(rows, start=2):
         if row["label"] not in index:
@@ -341,5 +334,6 @@ def _from_manifest(
         # kept as written (normalised): a path that leaves the root, or is no file, is listed
         # and skipped with its reason when read, like any other unreadable file
         rel = os.path.relpath(os.path.normpath(os.path.join(root, row["path"] or "")), root)
-        samples.append((Path(rel).as_posix(), index[row["label"]]))
-    return samples, names
+        paths.append(Path(rel).as_posix())
+        labels.append(index[row["label"]])
+    return SampleColumns(paths, np.array(labels, dtype=np.int64)), names
