@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, wait
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -32,10 +34,49 @@ def probabilities(result: Results) -> np.ndarray:
     return result.probs(result.index)
 
 
+#: Up to this many probabilities (images × classes) a page that marks suspected label errors
+#: waits for them (about a second); past it the page is drawn at once and marked when they are
+#: found (1,000,000 × 1,000: 5–20 s, the first time only: they are saved with the results).
+WAIT_FOR_QUALITY_UP_TO = 20_000_000
+
+
 @st.cache_resource(show_spinner=False, max_entries=32)
+def _quality_pass(
+    config_path: str, model_name: str, dataset_name: str, fingerprint: str
+) -> Future[LabelQuality]:
+    """Label quality of one evaluation, computed once per server on a thread of its own."""
+    result = resources.evaluation(config_path, model_name, dataset_name)
+    future: Future[LabelQuality] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(result_label_quality(result))
+        except BaseException as exc:  # handed to whoever waits for it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="label-quality", daemon=True).start()
+    return future
+
+
 def quality(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> LabelQuality:
-    """Label quality of one evaluation's rows (shared, read-only; keyed by its fingerprint)."""
-    return result_label_quality(resources.evaluation(config_path, model_name, dataset_name))
+    """Label quality of one evaluation's rows (shared, read-only; keyed by its fingerprint);
+    waits for the pass. A failed pass is not kept: the next call tries again."""
+    future = _quality_pass(config_path, model_name, dataset_name, fingerprint)
+    try:
+        return future.result()
+    except BaseException:
+        _quality_pass.clear(config_path, model_name, dataset_name, fingerprint)
+        raise
+
+
+def quality_ready(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> bool:
+    """Whether label quality is known (starting its pass if need be). An evaluation of up to
+    :data:`WAIT_FOR_QUALITY_UP_TO` probabilities waits for it, so it always is."""
+    future = _quality_pass(config_path, model_name, dataset_name, fingerprint)
+    result = resources.evaluation(config_path, model_name, dataset_name)
+    if len(result.index) * result.num_classes <= WAIT_FOR_QUALITY_UP_TO:
+        wait([future])
+    return future.done()
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

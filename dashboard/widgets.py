@@ -76,18 +76,11 @@ def sidebar_summary(result: Results) -> None:
     errors = int((table["true"] != table["pred"]).sum())
     with st.sidebar:
         st.metric("Accuracy", f"{accuracy(table):.2%}")
-        cols = st.columns(3)
-        for col, label, count in zip(
-            cols,
-            ("Images", "Errors", "Skipped"),
-            (len(table), errors, len(result.skipped)),
-            strict=True,
-        ):
-            col.metric(label, compact_count(count))
-        if max(len(table), errors) >= 1_000:
-            st.caption(
-                f"{len(table):,} images · {errors:,} errors · {len(result.skipped):,} skipped"
-            )
+        # two counts a row: three left ~70 px each, too narrow for "1.0M" at the metric's size
+        images, wrong = st.columns(2)
+        images.metric("Images", compact_count(len(table)))
+        wrong.metric("Errors", compact_count(errors))
+        st.caption(f"{len(table):,} images · {errors:,} errors · {len(result.skipped):,} skipped")
         for note in result.notes:
             st.warning(note, icon=":material/difference:")
         if result.skipped:

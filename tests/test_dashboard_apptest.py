@@ -392,3 +392,40 @@ def test_the_dashboard_modules_import_no_torch() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_the_matrix_does_not_wait_for_a_long_label_quality_pass(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Past ``WAIT_FOR_QUALITY_UP_TO`` probabilities the matrix is drawn while suspected label
+    errors are still being found, says so, and is marked on the run after they are."""
+    import threading
+    import time
+
+    from dashboard import analyses
+
+    release = threading.Event()
+    real = analyses.result_label_quality
+
+    def slow(result):  # type: ignore[no-untyped-def]
+        assert release.wait(120)
+        return real(result)
+
+    monkeypatch.setattr(analyses, "result_label_quality", slow)
+    monkeypatch.setattr(analyses, "WAIT_FOR_QUALITY_UP_TO", 0)
+    analyses._quality_pass.clear()
+    try:
+        at = run(project, monkeypatch)
+        assert not at.exception
+        assert "flagged" not in at.session_state["chart"].data
+        assert any("finding suspected label errors" in c.value for c in at.caption)
+        release.set()
+        for _ in range(600):  # until the pass is done (the page's 2 s poll, done by hand)
+            at.run()
+            if "flagged" in at.session_state["chart"].data:
+                break
+            time.sleep(0.1)
+        assert not at.exception
+        assert "flagged" in at.session_state["chart"].data
+        assert not any("finding suspected label errors" in c.value for c in at.caption)
+    finally:
+        release.set()
+        analyses._quality_pass.clear()

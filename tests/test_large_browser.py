@@ -7,8 +7,9 @@ import pytest
 
 from core import cell_rows, focus_classes, load_config, load_model, open_dataset
 from core.analysis.gallery import page_rows, sort_rows
-from core.analysis.metrics import confusion_matrix
+from core.analysis.metrics import accuracy, confusion_matrix
 from core.results.evaluate import evaluate
+from dashboard.widgets import compact_count
 from tests.browser import (
     chart_count,
     chromium,
@@ -24,6 +25,13 @@ from tests.browser import (
 from tests.large_project import make_large_project
 
 pytestmark = pytest.mark.browser
+
+#: Each sidebar metric's value: its text, the width it needs and the width it has (px).
+METRIC_VALUES_JS = """() => [...document.querySelectorAll(
+    'section[data-testid="stSidebar"] [data-testid="stMetricValue"]')].map(value => {
+        const text = value.querySelector("div") || value;
+        return [text.textContent, text.scrollWidth, text.clientWidth];
+    })"""
 
 
 def test_find_a_class_and_open_its_cell_at_1000_classes() -> None:
@@ -45,6 +53,17 @@ def test_find_a_class_and_open_its_cell_at_1000_classes() -> None:
         page.get_by_text("The 20 most confused of 1,000 classes").wait_for()
         wait_for_matrix(page, cells=400)  # 20 × 20: no view sends the million cells
         screenshot(page, "large_first_page")
+        # the sidebar's counts are readable: compact, not cut off by their narrow columns
+        table = result.predictions
+        errors = int((table["true"] != table["pred"]).sum())
+        values = page.evaluate(METRIC_VALUES_JS)
+        assert [text for text, _, _ in values] == [
+            f"{accuracy(table):.2%}",
+            compact_count(len(table)),
+            compact_count(errors),
+        ]
+        assert all(needed <= width for _, needed, width in values), values
+        page.get_by_text(f"{len(table):,} images · {errors:,} errors · 0 skipped").wait_for()
         wait_idle(page)
         picker = page.get_by_test_id("stSelectbox").filter(has_text="Find a class").first
         picker.click()

@@ -238,23 +238,37 @@ def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
     shown, why = _shown_classes(view, result, counts)
     if why:
         st.caption(why)
+    found = (config_path, view.model, view.dataset, result.fingerprint)
+    marked = analyses.quality_ready(*found)  # else drawn now, marked when they are found
     # the evaluation's fingerprint stands for the counts: new weights or images, new figure
-    scope = (result.fingerprint, view.color, tuple(shown))
+    scope = (result.fingerprint, view.color, tuple(shown), marked)
     state = st.session_state
     if state.get("chart_scope") != scope or state.get("chart_cell") != view.cell:
         # A change that did not come from a click on this chart: rebuild it, selection from the URL.
         state["chart_scope"], state["chart_cell"] = scope, view.cell
         state["chart_version"] = state.get("chart_version", 0) + 1
         # A click on the chart reuses this session's chart: the browser keeps what it drew.
-        flagged = analyses.flagged_matrix(config_path, view.model, view.dataset, result.fingerprint)
+        flagged = analyses.flagged_matrix(*found) if marked else None
         state["chart"] = matrix_chart(counts, classes, view.color, shown, view.cell, flagged)
     chart = state["chart"]
     key = f"matrix-{state['chart_version']}"
     _draw(chart, key, partial(_on_click, key))
-    st.caption(f"{int(counts.sum()):,} images · rows: true class · columns: predicted class")
+    st.caption(
+        f"{int(counts.sum()):,} images · rows: true class · columns: predicted class"
+        + ("" if marked else " · finding suspected label errors (marked when found)…")
+    )
+    if not marked:
+        _mark_when_found(*found)
     if n > TOP_N_THRESHOLD:
         _overview(view, result, counts)  # after the matrix: the page's first chart is the matrix
     return shown
+
+
+@st.fragment(run_every=2.0)
+def _mark_when_found(config_path: str, model: str, dataset: str, fingerprint: str) -> None:
+    """Every 2 s until the label-quality pass is done, then the matrix again, with its marks."""
+    if analyses.quality_ready(config_path, model, dataset, fingerprint):
+        st.rerun(scope="app")
 
 
 def _draw(chart: MatrixChart, key: str, on_select: Callable[[], None]) -> None:

@@ -41,7 +41,8 @@ def main() -> None:
     except UserFacingError as exc:
         error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
         st.stop()
-    flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
+    with st.spinner(f"Finding suspected label errors in {len(result.index):,} images…"):
+        flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
     rows = analyses.arrays(result)
     ranked = flags.ranked_issues()
     st.caption(
