@@ -152,7 +152,7 @@ class ImageDataset:
             tensors,
             self.link_roots,
             self.max_pixels,
-            self.stats,
+            self._stats,  # as they are: not stat'ed here if they were not yet
         )
 
     def load(self, rel: str, channels: int | None = None) -> torch.Tensor:
@@ -304,7 +304,7 @@ def _from_folders(
     rels = [rel for folder_rels, _ in listed for rel in folder_rels]
     counts = [len(folder_rels) for folder_rels, _ in listed]
     labels = np.repeat(np.array([index[folder] for folder in folders], np.int64), counts)
-    stats = np.concatenate([stats for _, stats in listed]).astype(np.int64, copy=False)
+    stats = np.concatenate([stats for _, stats in listed])
     return SampleColumns(rels, labels), names, stats
 
 

@@ -134,8 +134,8 @@ def _walk(root: str, folder: str, extensions: tuple[str, ...]) -> Folder:
         listed.append((path, prefix, names, stats))
     listed.sort(key=lambda part: (part[0], part[1]))
     rels = [f"{prefix}/{name}" for _, prefix, names, _ in listed for name in names]
-    stats = np.concatenate([part[3] for part in listed]) if listed else np.empty((0, 2))
-    return rels, stats.astype(np.int64, copy=False)
+    parts = [part[3] for part in listed]
+    return rels, np.concatenate(parts) if parts else np.empty((0, 2), dtype=np.int64)
 
 
 def _list(path: str, extensions: tuple[str, ...]) -> tuple[list[str], np.ndarray, list[str]]:
