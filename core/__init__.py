@@ -33,6 +33,8 @@ if TYPE_CHECKING:
         ModelLoadError,
         UserFacingError,
     )
+    from core.explain.cam import cam, evaluation_maps, grad_cam, grad_cam_pp, saliency
+    from core.explain.layers import candidate_layers, find_target_layer
     from core.notes import Note, NotesError, NotesStore
     from core.results import Results, SkippedFile, StoreError, open_results
     from core.results.evaluate import EvaluationJob, check_classes, evaluate
@@ -61,12 +63,18 @@ _EXPORTS = {
     "architectures": "core.data.models",
     "block_classes": "core.analysis.metrics",
     "block_sums": "core.analysis.metrics",
+    "cam": "core.explain.cam",
+    "candidate_layers": "core.explain.layers",
     "cell_rows": "core.analysis.metrics",
     "check_classes": "core.results.evaluate",
     "confusion_matrix": "core.analysis.metrics",
     "dataset_key": "core.data.datasets",
     "evaluate": "core.results.evaluate",
+    "evaluation_maps": "core.explain.cam",
+    "find_target_layer": "core.explain.layers",
     "focus_classes": "core.analysis.metrics",
+    "grad_cam": "core.explain.cam",
+    "grad_cam_pp": "core.explain.cam",
     "load_config": "core.config",
     "load_image": "core.data.images",
     "load_model": "core.data.models",
@@ -76,6 +84,7 @@ _EXPORTS = {
     "open_results": "core.results",
     "per_class_metrics": "core.analysis.metrics",
     "predict": "core.results.local_engine",
+    "saliency": "core.explain.cam",
     "top_confused_pairs": "core.analysis.metrics",
 }
 
@@ -101,12 +110,18 @@ __all__ = [
     "architectures",
     "block_classes",
     "block_sums",
+    "cam",
+    "candidate_layers",
     "cell_rows",
     "check_classes",
     "confusion_matrix",
     "dataset_key",
     "evaluate",
+    "evaluation_maps",
+    "find_target_layer",
     "focus_classes",
+    "grad_cam",
+    "grad_cam_pp",
     "load_config",
     "load_image",
     "load_model",
@@ -116,6 +131,7 @@ __all__ = [
     "open_results",
     "per_class_metrics",
     "predict",
+    "saliency",
     "top_confused_pairs",
 ]  # the keys of _EXPORTS (tests/test_public_api.py)
 

@@ -27,22 +27,43 @@ the layer is exactly zero as autograd would not (ReLU's gradient at 0 is taken a
 
 Thread safety: hooks live only for one call and act only in the thread that registered them, so
 concurrent calls on one shared model (one per dashboard session) do not see each other.
+
+This module holds the methods (their weights and normalisation); the hooks and input checks they
+share live in :mod:`core.explain.hooks`, layer discovery and token-grid layouts in
+:mod:`core.explain.layers`.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
-import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from core.explain.hooks import (
+    Classes,
+    Tap,
+    check_eval,
+    check_images,
+    check_logits,
+    class_matrix,
+    hooked,
+    spatial_shape,
+    to_model,
+    wants_channels_last,
+)
+from core.explain.layers import (
+    LayerInfo,
+    candidate_layers,
+    find_target_layer,
+    layout_of,
+    resolve_layer,
+)
 
 __all__ = [
     "METHODS",
@@ -62,25 +83,6 @@ __all__ = [
 
 _EPS = 1e-7  # pytorch-grad-cam's min-max epsilon
 _PP_EPS = 1e-6  # pytorch-grad-cam's Grad-CAM++ denominator epsilon
-
-# torch's ``RemovableHandle`` takes its id from a class counter with ``next_id += 1``, which is not
-# atomic: two threads registering at the same moment can get the same id, and then one hook
-# overwrites the other in the module's hook dict. Our registrations are serialised by this lock.
-_REGISTER_LOCK = threading.Lock()
-
-Classes = int | Tensor | Sequence[int]
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A module whose output is a spatial map: dotted name, class name, map shape (C, H, W) of one
-    image, and how the output is laid out ("map" [B, C, H, W], "channels_last" [B, H, W, C] or
-    "tokens" [B, prefix + H*W, C]; see ``_Layout``)."""
-
-    name: str
-    type_name: str
-    shape: tuple[int, ...]
-    layout: str = "map"
 
 
 @dataclass(frozen=True)
@@ -104,153 +106,6 @@ class CamMethod(Protocol):
         layer: str | None = None,
         batch_size: int = 64,
     ) -> Tensor: ...
-
-
-# --------------------------------------------------------------------------- hooks
-
-
-class _Tap:
-    """Per-call forward hook: captures a module's output, only in the thread that created it.
-
-    torch's ``Module._call_impl`` iterates a tuple snapshot of the hook dicts
-    (``(*_global_forward_hooks.items(), *self._forward_hooks.items())``), built in C while holding
-    the GIL, so another thread registering or removing its hook mid-forward cannot break this
-    thread's iteration (registering and removing are single dict operations, and a handle is
-    removed only by the call that made it). The snapshot may still contain another call's hook, or
-    one removed just after the snapshot was taken, which is why a tap does nothing outside its
-    owning thread; all per-call state lives on the tap, never on the module.
-
-    With ``grad=True`` the tap turns grad mode on (thread-local) and replaces the output with a
-    clone of a fresh leaf: autograd then records only the rest of the forward. The clone absorbs
-    later in-place operations, so ``value`` keeps the layer's true output. With
-    ``replace=False`` it only keeps copies of the module's input and output.
-    """
-
-    def __init__(self, grad: bool = False, keep_input: bool = False, replace: bool = True) -> None:
-        self.thread = threading.get_ident()
-        self.grad = grad
-        self.keep_input = keep_input
-        self.replace = replace
-        self.calls = 0
-        self.value: Tensor | None = None
-        self.input: Tensor | None = None
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
-        if threading.get_ident() != self.thread:
-            return None
-        self.calls += 1
-        if self.calls > 1 or not isinstance(output, Tensor):
-            return None  # reported by checked_value after the forward
-        if self.keep_input and args and isinstance(args[0], Tensor):
-            self.input = args[0].detach().clone()
-        if not self.replace:  # observe only: copies, so later in-place ops cannot change them
-            self.value = output.detach().clone()
-            return None
-        if self.grad:
-            torch.set_grad_enabled(True)
-        self.value = output.detach().requires_grad_(self.grad)
-        return self.value.clone()
-
-    def checked_value(self, name: str) -> Tensor:
-        """The captured output; raises if the module did not run exactly once."""
-        if self.calls != 1:
-            raise ValueError(
-                f"layer {name!r} ran {self.calls} times in one forward pass; "
-                "choose a module that runs exactly once (e.g. not a shared activation)"
-            )
-        if self.value is None:
-            raise ValueError(f"layer {name!r} does not return a single tensor")
-        return self.value
-
-
-@contextmanager
-def _hooked(modules: Sequence[nn.Module], hooks: Sequence[Callable[..., Any]]) -> Iterator[None]:
-    """Register forward hooks for the duration of a block; always removed, also on errors."""
-    handles = []
-    try:
-        for module, hook in zip(modules, hooks, strict=True):
-            with _REGISTER_LOCK:
-                handles.append(module.register_forward_hook(hook))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-# --------------------------------------------------------------------------- checks and inputs
-
-
-def _check_eval(model: nn.Module) -> None:
-    if not any(m.training for m in model.modules()):
-        return
-    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
-    raise ValueError(
-        f"model is in training mode ({', '.join(training[:3])}); call model.eval() first: "
-        "in train mode BatchNorm makes each map depend on its batch and updates running stats"
-    )
-
-
-def _get_module(model: nn.Module, name: str) -> nn.Module:
-    if name:
-        try:
-            return model.get_submodule(name)
-        except AttributeError:
-            pass  # explained below
-    modules: dict[str, nn.Module] = dict(model.named_modules())
-    if name in modules and name != "":
-        return modules[name]
-    names = [n for n in modules if n]
-    close = difflib.get_close_matches(name, names, n=5) or names[-5:]
-    raise ValueError(f"unknown layer {name!r}; valid names include: {', '.join(close)}")
-
-
-def _model_param(model: nn.Module) -> Tensor | None:
-    return next((p for p in model.parameters() if p.is_floating_point()), None)
-
-
-def _wants_channels_last(model: nn.Module) -> bool:
-    conv = next((p for p in model.parameters() if p.dim() == 4), None)
-    return (
-        conv is not None
-        and conv.is_contiguous(memory_format=torch.channels_last)
-        and not conv.is_contiguous()
-    )
-
-
-def _to_model(model: nn.Module, x: Tensor, channels_last: bool) -> Tensor:
-    param = _model_param(model)
-    if param is not None:
-        x = x.to(device=param.device, dtype=param.dtype)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def _check_images(images: Tensor, batch_size: int) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError("images must be a float tensor [N, C, H, W]")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-
-
-def _class_matrix(classes: Classes, n: int) -> tuple[Tensor, bool]:
-    """Classes as an int64 [N, K] tensor, and whether the caller asked for [N, K]."""
-    if isinstance(classes, int):
-        return torch.full((n, 1), classes, dtype=torch.long), False
-    cls = torch.as_tensor(classes).cpu()
-    if cls.is_floating_point() or cls.is_complex() or cls.dim() not in (1, 2) or len(cls) != n:
-        raise ValueError(f"classes must be an int or an integer tensor [N] or [N, K] with N={n}")
-    return (cls.long()[:, None], False) if cls.dim() == 1 else (cls.long(), True)
-
-
-def _check_logits(logits: Any, cls: Tensor) -> Tensor:
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        raise ValueError("the model must return a logits tensor [N, num_classes]")
-    if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= logits.shape[1]):
-        raise ValueError(f"class indices must lie in [0, {logits.shape[1]})")
-    return logits
-
-
-def _spatial_shape(images: Tensor) -> tuple[int, int]:
-    return int(images.shape[-2]), int(images.shape[-1])
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -341,204 +196,6 @@ def _maps_into(out: Tensor, weights: Tensor, acts: Tensor, resizer: _Resizer | N
     return resizer
 
 
-# --------------------------------------------------------------------------- layer layouts
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """How one layer's output [B, ...] becomes a spatial map [B, C, h, w]: the ONE place where
-    transformer outputs are reshaped, used by every method, ``evaluation_maps``,
-    ``layer_activations`` and ``candidate_layers``.
-
-    ``map``: already [B, C, h, w]. ``channels_last``: [B, h, w, C] (torchvision Swin), permuted.
-    ``tokens``: [B, prefix + h*w, C] (ViT, DeiT, register tokens): the ``prefix`` class /
-    distillation / register tokens are dropped and the rest is read as an h×w grid, row-major
-    (pytorch-grad-cam's ``reshape_transform``). Returns views, never copies.
-    """
-
-    kind: str
-    grid: tuple[int, int]
-    channels: int
-    prefix: int = 0
-
-    def to_spatial(self, t: Tensor) -> Tensor:
-        if self.kind == "channels_last":
-            return t.permute(0, 3, 1, 2)
-        if self.kind == "tokens":
-            return t[:, self.prefix :].unflatten(1, self.grid).permute(0, 3, 1, 2)
-        return t
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.channels, *self.grid)
-
-
-def _plausible_grid(grid: Sequence[int], size: tuple[int, int]) -> bool:
-    """Whether an h×w grid can be a map of an H×W input: no larger, about equal strides."""
-    (h, w), (height, width) = grid, size
-    if not (0 < h <= height and 0 < w <= width):
-        return False
-    strides = (height / h, width / w)
-    return max(strides) <= 1.5 * min(strides)
-
-
-def _patch_size(model: nn.Module) -> tuple[int, int] | None:
-    """A ViT's patch size: timm's ``patch_embed.patch_size`` or torchvision's ``patch_size``."""
-    size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    size = size if size is not None else getattr(model, "patch_size", None)
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, int) for s in size):
-        return int(size[0]), int(size[1])
-    return None
-
-
-def _prefix_tokens(model: nn.Module) -> int | None:
-    """timm's ``num_prefix_tokens``; 1 for torchvision's ViT (its ``class_token``)."""
-    prefix = getattr(model, "num_prefix_tokens", None)
-    if isinstance(prefix, int):
-        return prefix
-    return 1 if isinstance(getattr(model, "class_token", None), Tensor) else None
-
-
-def _token_grid(model: nn.Module, n: int, size: tuple[int, int]) -> tuple[int, int, int] | None:
-    """(h, w, prefix) of ``n`` tokens of an H×W input, or None if they are not a patch grid.
-
-    The grid comes from the model's patch size (floor, or ceil for padded patch embeddings);
-    without one, the smallest prefix whose remaining count is a grid of the input's aspect ratio.
-    """
-    known = _prefix_tokens(model)
-    patch = _patch_size(model)
-    if patch is not None:
-        for rnd in (lambda a, b: a // b, lambda a, b: -(-a // b)):
-            h, w = rnd(size[0], patch[0]), rnd(size[1], patch[1])
-            prefix = n - h * w
-            if h > 0 and w > 0 and prefix >= 0 and known in (None, prefix):
-                return h, w, prefix
-        return None
-    for prefix in [known] if known is not None else range(min(n, 17)):
-        h = round((max(n - prefix, 0) * size[0] / size[1]) ** 0.5)
-        if h > 0 and (n - prefix) % h == 0 and h * size[1] == (n - prefix) // h * size[0]:
-            return h, (n - prefix) // h, prefix
-    return None
-
-
-def _layout(model: nn.Module, shape: Sequence[int], size: tuple[int, int]) -> _Layout | None:
-    """The layout of a layer output of one-image ``shape`` (no batch dim) at input size H×W."""
-    if len(shape) == 3:
-        c, h, w = (int(s) for s in shape)
-        if _plausible_grid((h, w), size) or not _plausible_grid((c, h), size):
-            return _Layout("map", (h, w), c)
-        return _Layout("channels_last", (c, h), w)
-    if len(shape) == 2:
-        grid = _token_grid(model, int(shape[0]), size)
-        if grid is not None:
-            return _Layout("tokens", grid[:2], int(shape[1]), grid[2])
-    return None
-
-
-def _layout_of(model: nn.Module, name: str, value: Tensor, x: Tensor) -> _Layout:
-    """The layout of a layer's output ``value`` in the forward of model input ``x``; raises if
-    the output cannot be read as a spatial map of those images."""
-    same_batch = value.dim() > 0 and value.shape[0] == x.shape[0]
-    layout = _layout(model, value.shape[1:], _spatial_shape(x)) if same_batch else None
-    if layout is None:
-        raise ValueError(
-            f"layer {name!r} output has shape {tuple(value.shape)}: not a spatial map "
-            "[N, C, H, W], a channels-last map [N, H, W, C] or a token grid [N, prefix + H*W, C] "
-            "for this input size; choose another layer"
-        )
-    return layout
-
-
-# --------------------------------------------------------------------------- layer detection
-
-
-@dataclass
-class _Record:
-    name: str
-    type_name: str
-    shape: tuple[int, ...] | None
-    calls: int = 0
-
-
-def _trace(model: nn.Module, input_shape: Sequence[int]) -> list[_Record]:
-    """Records of every non-root module in forward-completion order, from one dry run on zeros."""
-    _check_eval(model)
-    shape = tuple(int(s) for s in input_shape)
-    shape = shape[1:] if len(shape) == 4 else shape
-    if len(shape) != 3:
-        raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W), got {tuple(input_shape)}")
-    order: list[_Record] = []
-    thread = threading.get_ident()
-    named = [(n, m) for n, m in model.named_modules() if n]
-    records = {id(m): _Record(n, type(m).__name__, None) for n, m in named}
-
-    def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if threading.get_ident() != thread:
-            return
-        rec = records[id(module)]
-        rec.calls += 1
-        if rec.calls == 1:  # one image's shape; None unless the batch dim is the images'
-            one = isinstance(output, Tensor) and output.dim() > 0 and output.shape[0] == 1
-            rec.shape = tuple(output.shape[1:]) if one else None
-            order.append(rec)
-
-    param = _model_param(model)
-    zeros = torch.zeros((1, *shape), device=param.device if param is not None else None)
-    zeros = _to_model(model, zeros, _wants_channels_last(model))
-    with (
-        torch.inference_mode(False),
-        torch.no_grad(),
-        _hooked([m for _, m in named], [record] * len(named)),
-    ):
-        model(zeros)
-    return order
-
-
-def candidate_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]:
-    """Every module (run once per forward) whose output is a spatial map: 4-D maps,
-    channels-last maps and token grids (shape given as their map's (C, h, w)), in
-    forward-completion order."""
-    size = (int(input_shape[-2]), int(input_shape[-1]))
-    found = []
-    for rec in _trace(model, input_shape):
-        layout = _layout(model, rec.shape, size) if rec.shape and rec.calls == 1 else None
-        if layout is not None:
-            found.append(LayerInfo(rec.name, rec.type_name, layout.shape, layout.kind))
-    return found
-
-
-_FIRST_NORMS = ("ln_1", "norm1")  # torchvision EncoderBlock, timm Block / torchvision Swin block
-
-
-def find_target_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
-    """The layer pytorch-grad-cam's recipes use, found from one dry run.
-
-    Transformers (token or channels-last outputs): the last block's first norm,
-    ``encoder.layers[-1].ln_1`` (torchvision ViT), ``blocks[-1].norm1`` (timm ViT / DeiT), the
-    last Swin block's ``norm1``. After it the class token reaches the patch tokens only through
-    attention, so later layers get no gradient on patch tokens. Otherwise: the last module to
-    finish whose map has H > 1 and W > 1, skipping pooling and identity layers and modules that
-    run more than once per forward (e.g. ResNet's shared ``relu``): ``layer4`` for ResNets,
-    ``features`` for VGG, MobileNet, EfficientNet, DenseNet and ConvNeXt.
-    """
-    layers = candidate_layers(model, input_shape)
-    norms = [i for i in layers if i.layout != "map" and i.name.rsplit(".", 1)[-1] in _FIRST_NORMS]
-    if norms:
-        return norms[-1].name
-    for info in reversed(layers):
-        skip = "Pool" in info.type_name or info.type_name == "Identity"
-        if not skip and info.shape[1] > 1 and info.shape[2] > 1:
-            return info.name
-    raise ValueError("no module with a spatial (H>1, W>1) output; pass layer= explicitly")
-
-
-def _resolve_layer(model: nn.Module, images: Tensor, layer: str | None) -> tuple[str, nn.Module]:
-    name = layer if layer is not None else find_target_layer(model, images.shape[1:])
-    return name, _get_module(model, name)
-
-
 def _warn_if_pointlike(acts: Tensor, name: str, stacklevel: int) -> None:
     if acts.shape[-2] * acts.shape[-1] == 1:
         warnings.warn(
@@ -567,19 +224,19 @@ def _chunk_grads(
     gradient of class k is ``W[k] / (h * w)`` at every position and no backward pass is needed;
     otherwise autograd computes one gradient per column.
     """
-    tap = _Tap(grad=True)
+    tap = Tap(grad=True)
     linear = _last_linear(model)
-    head = _Tap(keep_input=True, replace=False)
+    head = Tap(keep_input=True, replace=False)
     modules, taps = ([module, linear[1]], [tap, head]) if linear else ([module], [tap])
     with torch.inference_mode(False):  # the caller may be in inference mode or no_grad
-        with torch.no_grad(), _hooked(modules, taps):
+        with torch.no_grad(), hooked(modules, taps):
             logits = model(x)
         leaf = tap.checked_value(name)
-        layout = _layout_of(model, name, leaf, x)
+        layout = layout_of(model, name, leaf, x)
         if isinstance(logits, Tensor) and callable(classes):
             classes = classes(logits.detach())
         cls = classes if isinstance(classes, Tensor) else torch.empty(0, 1, dtype=torch.long)
-        logits = _check_logits(logits, cls)
+        logits = check_logits(logits, cls)
         if not logits.requires_grad:
             raise ValueError(f"the model output does not depend on layer {name!r}")
         acts = layout.to_spatial(leaf.detach()).float()
@@ -594,7 +251,7 @@ def _chunk_grads(
     return logits.detach(), acts, spatial, cls
 
 
-def _is_gap_linear(acts: Tensor, head: _Tap, logits: Tensor) -> bool:
+def _is_gap_linear(acts: Tensor, head: Tap, logits: Tensor) -> bool:
     """Whether the logits are the last Linear applied to the spatial mean of ``acts``."""
     return _gap_linear_problem(acts, head, logits, ("", "")) is None
 
@@ -627,18 +284,18 @@ def _gradient_method(
     layer: str | None,
     batch_size: int,
 ) -> Tensor:
-    _check_eval(model)
-    _check_images(images, batch_size)
-    cls, keep_k = _class_matrix(classes, len(images))
-    name, module = _resolve_layer(model, images, layer)
-    size = _spatial_shape(images)
+    check_eval(model)
+    check_images(images, batch_size)
+    cls, keep_k = class_matrix(classes, len(images))
+    name, module = resolve_layer(model, images, layer)
+    size = spatial_shape(images)
     n, k = cls.shape
     out = torch.empty((n, k, *size), dtype=torch.float32, device=images.device)
-    channels_last = _wants_channels_last(model)
+    channels_last = wants_channels_last(model)
     resizer = None
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        x = _to_model(model, images[start:stop], channels_last)
+        x = to_model(model, images[start:stop], channels_last)
         _, acts, grads, _ = _chunk_grads(model, module, name, x, cls[start:stop])
         if start == 0:
             _warn_if_pointlike(acts, name, stacklevel=3)  # the caller of grad_cam(_pp)
@@ -702,11 +359,11 @@ def evaluation_maps(
     logits. ``finish_maps(raw, (H, W))`` gives exactly what :func:`grad_cam` returns for them.
     Both tensors are on ``images``' device.
     """
-    _check_eval(model)
-    _check_images(images, 1)
+    check_eval(model)
+    check_images(images, 1)
     label_tensor = _check_labels(labels, len(images))
-    name, module = _resolve_layer(model, images, layer)
-    x = _to_model(model, images, _wants_channels_last(model))
+    name, module = resolve_layer(model, images, layer)
+    x = to_model(model, images, wants_channels_last(model))
     logits, acts, grads, _ = _chunk_grads(
         model, module, name, x, functools.partial(_display_classes, labels=label_tensor)
     )
@@ -745,7 +402,7 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
 
 
 def _gap_linear_problem(
-    acts: Tensor, head: _Tap, logits: Tensor, names: tuple[str, str]
+    acts: Tensor, head: Tap, logits: Tensor, names: tuple[str, str]
 ) -> str | None:
     """Why the logits are not the last Linear applied to the spatial mean of ``acts`` (or None)."""
     layer, linear = names
@@ -764,7 +421,7 @@ def _gap_linear_problem(
     return None
 
 
-def _check_gap_linear(acts: Tensor, head: _Tap, logits: Tensor, names: tuple[str, str]) -> None:
+def _check_gap_linear(acts: Tensor, head: Tap, logits: Tensor, names: tuple[str, str]) -> None:
     """Raise unless the head input is the spatial mean of ``acts`` and its output is the logits."""
     why = _gap_linear_problem(acts, head, logits, names)
     if why:
@@ -777,11 +434,11 @@ def _check_gap_linear(acts: Tensor, head: _Tap, logits: Tensor, names: tuple[str
 def _cam_chunk(
     model: nn.Module, modules: tuple[nn.Module, nn.Linear], names: tuple[str, str], x: Tensor
 ) -> tuple[Tensor, Tensor]:
-    tap, head = _Tap(), _Tap(keep_input=True)
-    with torch.inference_mode(False), torch.no_grad(), _hooked(modules, [tap, head]):
+    tap, head = Tap(), Tap(keep_input=True)
+    with torch.inference_mode(False), torch.no_grad(), hooked(modules, [tap, head]):
         logits = model(x)
     value = tap.checked_value(names[0])
-    layout = _layout_of(model, names[0], value, x)
+    layout = layout_of(model, names[0], value, x)
     if layout.prefix:
         raise ValueError(
             f"CAM needs a global-average-pool + Linear head over the whole layer; layer "
@@ -806,26 +463,26 @@ def cam(
 
     The head is checked functionally on every chunk; any other head raises ``ValueError``.
     """
-    _check_eval(model)
-    _check_images(images, batch_size)
-    cls, keep_k = _class_matrix(classes, len(images))
-    name, module = _resolve_layer(model, images, layer)
+    check_eval(model)
+    check_images(images, batch_size)
+    cls, keep_k = class_matrix(classes, len(images))
+    name, module = resolve_layer(model, images, layer)
     found = _last_linear(model)
     if found is None:
         raise ValueError("CAM needs a global-average-pool + Linear head; use Grad-CAM instead")
     linear_name, linear = found
-    size = _spatial_shape(images)
+    size = spatial_shape(images)
     n, k = cls.shape
     out = torch.empty((n, k, *size), dtype=torch.float32, device=images.device)
-    channels_last = _wants_channels_last(model)
+    channels_last = wants_channels_last(model)
     weight = linear.weight.detach().float()
     resizer = None
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        x = _to_model(model, images[start:stop], channels_last)
+        x = to_model(model, images[start:stop], channels_last)
         acts, logits = _cam_chunk(model, (module, linear), (name, linear_name), x)
         chunk_cls = cls[start:stop].to(weight.device)
-        _check_logits(logits, chunk_cls)
+        check_logits(logits, chunk_cls)
         if start == 0:
             _warn_if_pointlike(acts, name, stacklevel=2)  # the caller of cam
         resizer = _maps_into(out[start:stop], weight[chunk_cls], acts, resizer)
@@ -838,7 +495,7 @@ def cam(
 def _saliency_chunk(model: nn.Module, x: Tensor, cls: Tensor) -> Tensor:
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
-        grads = _class_grads(_check_logits(model(x), cls), cls, x)
+        grads = _class_grads(check_logits(model(x), cls), cls, x)
     if any(g is None for g in grads):
         raise ValueError("the model output does not depend on its input")
     return torch.stack([g.float().abs().amax(1) for g in grads if g is not None], 1)
@@ -857,16 +514,16 @@ def saliency(
     """
     if layer is not None and not isinstance(layer, str):
         raise TypeError("saliency's 4th argument is the (ignored) layer; pass batch_size= by name")
-    _check_eval(model)
-    _check_images(images, batch_size)
-    cls, keep_k = _class_matrix(classes, len(images))
+    check_eval(model)
+    check_images(images, batch_size)
+    cls, keep_k = class_matrix(classes, len(images))
     n, k = cls.shape
-    size = _spatial_shape(images)
+    size = spatial_shape(images)
     out = torch.empty((n, k, *size), dtype=torch.float32, device=images.device)
-    channels_last = _wants_channels_last(model)
+    channels_last = wants_channels_last(model)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        x = _to_model(model, images[start:stop], channels_last)
+        x = to_model(model, images[start:stop], channels_last)
         maps = _saliency_chunk(model, x, cls[start:stop])
         out[start:stop] = _minmax_(maps.contiguous())
     return out if keep_k else out[:, 0]
@@ -882,16 +539,16 @@ def layer_activations(
 
     ``image`` is [C, H, W] or [1, C, H, W]; ``layer=None`` uses :func:`find_target_layer`.
     """
-    _check_eval(model)
+    check_eval(model)
     x = image[None] if image.dim() == 3 else image
     if x.dim() != 4 or len(x) != 1:
         raise ValueError("image must be [C, H, W] or [1, C, H, W]")
-    name, module = _resolve_layer(model, x, layer)
-    tap = _Tap()
-    with torch.inference_mode(False), torch.no_grad(), _hooked([module], [tap]):
-        model(_to_model(model, x, _wants_channels_last(model)))
+    name, module = resolve_layer(model, x, layer)
+    tap = Tap()
+    with torch.inference_mode(False), torch.no_grad(), hooked([module], [tap]):
+        model(to_model(model, x, wants_channels_last(model)))
     value = tap.checked_value(name)
-    acts = _layout_of(model, name, value, x).to_spatial(value)[0].float()
+    acts = layout_of(model, name, value, x).to_spatial(value)[0].float()
     means = acts.mean((1, 2))
     top = torch.argsort(means, descending=True)[: max(1, min(top_n, len(means)))]
     maps = _minmax_(acts[top].contiguous().clone())
