@@ -51,7 +51,7 @@ __all__ = [
 _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
-    "datasets", "maps", "results", "timm", "interpolation", "crop_pct",
+    "datasets", "maps", "results", "timm", "interpolation", "crop_pct", "description",
 }  # fmt: skip
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -91,6 +91,7 @@ class ModelSpec:
     crop_pct: float | None = None  # None: resize straight to input_size (no crop)
     explicit: frozenset[str] = frozenset()  # the PREPROCESSING_KEYS the entry sets itself
     from_timm: tuple[str, ...] = ()  # the PREPROCESSING_KEYS taken from timm (set when loaded)
+    description: str = ""  # shown above the model's confusion matrix (Markdown)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,27 @@ class ProjectConfig:
         """Names of the datasets ``model`` is evaluated on (all, unless its entry lists some)."""
         allowed = self.model(model).datasets
         return [d.name for d in self.datasets if allowed is None or d.name in allowed]
+
+    def comparable_models(self, model: str, dataset: str) -> list[str]:
+        """The other models that can be compared with ``model`` on ``dataset``, best first:
+        those whose entries list the dataset and declare ``model``'s classes, then those that
+        may fit (no ``datasets`` list, or classes left to the checkpoint). Models declaring
+        other classes are left out."""
+        mine = self.model(model).classes
+
+        def rank(spec: ModelSpec) -> int:
+            listed = spec.datasets is not None and dataset in spec.datasets
+            same = mine is not None and spec.classes == mine
+            return 0 if listed and same else 1 if listed or same else 2
+
+        fits = [
+            spec
+            for spec in self.models
+            if spec.name != model
+            and dataset in self.datasets_for(spec.name)
+            and (mine is None or spec.classes is None or spec.classes == mine)
+        ]
+        return [spec.name for spec in sorted(fits, key=rank)]  # stable: config order within
 
     def dataset(self, name: str | None = None) -> DatasetSpec:
         """The dataset called ``name`` (the first one when ``name`` is None)."""
@@ -284,6 +306,7 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         interpolation=interpolation,
         crop_pct=crop_pct,
         explicit=frozenset(k for k in PREPROCESSING_KEYS if k in entry),
+        description=str(entry.get("description", "")),
     )
 
 

@@ -13,7 +13,9 @@ import streamlit as st  # noqa: E402
 
 from dashboard.settings import settings  # noqa: E402
 
-st.set_page_config(page_title="CAM error analysis", page_icon="🔍", layout="wide")
+st.set_page_config(
+    page_title="CAM error analysis", page_icon=":material/troubleshoot:", layout="wide"
+)
 if settings().login and not st.user.get("is_logged_in", False):  # every page, deep links too
     st.title("CAM error analysis")
     st.button("Log in", on_click=st.login, type="primary")

@@ -36,12 +36,15 @@ def author() -> str:
 
 
 def badge_text(summary: PathSummary | None) -> str:
-    """One line of plain text: the image's tags and its number of notes ('' if none)."""
+    """One line of plain text: the image's tags and its number of notes ('' if none).
+
+    Words, not emoji: the page's fonts (DejaVu in the set-up command) have no emoji glyphs.
+    """
     if summary is None:
         return ""
-    parts = [f"🏷 {tag}" for tag in sorted(summary.tags)]
+    parts = [f"tags: {', '.join(sorted(summary.tags))}"] if summary.tags else []
     if summary.n_notes:
-        parts.append(f"✎ {summary.n_notes} note" + ("s" if summary.n_notes > 1 else ""))
+        parts.append(f"{summary.n_notes} note" + ("s" if summary.n_notes > 1 else ""))
     return " · ".join(parts)
 
 

@@ -9,6 +9,8 @@ configs never mix.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +19,7 @@ import streamlit as st
 
 from core.analysis.gallery import first_pages, warm_pages
 from core.analysis.metrics import confusion_matrix, per_class_metrics, top_confused_pairs
-from core.config import ProjectConfig, load_config
+from core.config import ModelSpec, ProjectConfig, load_config
 from core.data.datasets import ImageDataset, open_dataset
 from core.notes import NotesStore
 from core.results import Results
@@ -39,12 +41,69 @@ def project(config_path: str) -> ProjectConfig:
     return load_config(config_path)
 
 
-@st.cache_resource(show_spinner="Loading model…")
-def model(config_path: str, name: str) -> LoadedModel:
-    """A loaded model, shared by all sessions (thread-safe for inference and CAMs)."""
-    from core.data.models import load_model
+@dataclass(frozen=True)
+class ModelReady:
+    """A loaded model and its map layers: the candidates and the default one (the config's
+    ``layer`` or auto-detected; None when the model has no spatial layer, e.g. a flat MLP: only
+    saliency applies then)."""
 
-    return load_model(project(config_path).model(name))
+    loaded: LoadedModel
+    layers: list[LayerInfo]
+    default_layer: str | None
+
+
+def _load(spec: ModelSpec) -> ModelReady:
+    from core.data.models import load_model
+    from core.explain.layers import candidate_layers, find_target_layer
+
+    loaded = load_model(spec)
+    found = candidate_layers(loaded.module, loaded.input_shape)
+    try:
+        default = spec.layer or find_target_layer(loaded.module, loaded.input_shape)
+    except ValueError:
+        default = None
+    return ModelReady(loaded, found, default)
+
+
+@st.cache_resource(show_spinner=False)
+def model_loading(config_path: str, name: str) -> Future[ModelReady]:
+    """The model and its layers, loading on a background thread from the first call on.
+
+    A page starts it and does not wait: stored results are drawn without torch, and by the
+    time someone clicks a cell the model (torch's import most of all) is loaded or on its way.
+    Shared by all sessions (thread-safe for inference and CAMs).
+    """
+    spec = project(config_path).model(name)
+    future: Future[ModelReady] = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(_load(spec))
+        except BaseException as exc:  # handed to whoever waits, as a message (never raised here)
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"load-model {name}", daemon=True).start()
+    return future
+
+
+def model_ready(config_path: str, name: str) -> bool:
+    """Whether the model has finished loading (or failed to: waiting then raises at once)."""
+    return model_loading(config_path, name).done()
+
+
+def _ready(config_path: str, name: str) -> ModelReady:
+    future = model_loading(config_path, name)
+    try:
+        return future.result()
+    except Exception:
+        model_loading.clear(config_path, name)  # e.g. a checkpoint still being copied: retry
+        raise
+
+
+def model(config_path: str, name: str) -> LoadedModel:
+    """The loaded model, waiting for its background load if needed."""
+    return _ready(config_path, name).loaded
 
 
 @st.cache_resource(show_spinner="Listing images…")
@@ -107,19 +166,10 @@ def confused_pairs(config_path: str, model_name: str, dataset_name: str, k: int)
     return top_confused_pairs(result.predictions, result.classes, k)
 
 
-@st.cache_resource(show_spinner=False)
 def layers(config_path: str, model_name: str) -> tuple[list[LayerInfo], str | None]:
-    """Candidate target layers and the default one (config's ``layer`` or auto-detected; None
-    when the model has no spatial layer, e.g. a flat MLP: only saliency applies then)."""
-    from core.explain.cam import candidate_layers, find_target_layer
-
-    loaded = model(config_path, model_name)
-    found = candidate_layers(loaded.module, loaded.input_shape)
-    try:
-        default = loaded.spec.layer or find_target_layer(loaded.module, loaded.input_shape)
-    except ValueError:
-        default = None
-    return found, default
+    """Candidate target layers and the default one (see :class:`ModelReady`)."""
+    ready = _ready(config_path, model_name)
+    return ready.layers, ready.default_layer
 
 
 @st.cache_resource(show_spinner=False)

@@ -34,6 +34,8 @@ from dashboard.url import bind
 from dashboard.view_state import METHODS, PAGE_SIZES, SORTS, ViewState, parse_view
 
 if TYPE_CHECKING:  # torch and the CAM code load when a cell is opened, not for the matrix
+    from streamlit.delta_generator import DeltaGenerator
+
     from core.explain.cam import LayerInfo
     from core.explain.map_cache import Unavailable
 
@@ -174,21 +176,27 @@ def cell_view(
     notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
     if view.tag:
         rows = rows[rows["path"].isin(store.paths_with_tag(notes_key, view.tag))]
-    try:  # stored results open without the model: the gallery loads it
-        _, layer = _layer_choice(config_path, view)
-    except UserFacingError as exc:
-        error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
-        return
-    page = page_rows(rows, view.page, view.page_size)
     count = f"{len(rows):,} image" + ("" if len(rows) == 1 else "s")
     tagged = f" tagged “{view.tag}”" if view.tag else ""
     heading = f"true {names[true]} → predicted {names[pred]}: {count}{tagged}"
+    subheading = f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}"
+    waiting = _waiting_for_model(config_path, view.model, subheading)
+    try:  # stored results open without the model: the gallery waits for its load
+        _, layer = _layer_choice(config_path, view)
+    except UserFacingError as exc:
+        if waiting is not None:
+            waiting.empty()
+        error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
+        return
+    page = page_rows(rows, view.page, view.page_size)
     gallery, problem = _gallery_html(
         config_path, view, result, page, layer, store, notes_key, heading
     )
     tags = store.all_tags(notes_key)
-    # ---- nothing above this line sends anything to the browser
-    st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}")
+    # ---- nothing above this line sends anything to the browser (but the loading status)
+    if waiting is not None:
+        waiting.empty()
+    st.subheader(subheading)
     cols = st.columns([3, 4, 1.5, 2.5], vertical_alignment="bottom")
     with cols[0]:
         _tag_filter(view, tags)
@@ -220,6 +228,19 @@ def cell_view(
     if problem:
         st.warning(problem)
     st.html(gallery)
+
+
+def _waiting_for_model(config_path: str, model: str, subheading: str) -> DeltaGenerator | None:
+    """None when the model is loaded; else a placeholder showing the cell's heading and a status
+    that says the maps wait for the model (a cell clicked just after a fresh server's first
+    page), to be emptied when the cards are ready."""
+    if resources.model_ready(config_path, model):
+        return None
+    waiting = st.empty()
+    with waiting.container():
+        st.subheader(subheading)
+        st.info("Loading the model for maps…", icon=":material/hourglass_top:")
+    return waiting
 
 
 def _with_scores(config_path: str, view: ViewState, result: Results) -> pd.DataFrame:
@@ -306,6 +327,7 @@ def _card(
     An image that cannot be read now (changed, deleted or refused since the evaluation) gets
     a short message in place of its panels; the other cards are unaffected.
     """
+
     from core.explain.map_cache import Unavailable
 
     first, second = compared_classes(row)

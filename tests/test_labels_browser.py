@@ -88,6 +88,6 @@ def test_label_errors_view(tmp_path: Path) -> None:
         page.keyboard.press("Enter")
         wait_idle(page)
         page.get_by_role("button", name="label error").first.click()
-        page.get_by_text("🏷 label error").first.wait_for(timeout=60_000)
+        page.get_by_text("tags: label error").first.wait_for(timeout=60_000)
         page.screenshot(path=str(ASSETS / "label_errors.png"), full_page=False)
         page.context.close()

@@ -93,13 +93,13 @@ def test_card_html_escapes_file_and_class_names() -> None:
         "<img src=x onerror=alert(1)>.png",
         ("predicted <b>cat</b>", " (90.0%) · true dog & co"),
         [("data:image/png;base64,AAAA", "image"), ("", "Grad-CAM · <script>")],
-        "🏷 <i>odd</i> tag · ✎ 1 note",
+        "tags: <i>odd</i> tag · 1 note",
     )
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;.png" in html
     assert "<script>" not in html and "&lt;script&gt;" not in html  # empty panel: "no map"
     assert "&lt;b&gt;cat&lt;/b&gt;" in html and "dog &amp; co" in html
     assert html.count("<img ") == 1 and "no map" in html
-    assert "&lt;i&gt;odd&lt;/i&gt; tag · ✎ 1 note" in html  # tags are plain text
+    assert "tags: &lt;i&gt;odd&lt;/i&gt; tag · 1 note" in html  # tags are plain text
 
 
 def test_large_panels_are_jpeg_small_ones_exact_png(tmp_path: Path) -> None:

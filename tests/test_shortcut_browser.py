@@ -1,6 +1,6 @@
-"""The bundled sample as a newcomer meets it: start with no arguments, pick the shortcut model in
-the sidebar, click the cell "other shape → star" and see the predicted-class Grad-CAM on the
-corner mark. Its screenshot is the one in the README's "Finding a shortcut" walk-through.
+"""The bundled sample as a newcomer meets it: start with no arguments (the shortcut model opens,
+with the walk-through's hint), click the cell "other shape → star" and see the predicted-class
+Grad-CAM on the corner mark. Its screenshot is the one in the README's "Finding a shortcut" walk-through.
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ def test_default_start_then_click_the_shortcut_cell(tmp_path: Path) -> None:
         page = new_page(browser)
         page.goto(url)
         wait_for_matrix(page)
-        page.get_by_text("540 images · rows: true class").wait_for()  # opens on the digits model
-        page.get_by_test_id("stSelectbox").filter(has_text="Model").first.click()
-        page.get_by_role("option", name=MODEL, exact=True).click()
         shapes_total = f"{len(result.predictions)} images · rows: true class"
-        page.get_by_text(shapes_total).wait_for()  # now on shapes-test
+        page.get_by_text(shapes_total).wait_for()  # opens on the shortcut model and shapes-test
+        model_box = page.get_by_test_id("stSelectbox").filter(has_text="Model").first
+        assert model_box.locator("input").input_value() == MODEL
+        hint = page.get_by_test_id("stAlert").filter(has_text="magenta mark")
+        assert hint.count() == 1  # the walk-through's hint, from the model's description
         click_cell(page, true, star)
         n = wait_for_gallery(page, names[true], MARKED)
         assert n == len(rows) > 0

@@ -58,6 +58,9 @@ def main() -> None:
         st.caption(f"config: `{config.path.name}`")
         bind(st.selectbox, "Model", "model", view.model, models, reset=("cell", "page", "layer"))
         bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("cell", "page"))
+    # Stored results are drawn without the model: it loads on a thread meanwhile, so a cell
+    # clicked as soon as the matrix shows waits for what is left of the load, not all of it.
+    resources.model_loading(config_path, view.model)
     try:
         result = _evaluation(config_path, view)
     except UserFacingError as exc:
@@ -65,6 +68,9 @@ def main() -> None:
         error_panel(_failure_title(exc, view), exc)
         st.stop()
     st.title("Where is the model wrong, and where did it look?")
+    description = config.model(view.model).description
+    if description:
+        st.info(description, icon=":material/lightbulb:")
     tables = st.container()
     # The matrix goes out before the tables and the sidebar's settings (their places on the page
     # do not depend on the order): a new visitor's browser starts loading the chart's
@@ -74,12 +80,23 @@ def main() -> None:
         _tables(config_path, view)
     sidebar_summary(result)
     matrix_settings(view, result.num_classes)
-    try:  # stored results open without the model: it is loaded here, after the matrix is out
-        gallery_settings(config_path, view)
-        resources.warm_up(config_path, view.model, view.dataset, result.fingerprint)
-    except UserFacingError as exc:
-        error_panel(f"{_failure_title(exc, view)}; its stored results are shown", exc)
+    if resources.model_ready(config_path, view.model):
+        try:
+            gallery_settings(config_path, view)
+            resources.warm_up(config_path, view.model, view.dataset, result.fingerprint)
+        except UserFacingError as exc:
+            error_panel(f"{_failure_title(exc, view)}; its stored results are shown", exc)
+    else:  # the page is out without waiting for torch; the gallery's settings follow
+        st.sidebar.caption("Gallery: loading the model for maps…")
+        _rerun_when_model_ready(config_path, view.model)
     author_input(server)
+
+
+@st.fragment(run_every=0.5)
+def _rerun_when_model_ready(config_path: str, model: str) -> None:
+    """Twice a second until the model has loaded, then the page again, with its settings."""
+    if resources.model_ready(config_path, model):
+        st.rerun(scope="app")
 
 
 @st.fragment

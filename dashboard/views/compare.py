@@ -42,15 +42,24 @@ def main() -> None:
     params = st.query_params.to_dict()
     others = [m for m in models if m != view.model]
     model_b = params.get("model_b")
+    comparable = config.comparable_models(view.model, view.dataset)
     if model_b not in others:
-        shared = [m for m in others if view.dataset in config.datasets_for(m)]
-        model_b = (shared or others or [view.model])[0]
+        model_b = comparable[0] if comparable else None
     with st.sidebar:
         bind(st.selectbox, "Model A", "model", view.model, models, reset=("agree", "page"))
-        bind(st.selectbox, "Model B", "model_b", model_b, others, reset=("agree", "page"))
+        if model_b is not None:
+            bind(st.selectbox, "Model B", "model_b", model_b, others, reset=("agree", "page"))
         bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("agree", "page"))
         bind(st.selectbox, "Maps", "method", view.method, ["Grad-CAM", "Grad-CAM++", "Saliency"])
     st.title("Compare models")
+    if model_b is None:
+        st.info(
+            f"No other model of this project is evaluated on *{view.dataset}* with the classes "
+            f"of **{view.model}**. Pick another model A, or add a model entry with the same "
+            "`classes` and `datasets`.",
+            icon=":material/info:",
+        )
+        st.stop()
     st.caption(f"A = **{view.model}**, B = **{model_b}**, on *{view.dataset}*")
     try:
         if view.dataset not in config.datasets_for(model_b):
