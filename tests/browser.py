@@ -351,3 +351,15 @@ def open_inspect(page, index: int = 0):  # type: ignore[no-untyped-def]
     dialog = page.get_by_role("dialog")
     dialog.wait_for()
     return dialog
+
+
+def wait_for_idle_page(page, timeout: float = 120_000) -> None:  # type: ignore[no-untyped-def]
+    """Wait until a page has run to the end: no rerun, no spinner, nothing stale, for 1 s."""
+    for _ in range(2):  # twice: a rerun can start right after the first idle moment
+        page.wait_for_function(
+            "() => !document.querySelector('[data-stale=\"true\"]') &&"
+            " !document.querySelector('[data-testid=\"stStatusWidget\"]') &&"
+            " !document.querySelector('[data-testid=\"stSpinner\"]')",
+            timeout=timeout,
+        )
+        page.wait_for_timeout(1_000)

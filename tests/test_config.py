@@ -256,3 +256,51 @@ def test_invalid_dataset_read_rules(write_config, line: str, words: list[str]) -
         load_config(write_config(text))
     for word in words:
         assert word in str(info.value)
+
+
+def test_comparable_models_share_the_dataset_and_the_classes(write_config, tmp_path: Path) -> None:
+    """Compare models' default B: models listing A's dataset with A's classes first, then those
+    that may fit (no list, or classes from the checkpoint); declared other classes never."""
+    entry = 'architecture = "resnet18"\nweights = "w.pt"\n'
+    path = write_config(
+        f"""
+        [[models]]
+        name = "a"
+        {entry}classes = ["x", "y"]
+        datasets = ["d"]
+        [[models]]
+        name = "other-classes"
+        {entry}classes = ["x", "y", "z"]
+        datasets = ["d"]
+        [[models]]
+        name = "unlisted"
+        {entry}
+        [[models]]
+        name = "twin"
+        {entry}classes = ["x", "y"]
+        datasets = ["d"]
+        [[models]]
+        name = "elsewhere"
+        {entry}classes = ["x", "y"]
+        datasets = ["e"]
+        [[datasets]]
+        name = "d"
+        root = "d"
+        [[datasets]]
+        name = "e"
+        root = "e"
+        """
+    )
+    config = load_config(path)
+    assert config.comparable_models("a", "d") == ["twin", "unlisted"]
+    assert config.comparable_models("unlisted", "d") == ["a", "other-classes", "twin"]
+    assert config.comparable_models("elsewhere", "e") == ["unlisted"]
+
+
+def test_sample_entries_declare_datasets_and_classes(sample_config) -> None:
+    """Every sample model says what it is evaluated on, so no default view mismatches."""
+    for model in sample_config.models:
+        assert model.datasets and model.classes, model.name
+    first = sample_config.model()
+    assert first.name == "shapes-resnet (shortcut)" and "magenta mark" in first.description
+    assert sample_config.comparable_models(first.name, "shapes-test")[0] == "shapes-resnet (clean)"

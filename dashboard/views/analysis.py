@@ -87,7 +87,7 @@ def main() -> None:
         except UserFacingError as exc:
             error_panel(f"{_failure_title(exc, view)}; its stored results are shown", exc)
     else:  # the page is out without waiting for torch; the gallery's settings follow
-        st.sidebar.caption("Gallery: loading the model for maps…")
+        st.sidebar.caption("Gallery settings: shown once the model has loaded…")
         _rerun_when_model_ready(config_path, view.model)
     author_input(server)
 
