@@ -38,7 +38,7 @@ def accepted_keys(tmp_path: Path) -> dict[str, set[str]]:
     model = '[[models]]\nname = "m"\narchitecture = "resnet18"\nweights = "w.pt"\n'
     dataset = '[[datasets]]\nname = "d"\nroot = "."\n'
     found = {
-        "top": _rejected(tmp_path, 'zz_not_a_key = 1\n' + model + dataset),
+        "top": _rejected(tmp_path, "zz_not_a_key = 1\n" + model + dataset),
         "models": _rejected(tmp_path, model + "zz_not_a_key = 1\n" + dataset),
         "datasets": _rejected(tmp_path, model + dataset + "zz_not_a_key = 1\n"),
     }
