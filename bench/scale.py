@@ -20,7 +20,7 @@ browser contexts on the same server). As the floor, it times a bare Streamlit pa
 (``bench/reference_app.py``: a title and a small Vega-Lite chart, as the matrix is drawn; and
 the same page with a small Plotly chart, for comparison) in the same run.
 
-Every figure is printed next to its target (issue: scale).
+Every figure is printed next to its target.
 """
 
 from __future__ import annotations
