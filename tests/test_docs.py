@@ -108,17 +108,24 @@ def _markdown_files() -> list[Path]:
     return [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``doc``."""
+    titles = re.findall(r"^#+ (.+)$", doc.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-") for title in titles}
+
+
 @pytest.mark.parametrize("doc", _markdown_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_relative_links_resolve(doc: Path) -> None:
     text = doc.read_text(encoding="utf-8")
     broken = []
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"[a-z]+:", target):
             continue
-        path = target.split("#", 1)[0]
-        if not (doc.parent / path).exists():
+        path, _, anchor = target.partition("#")
+        found = doc.parent / path if path else doc
+        if not found.exists() or (anchor and anchor not in _anchors(found)):
             broken.append(target)
-    assert not broken, f"{doc.name}: links to missing files {broken}"
+    assert not broken, f"{doc.name}: links to missing files or headings {broken}"
 
 
 def test_readme_is_a_short_front_page_with_the_two_commands() -> None:
