@@ -5,7 +5,7 @@
 resnet50 with random weights (1,000 classes, nothing downloaded), float32, batch 256, through
 :func:`core.results.evaluate.evaluate` exactly as ``python -m core evaluate`` runs it: once without
 maps, then with the predicted- and true-class Grad-CAM stored, for each loader-process count;
-then the cached restart. Target (issue: maps in the evaluation pass): the whole set with maps
+then the cached restart. Target: the whole set with maps
 in under 2 minutes on one H100.
 """
 

@@ -5,9 +5,8 @@
 A person who clicks a cell and, while its gallery is still loading, clicks another expects the
 second one. Each pair clicks cell A, waits ``--gap-ms`` (the first click's rerun is then still
 running), clicks cell B and waits up to 15 s for B's gallery. Target: every pair opens B.
-The second click points at B (``tests.browser.click_cell``). With the Plotly matrix a click
-in the same instant as the move went to Plotly's last hover, A, and deselected it; the Vega-Lite
-matrix gives a click to the cell under the pointer.
+The second click points at B (``tests.browser.click_cell``); the matrix gives a click to the
+cell under the pointer, so B must open even while A's rerun is running.
 """
 
 from __future__ import annotations

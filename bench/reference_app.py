@@ -3,7 +3,7 @@
 ``bench/scale.py --browser`` serves it with the dashboard's own helpers and times it like the
 dashboard (open the URL → chart drawn), so the dashboard's rows have a reference in the same run.
 The chart is a 2 × 2 Vega-Lite heatmap drawn as SVG, like the confusion matrix; ``?plotly=1``
-draws the same with Plotly (what the matrix used before), for comparison.
+draws the same with Plotly, for comparison (Plotly's bundle is the larger one to load).
 """
 
 import pandas as pd

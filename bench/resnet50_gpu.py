@@ -1,4 +1,4 @@
-"""GPU side of README's cluster estimate: resnet50 @224 images/s, bare and with stored maps.
+"""GPU rates for docs/cluster.md's estimate: resnet50 @224 images/s, bare and with stored maps.
 
     python bench/resnet50_gpu.py [--batch 128] [--iters 20]
 

@@ -18,9 +18,9 @@ browser's memory (proportional set size of all its processes, and the page's JS 
 click → complete gallery page on cells of the default view, then three next visitors (fresh
 browser contexts on the same server). As the floor, it times a bare Streamlit page the same way
 (``bench/reference_app.py``: a title and a small Vega-Lite chart, as the matrix is drawn; and
-the same page with a small Plotly chart, what the matrix used before) in the same run.
+the same page with a small Plotly chart, for comparison) in the same run.
 
-Every figure is printed next to its target (issue: scale).
+Every figure is printed next to its target.
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def browser_part(classes: int, per_class: int) -> None:
         heading = f"The 20 most confused of {classes:,} classes"
         seconds = [page_load(browser, url, heading) for _ in range(VISITS)]
         returning = returning_loads(browser, url, heading)
-    # The floor: a bare Streamlit page (a title and a small Plotly chart), timed the same way.
+    # The floor: a bare Streamlit page (a title and a small Vega-Lite chart; then the same with
+    # a Plotly chart), timed the same way.
     with streamlit_server(app=REPO / "bench" / "reference_app.py") as url, chromium() as browser:
         reference = [page_load(browser, url, "Reference page") for _ in range(VISITS + 1)]
         reference_returning = returning_loads(browser, url, "Reference page")
