@@ -48,7 +48,7 @@ def test_every_sample_page_opens_from_the_menu_without_an_error() -> None:
         page.context.close()
 
 
-SLOW_MODEL = '''
+SLOW_MODEL = """
 import time
 
 from digits_model import build as _build
@@ -57,7 +57,7 @@ from digits_model import build as _build
 def build(num_classes: int = 10):
     time.sleep(8)  # a model that takes a while to load, as a large checkpoint does
     return _build(num_classes)
-'''
+"""
 
 
 def test_a_click_before_the_model_has_loaded_shows_a_status_then_the_cards(
@@ -99,7 +99,8 @@ root = "{test_root}"
         status = page.get_by_test_id("stAlert").filter(has_text="Loading the model for maps…")
         status.wait_for(timeout=5_000)
         screenshot(page, "first_click_loading")
-        headings = page.locator("h1, h2, h3, h4").filter(has_text=re.compile("true 3 → predicted 9"))
+        cell = re.compile("true 3 → predicted 9")
+        headings = page.locator("h1, h2, h3, h4").filter(has_text=cell)
         assert headings.count() == 1  # the cell's heading, shown with the status
         n = wait_for_gallery(page, "3", "9")  # no second click
         assert n == len(rows)

@@ -1,6 +1,7 @@
 """The bundled sample as a newcomer meets it: start with no arguments (the shortcut model opens,
 with the walk-through's hint), click the cell "other shape → star" and see the predicted-class
-Grad-CAM on the corner mark. Its screenshot is the one in the README's "Finding a shortcut" walk-through.
+Grad-CAM on the corner mark. Its screenshot is the one in the README's "Finding a shortcut"
+walk-through.
 """
 
 from __future__ import annotations
