@@ -21,6 +21,7 @@ from core.analysis.gallery import (
     page_rows,
     sort_rows,
     stored_maps,
+    stored_size,
     uses_stored_maps,
 )
 from core.config import ProjectConfig
@@ -180,17 +181,23 @@ def cell_view(
     tagged = f" tagged “{view.tag}”" if view.tag else ""
     heading = f"true {names[true]} → predicted {names[pred]}: {count}{tagged}"
     subheading = f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}"
-    waiting = _waiting_for_model(config_path, view.model, subheading)
-    try:  # stored results open without the model: the gallery waits for its load
-        _, layer = _layer_choice(config_path, view)
-    except UserFacingError as exc:
-        if waiting is not None:
-            waiting.empty()
-        error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
-        return
+    size = stored_size(result)
+    waiting = None
+    if size is not None and uses_stored_maps(result, view.method, view.layer):
+        layer = result.meta["map_layer"]  # the maps were made with the predictions: no model
+    else:
+        waiting = _waiting_for_model(config_path, view.model, subheading)
+        try:  # stored results open without the model: the gallery waits for its load
+            _, layer = _layer_choice(config_path, view)
+            size = resources.model(config_path, view.model).spec.input_size
+        except UserFacingError as exc:
+            if waiting is not None:
+                waiting.empty()
+            error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
+            return
     page = page_rows(rows, view.page, view.page_size)
     gallery, problem = _gallery_html(
-        config_path, view, result, page, layer, store, notes_key, heading
+        config_path, view, result, page, layer, size, store, notes_key, heading
     )
     tags = store.all_tags(notes_key)
     # ---- nothing above this line sends anything to the browser (but the loading status)
@@ -281,6 +288,7 @@ def _gallery_html(
     result: Results,
     rows: pd.DataFrame,
     layer: str | None,
+    size: tuple[int, int],
     store: NotesStore,
     notes_key: str,
     heading: str,
@@ -291,14 +299,14 @@ def _gallery_html(
     drawn a frame or two before the cards, so a reader of the page (a test) can tell the new
     cell's cards from the previous cell's.
     """
-    model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
     problem = None
     try:
         maps: list[list[np.ndarray | None] | Unavailable]
         if uses_stored_maps(result, view.method, layer):  # made in the evaluation: no model call
-            maps = stored_maps(result, rows, model.spec.input_size)  # type: ignore[assignment]
+            maps = stored_maps(result, rows, size)  # type: ignore[assignment]
         else:
+            model = resources.model(config_path, view.model)
             maps = page_maps(
                 model, dataset, rows, view.method, layer, resources.map_cache(), result.fingerprint
             )  # type: ignore[assignment]

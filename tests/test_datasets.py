@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 
 from core.config import DatasetSpec
 from core.data.datasets import ImageDataset, open_dataset
-from core.data.images import _decode_png, _to_tensor, load_image, load_tensor
+from core.data.images import _decode_png, _to_array, load_array, load_image, load_tensor
 from core.errors import DatasetError, ImageRefusedError, UserFacingError
 
 # --- listing ----------------------------------------------------------------------------
@@ -522,14 +522,17 @@ def test_fast_png_decoder_gives_exactly_the_pixels_of_pil(tmp_path: Path, rng) -
     scales and converts it."""
     for name, path in _png_variants(tmp_path, rng).items():
         for channels in (1, 3):
-            reference = _to_tensor(load_image(path, channels))
+            reference = _to_array(load_image(path, channels))
             fast = _decode_png(str(path), channels)
             takes_fast_path = channels in FAST.get(name, ())
             assert (fast is not None) == takes_fast_path, (name, channels)
             if fast is not None:
-                assert fast.dtype == torch.uint8 and fast.shape == reference.shape
-                assert torch.equal(fast, reference), (name, channels)
-            assert torch.equal(load_tensor(path, channels), reference), (name, channels)
+                assert fast.dtype == np.uint8 and fast.shape == reference.shape
+                assert np.array_equal(fast, reference), (name, channels)
+            assert np.array_equal(load_array(path, channels), reference), (name, channels)
+            tensor = load_tensor(path, channels)
+            assert tensor.dtype == torch.uint8 and tensor.shape == (channels, *reference.shape[:2])
+            assert torch.equal(tensor, torch.from_numpy(reference).permute(2, 0, 1))
 
 
 def test_truncated_or_damaged_png_gets_pil_s_message(tmp_path: Path, rng) -> None:

@@ -139,3 +139,55 @@ def test_opening_a_cell_and_turning_pages_makes_no_forward_pass(tmp_path: Path, 
         handle.remove()
     assert len(cell_rows(result.predictions, 9, 9)) > 24  # page 3 exists, past the warmed page
     assert calls == []  # every map came from the result
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((7, 7), (224, 224)), ((8, 8), (64, 64)), ((4, 6), (32, 48))]
+)
+def test_numpy_display_normalisation_equals_finish_maps(src, dst) -> None:  # type: ignore[no-untyped-def]
+    """Stored maps are drawn in NumPy (no torch for a gallery page): the same pixels as the
+    torch path that grad_cam uses, flat and all-negative maps included."""
+    from core.explain.cam import finish_maps
+    from core.explain.normalise import display_maps
+
+    raw = np.random.default_rng(0).normal(size=(5, 2, *src)).astype(np.float16)
+    raw[0, 0] = 0.5  # flat
+    raw[1, 1] = -np.abs(raw[1, 1])  # nothing left after the ReLU
+    expected = finish_maps(torch.from_numpy(raw), dst).numpy()
+    drawn = display_maps(raw, dst)
+    assert drawn.dtype == np.float32 and drawn.shape == expected.shape
+    np.testing.assert_allclose(drawn, expected, atol=1e-6)
+
+
+def test_a_stored_page_is_drawn_without_torch(tmp_path: Path) -> None:
+    """A fresh server's first click, on stored maps, does not wait for torch to import."""
+    import subprocess
+    import sys
+
+    from tests.projects import ROOT, expected, write_config
+
+    project = write_config(tmp_path)
+    result = expected(project)
+    assert result.meta["input_size"] == [32, 32]
+    code = f"""
+import sys
+from core.analysis.gallery import stored_maps, stored_size
+from core.analysis.metrics import cell_rows
+from core.analysis.panels import PanelCache
+from core.config import load_config
+from core.data.datasets import open_dataset
+from core.results.evaluate import lookup
+config = load_config({str(project)!r})
+data = open_dataset(config.dataset("digits-test"))
+result = lookup(config.model("digits-cnn"), data, config.cache_dir).result
+rows = cell_rows(result.predictions, 3, 9)
+maps = stored_maps(result, rows, stored_size(result))
+urls = PanelCache().panels(data, rows["path"].iloc[0], maps[0], 0.5)
+assert len(urls) == 3 and all(u.startswith("data:image/") for u in urls)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -20,6 +20,7 @@ import pandas as pd
 
 from core.data.datasets import ImageDataset
 from core.errors import UserFacingError
+from core.explain.normalise import display_maps
 from core.results import Results
 
 if TYPE_CHECKING:  # torch, the models and the CAM code load on first use: a page that only
@@ -40,6 +41,7 @@ __all__ = [
     "page_rows",
     "sort_rows",
     "stored_maps",
+    "stored_size",
     "uses_stored_maps",
     "warm_pages",
 ]
@@ -80,16 +82,18 @@ def stored_maps(
     result: Results, rows: pd.DataFrame, size: tuple[int, int]
 ) -> list[list[np.ndarray]]:
     """The stored raw maps of ``rows`` (predicted class, then true class or runner-up),
-    normalised for display at ``size`` exactly as :func:`~core.explain.cam.grad_cam` does."""
-    import torch
-
-    from core.explain.cam import finish_maps
-
+    normalised for display at ``size`` as :func:`~core.explain.cam.grad_cam` does (in NumPy:
+    a page of stored maps needs no torch)."""
     if rows.empty:
         return []
-    raw = torch.from_numpy(result.maps(rows["index"].to_numpy()))
-    maps = finish_maps(raw, size).numpy()
+    maps = display_maps(result.maps(rows["index"].to_numpy()), size)
     return [list(pair) for pair in maps]
+
+
+def stored_size(result: Results) -> tuple[int, int] | None:
+    """The model input size the stored maps are drawn at (None for results that predate it)."""
+    size = result.meta.get("input_size")
+    return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
 
 
 def page_maps(

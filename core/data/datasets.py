@@ -164,8 +164,8 @@ class ImageDataset:
         return _images().load_tensor(self._file(rel), channels or self.channels, self.max_pixels)
 
     def image(self, rel: str, channels: int = 3) -> Image.Image:
-        """:meth:`load` as a PIL image (``L`` or ``RGB``), for display."""
-        array = self.load(rel, channels).permute(1, 2, 0).numpy()
+        """The pixels of :meth:`load` as a PIL image (``L`` or ``RGB``), for display; no torch."""
+        array = _images().load_array(self._file(rel), channels, self.max_pixels)
         return Image.fromarray(array[:, :, 0] if channels == 1 else array)
 
     def path(self, rel: str) -> Path:

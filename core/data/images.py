@@ -3,7 +3,8 @@
 Images of any common mode (grayscale, palette, RGBA, 16-bit) are converted to what the model
 takes; an image of more than ``max_pixels`` pixels is refused from its header, undecoded.
 Listing and fingerprinting a dataset (:mod:`core.data.datasets`) never import this module, so a
-cache hit never pays for importing torch and OpenCV.
+cache hit never pays for importing OpenCV; torch is imported only to make tensors, so drawing
+stored maps over images needs none.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from core.config import DEFAULT_MAX_PIXELS
 from core.errors import ImageRefusedError
 
-__all__ = ["Sample", "load_image", "load_tensor", "to_mode"]
+if TYPE_CHECKING:  # imported by the functions that make tensors: drawing a page needs none
+    import torch
+
+__all__ = ["Sample", "load_array", "load_image", "load_tensor", "to_mode"]
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,11 @@ def load_image(
         return to_mode(img, channels)
 
 
-def load_tensor(
+def load_array(
     path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> torch.Tensor:
-    """Decode an image file to a uint8 tensor [channels, H, W]: the pixels of :func:`load_image`.
+) -> np.ndarray:
+    """Decode an image file to a uint8 array [H, W, channels]: the pixels of :func:`load_image`,
+    and the one read decision behind both evaluation and display.
 
     Complete 8-bit grayscale and RGB PNGs are decoded by OpenCV, two to three times faster than
     PIL on small files, with identical pixels (PNG is lossless). Everything else, including any
@@ -62,7 +67,16 @@ def load_tensor(
     """
     path = os.fspath(path)
     fast = _decode_png(path, channels, max_pixels) if path[-4:].lower() == ".png" else None
-    return fast if fast is not None else _to_tensor(load_image(path, channels, max_pixels))
+    return fast if fast is not None else _to_array(load_image(path, channels, max_pixels))
+
+
+def load_tensor(
+    path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
+    """:func:`load_array` as a uint8 tensor [channels, H, W] (a view: no copy), for a model."""
+    import torch
+
+    return torch.from_numpy(load_array(path, channels, max_pixels)).permute(2, 0, 1)
 
 
 @contextmanager
@@ -95,8 +109,9 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PN
 
 def _decode_png(
     path: str, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> torch.Tensor | None:
-    """OpenCV's decode of a complete 8-bit gray or RGB PNG; None where PIL must decide."""
+) -> np.ndarray | None:
+    """OpenCV's decode of a complete 8-bit gray or RGB PNG as [H, W, channels]; None where PIL
+    must decide."""
     with open(path, "rb", buffering=0) as file:
         data = file.readall()
     if not data.startswith(_PNG_START) or not data.endswith(_PNG_END):
@@ -106,10 +121,9 @@ def _decode_png(
     if array is None or array.dtype != np.uint8:
         return None  # damaged, or 16-bit (PIL's path scales it)
     if array.ndim == 2:  # gray (also 1/2/4-bit and palette-free gray with tRNS, as PIL reads them)
-        gray = torch.from_numpy(array)[None]
-        return gray if channels == 1 else gray.repeat(3, 1, 1)
+        return array[:, :, None] if channels == 1 else np.repeat(array[:, :, None], 3, axis=2)
     if array.shape[2] == 3 and channels == 3:  # OpenCV gives BGR
-        return torch.from_numpy(np.ascontiguousarray(array[:, :, ::-1])).permute(2, 0, 1)
+        return np.ascontiguousarray(array[:, :, ::-1])
     return None  # alpha (composited by PIL's path) or colour to gray (PIL's luma rounding)
 
 
@@ -137,7 +151,6 @@ def _high_depth_to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
+def _to_array(image: Image.Image) -> np.ndarray:
     array = np.asarray(image, dtype=np.uint8)
-    array = array[:, :, None] if array.ndim == 2 else array
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return np.array(array[:, :, None] if array.ndim == 2 else array)  # a writable copy

@@ -64,6 +64,7 @@ from core.explain.layers import (
     layout_of,
     resolve_layer,
 )
+from core.explain.normalise import EPS, resize_matrix
 
 __all__ = [
     "METHODS",
@@ -81,7 +82,6 @@ __all__ = [
     "saliency",
 ]
 
-_EPS = 1e-7  # pytorch-grad-cam's min-max epsilon
 _PP_EPS = 1e-6  # pytorch-grad-cam's Grad-CAM++ denominator epsilon
 
 
@@ -115,24 +115,8 @@ def _minmax_(maps: Tensor) -> Tensor:
     """Per-map ``x - min; x / (1e-7 + max)`` over the last two dims, in place."""
     flat = maps.view(*maps.shape[:-2], -1)
     flat.sub_(flat.amin(-1, keepdim=True))
-    flat.div_(flat.amax(-1, keepdim=True).add_(_EPS))
+    flat.div_(flat.amax(-1, keepdim=True).add_(EPS))
     return maps
-
-
-def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """1-D bilinear resize with half-pixel centres as an [n_out, n_in] matrix.
-
-    The weights are those of ``F.interpolate(mode="bilinear", align_corners=False)`` (and OpenCV's
-    ``resize``): source ``(i + 0.5) * n_in / n_out - 0.5``, clamped to the edge pixels.
-    """
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    rows = np.arange(n_out)
-    weights = np.zeros((n_out, n_in))
-    weights[rows, lo] += 1 - (src - lo)
-    weights[rows, hi] += src - lo  # a separate statement: adds up where hi == lo (clamped)
-    return weights
 
 
 @dataclass(frozen=True)
@@ -149,7 +133,7 @@ class _Resizer:
         def tensor(a: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
-        return cls(tensor(_resize_matrix(src[0], dst[0])), tensor(_resize_matrix(src[1], dst[1]).T))
+        return cls(tensor(resize_matrix(src[0], dst[0])), tensor(resize_matrix(src[1], dst[1]).T))
 
     def __call__(self, raw: Tensor, out: Tensor) -> Tensor:
         """Normalise raw maps [M, h, w] into ``out`` [M, H, W]."""

@@ -13,15 +13,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from core.errors import reason_of
 
+if TYPE_CHECKING:  # tensors pass through; torch is imported where maps are computed
+    import torch
+
 __all__ = ["MapCache", "MapRequest", "Unavailable"]
 
-ComputeMaps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ComputeMaps = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 """``compute(images [N,C,H,W], classes [N,K]) -> maps [N,K,H,W]`` in [0, 1]."""
 
 
@@ -92,6 +95,8 @@ class MapCache:
         requests = [r for r in requests if r.image_key not in failed]
         if not requests:
             return {}, failed
+        import torch
+
         width = max(len(r.classes) for r in requests)
         images = torch.stack([inputs[r.image_key] for r in requests])
         classes = torch.tensor(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.colors
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # maps may be tensors; torch is not needed to draw stored ones
+    import torch
 
 __all__ = ["colormap_lut", "overlay"]
 
@@ -27,7 +30,7 @@ def colormap_lut(name: str = "Inferno") -> np.ndarray:
 
 
 def _as_map(cam_map: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(cam_map, torch.Tensor):
+    if not isinstance(cam_map, np.ndarray) and hasattr(cam_map, "detach"):  # a torch tensor
         cam_map = cam_map.detach().float().cpu().numpy()
     arr = np.asarray(cam_map, dtype=np.float32).squeeze()
     if arr.ndim != 2:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.config import ModelSpec
 from core.data.datasets import ImageDataset
@@ -147,9 +147,13 @@ def evaluate(
     scratch = folder is None
     folder = Path(tempfile.mkdtemp(prefix="cam-results-")) if folder is None else folder
     try:
-        meta = {"model": model.name, "dataset": dataset.name, "root": str(dataset.root)}
-        if layer is not None:
-            meta["map_layer"] = layer[0]
+        meta: dict[str, Any] = {
+            "model": model.name,
+            "dataset": dataset.name,
+            "root": str(dataset.root),
+        }
+        if layer is not None:  # and the size they are drawn at, so a gallery needs no model
+            meta.update(map_layer=layer[0], input_size=list(model.spec.input_size))
         with ResultWriter(
             folder,
             dataset.samples,
