@@ -183,7 +183,7 @@ def cell_view(
     subheading = f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}"
     size = stored_size(result)
     waiting = None
-    if size is not None and uses_stored_maps(result, view.method, view.layer):
+    if size is not None and uses_stored_maps(result, view.method, view.layer or None):
         layer = result.meta["map_layer"]  # the maps were made with the predictions: no model
     else:
         waiting = _waiting_for_model(config_path, view.model, subheading)

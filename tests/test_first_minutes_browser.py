@@ -50,19 +50,26 @@ def test_every_sample_page_opens_from_the_menu_without_an_error() -> None:
 
 SLOW_MODEL = """
 import time
+from pathlib import Path
 
 from digits_model import build as _build
 
 
 def build(num_classes: int = 10):
-    time.sleep(8)  # a model that takes a while to load, as a large checkpoint does
+    # a model that takes a while to load, as a large checkpoint does: until the test says so
+    gate = Path(__file__).with_name("loaded")
+    for _ in range(6_000):
+        if gate.exists():
+            break
+        time.sleep(0.05)
     return _build(num_classes)
 """
 
 
-def test_a_click_before_the_model_has_loaded_shows_a_status_then_the_cards(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def slow_project(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A project whose model loads only once the file ``loaded`` exists beside it, with its
+    results stored (as a restarted server finds them): (config, gate file, expected result)."""
     shutil.copy(SAMPLE / "digits_model.py", tmp_path / "digits_model.py")
     (tmp_path / "slow_model.py").write_text(SLOW_MODEL)
     test_root = (SAMPLE / "digits" / "test").as_posix()
@@ -85,26 +92,52 @@ root = "{test_root}"
 """
     )
     config = load_config(config_path)
+    gate = tmp_path / "loaded"
+    gate.touch()
     model = load_model(config.model())
+    gate.unlink()
     data = open_dataset(config.dataset(), model.spec.classes)
-    result = evaluate(model, data, cache_dir=config.cache_dir)  # stored: the server needs no model
-    true, pred = 3, 9
+    return config_path, gate, evaluate(model, data, cache_dir=config.cache_dir)
+
+
+def _first_page(result, true: int, pred: int) -> list[str]:  # type: ignore[no-untyped-def]
     rows = sort_rows(cell_rows(result.predictions, true, pred), "confidence", ascending=False)
     assert len(rows) > 0
+    return list(page_rows(rows, 1, 24)["path"])
+
+
+def test_a_first_click_on_stored_maps_does_not_wait_for_the_model(slow_project) -> None:  # type: ignore[no-untyped-def]
+    config_path, gate, result = slow_project
     with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
         page = new_page(browser)
         page.goto(url)
         wait_for_matrix(page)
-        click_cell(page, true, pred)  # at once: the model is still loading
+        click_cell(page, 3, 9)
+        wait_for_gallery(page, "3", "9")  # while the model cannot finish loading
+        assert [c["path"] for c in gallery_cards(page)] == _first_page(result, 3, 9)
+        assert page.get_by_text("shown once the model has loaded").count() == 1
+        gate.touch()
+        page.get_by_text("Gallery settings").wait_for(timeout=120_000)  # the sidebar follows
+        page.context.close()
+
+
+def test_a_click_that_needs_the_model_shows_a_status_then_the_cards(slow_project) -> None:  # type: ignore[no-untyped-def]
+    config_path, gate, result = slow_project
+    with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(url + "/?method=Grad-CAM%2B%2B")  # not stored: computed by the model
+        wait_for_matrix(page)
+        click_cell(page, 3, 9)  # at once: the model is still loading
         status = page.get_by_test_id("stAlert").filter(has_text="Loading the model for maps…")
-        status.wait_for(timeout=5_000)
+        status.wait_for()
         screenshot(page, "first_click_loading")
         cell = re.compile("true 3 → predicted 9")
         headings = page.locator("h1, h2, h3, h4").filter(has_text=cell)
         assert headings.count() == 1  # the cell's heading, shown with the status
+        gate.touch()
         n = wait_for_gallery(page, "3", "9")  # no second click
-        assert n == len(rows)
-        assert [c["path"] for c in gallery_cards(page)] == list(page_rows(rows, 1, 24)["path"])
+        assert n == len(cell_rows(result.predictions, 3, 9))
+        assert [c["path"] for c in gallery_cards(page)] == _first_page(result, 3, 9)
         assert status.count() == 0
         page.get_by_text("Gallery settings").wait_for()  # the sidebar follows by itself
         page.context.close()
