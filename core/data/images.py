@@ -8,6 +8,7 @@ cache hit never pays for importing torch and OpenCV.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from PIL import Image
 from core.config import DEFAULT_MAX_PIXELS
 from core.errors import ImageRefusedError
 
-__all__ = ["Sample", "load_image", "load_tensor", "to_mode"]
+__all__ = ["Sample", "decode_tensor", "load_image", "load_tensor", "to_mode"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Sample:
 
 
 def load_image(
-    path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path | io.BytesIO, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
     """Open an image as mode ``L`` (channels=1) or ``RGB`` (channels=3).
 
@@ -65,8 +66,19 @@ def load_tensor(
     return fast if fast is not None else _to_tensor(load_image(path, channels, max_pixels))
 
 
+def decode_tensor(
+    data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
+    """:func:`load_tensor` of an encoded image held in memory (e.g. a Parquet cell): the same
+    decoders, the same pixels, ``max_pixels`` checked against the header first."""
+    fast = _decode_png_data(data, channels, max_pixels)
+    return (
+        fast if fast is not None else _to_tensor(load_image(io.BytesIO(data), channels, max_pixels))
+    )
+
+
 @contextmanager
-def _open_within(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
+def _open_within(path: str | Path | io.BytesIO, max_pixels: int) -> Iterator[Image.Image]:
     """PIL's lazy open (header only), refused past ``max_pixels`` before anything is decoded."""
     try:
         img = Image.open(path)
@@ -99,6 +111,13 @@ def _decode_png(
     """OpenCV's decode of a complete 8-bit gray or RGB PNG; None where PIL must decide."""
     with open(path, "rb", buffering=0) as file:
         data = file.readall()
+    return _decode_png_data(data, channels, max_pixels)
+
+
+def _decode_png_data(
+    data: bytes, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor | None:
+    """:func:`_decode_png` of a file's bytes."""
     if not data.startswith(_PNG_START) or not data.endswith(_PNG_END):
         return None  # truncated or not a PNG: PIL gives the precise error
     _check_pixels(struct.unpack(">II", data[16:24]), max_pixels)  # IHDR: width, height
