@@ -175,17 +175,16 @@ class TableReader:
             return found
 
     def _read_group(self, index: int, group: int) -> pa.Array | pa.ChunkedArray:
+        file = self.files[index]
+        try:  # one stat per row group read: a file changed since listed is never misread
+            info = os.stat(file.path)
+        except OSError as exc:
+            raise ImageRefusedError(f"{file.rel} cannot be read: {exc.strerror or exc}") from None
+        if (info.st_size, info.st_mtime_ns) != (file.size, file.mtime_ns):
+            self._handles.pop(index, None)
+            raise ImageRefusedError(f"{file.rel} changed since it was listed")
         handle = self._handles.get(index)
         if handle is None:
-            file = self.files[index]
-            try:
-                info = os.stat(file.path)
-            except OSError as exc:
-                raise ImageRefusedError(
-                    f"{file.rel} cannot be read: {exc.strerror or exc}"
-                ) from None
-            if (info.st_size, info.st_mtime_ns) != (file.size, file.mtime_ns):
-                raise ImageRefusedError(f"{file.rel} changed since it was listed")
             handle = _memory_mapped(file.path) if self.arrow else pq.ParquetFile(file.path)
             self._handles[index] = handle
         if self.arrow:
