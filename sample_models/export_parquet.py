@@ -58,10 +58,9 @@ def write_arrow(table: pa.Table, out: Path) -> Path:
     """A ``save_to_disk`` folder: an Arrow IPC stream file, dataset_info.json and state.json."""
     out.mkdir(parents=True, exist_ok=True)
     name = "data-00000-of-00001.arrow"
-    with pa.OSFile(str(out / name), "wb") as sink:
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            for batch in table.to_batches(max_chunksize=ROW_GROUP):
-                writer.write_batch(batch)
+    with pa.OSFile(str(out / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=ROW_GROUP):
+            writer.write_batch(batch)
     features = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
     (out / "dataset_info.json").write_text(json.dumps({"features": features}, indent=2))
     state = {"_data_files": [{"filename": name}], "_split": "test"}

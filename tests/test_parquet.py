@@ -158,10 +158,12 @@ def test_save_to_disk_folder(tmp_path: Path, pictures: list[np.ndarray]) -> None
     folder.mkdir()
     table = hf_table([png(p) for p in pictures], [2, 1, 0, 0, 1, 2, 2]).replace_schema_metadata()
     for i, part in enumerate((table.slice(0, 4), table.slice(4))):
-        with pa.OSFile(str(folder / f"data-0000{i}-of-00002.arrow"), "wb") as sink:
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                for batch in part.to_batches(max_chunksize=3):
-                    writer.write_batch(batch)
+        with (
+            pa.OSFile(str(folder / f"data-0000{i}-of-00002.arrow"), "wb") as sink,
+            pa.ipc.new_stream(sink, table.schema) as writer,
+        ):
+            for batch in part.to_batches(max_chunksize=3):
+                writer.write_batch(batch)
     files = [{"filename": f"data-0000{i}-of-00002.arrow"} for i in range(2)]
     (folder / "state.json").write_text(json.dumps({"_data_files": files}))
     features = json.loads(hf_metadata(CLASSES)[b"huggingface"])["info"]["features"]

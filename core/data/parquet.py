@@ -330,7 +330,8 @@ def open_table_dataset(spec: DatasetSpec, explicit: list[str] | None) -> TableDa
     classes, labels = _labels(pa.chunked_array(columns), names, explicit, where)
     if not len(labels):
         raise DatasetError(f"{where} has no rows in {', '.join(f.rel for f in files)}")
-    allowed = [os.path.join(os.path.realpath(p), "") for p in (root, *spec.link_roots)]
+    folders = [root, *(os.fspath(p) for p in spec.link_roots)]
+    allowed = [os.path.join(os.path.realpath(p), "") for p in folders]
     reader = TableReader(files, spec.image_column, arrow, allowed, spec.max_pixels)
     rels = [f"{f.rel}#{row}" for f in files for row in range(f.rows)]
     return TableDataset(
