@@ -327,7 +327,9 @@ def open_table_dataset(spec: DatasetSpec, explicit: list[str] | None) -> TableDa
         columns.append(labels)
     if arrow and names is None:
         names = _info_names(Path(root), spec.label_column)
-    classes, labels = _labels(pa.chunked_array(columns), names, explicit, where)
+    chunks = [chunk for column in columns for chunk in column.chunks]  # one per row group
+    label_type = columns[0].type if columns else pa.int64()
+    classes, labels = _labels(pa.chunked_array(chunks, label_type), names, explicit, where)
     if not len(labels):
         raise DatasetError(f"{where} has no rows in {', '.join(f.rel for f in files)}")
     folders = [root, *(os.fspath(p) for p in spec.link_roots)]
