@@ -189,7 +189,9 @@ class TableReader:
             self._handles[index] = handle
         if self.arrow:
             return handle.column(self.image_column).chunk(group)
-        return handle.read_row_group(group, columns=[self.image_column]).column(0)
+        # one column chunk, read on this thread: no Arrow thread pool beside the model's threads
+        columns = [self.image_column]
+        return handle.read_row_group(group, columns=columns, use_threads=False).column(0)
 
 
 def _cells(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[pa.Array, pa.Array | None, int]:
