@@ -279,3 +279,27 @@ def test_shortcut_resnet_on_the_parquet_copy_equals_the_folder(tmp_path: Path) -
     assert pa_["pred"].tolist() == pb["pred"].tolist()
     assert np.array_equal(a.probs(np.arange(400)), b.probs(np.arange(400)))
     assert (pa_["pred"] != pa_["true"]).sum() > 0  # the shortcut model errs: a cell to open
+
+
+@pytest.mark.timeout(480)
+def test_ray_engine_on_the_parquet_copy_equals_in_process(tmp_path: Path) -> None:
+    """``python -m core evaluate --engine ray`` (a local Ray in a namespace of its own) on the
+    sample's Parquet dataset: the same results as the in-process engine."""
+    from core.results import open_results
+    from tests.test_ray_engine import assert_same_results, in_namespace
+
+    config = REPO / "sample_models" / "config.toml"
+    model, name = "shapes-resnet (shortcut)", "shapes-test (parquet)"
+    out = tmp_path / "ray-result"
+    script = (
+        f"python -m core evaluate --config {config} --model '{model}' --dataset '{name}' "
+        f"--engine ray --no-cache --out {out}/\n"
+    )
+    done = in_namespace(script)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    loaded = load_model(load_config(config).model(model))
+    dataset = open_dataset(load_config(config).dataset(name), loaded.spec.classes)
+    local = evaluate(loaded, dataset, out=tmp_path / "local", num_workers=0)
+    ray = open_results(out)
+    assert ray.predictions["path"].tolist() == dataset.paths
+    assert_same_results(ray, local)
