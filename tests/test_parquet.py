@@ -149,6 +149,10 @@ def test_config_keys_are_checked(write_config: Callable[..., Path]) -> None:
     path = write_config(f'{head}[[datasets]]\nname = "d"\nparquet = ["none-*.parquet"]\n')
     with pytest.raises(DatasetError, match="no file matches"):
         open_dataset(load_config(path).dataset("d"))
+    (path.parent / "bad.parquet").write_bytes(b"not parquet")
+    path = write_config(f'{head}[[datasets]]\nname = "d"\nparquet = ["bad.parquet"]\n')
+    with pytest.raises(DatasetError, match=r"cannot read bad\.parquet"):
+        open_dataset(load_config(path).dataset("d"))
 
 
 def test_save_to_disk_folder(tmp_path: Path, pictures: list[np.ndarray]) -> None:
