@@ -189,8 +189,13 @@ def test_bad_cells_are_skipped_with_their_reason(tmp_path: Path) -> None:
     data.mkdir()
     Image.fromarray(good).save(data / "beside.png")
     images = [png(good), b"not an image", png(big), None, None, None]
-    paths = [None, None, None, "beside.png", str(outside), None]
+    paths = [None, None, None, "beside.png", str(outside), "beside.png"]
     table = hf_table(images, [0, 1, 2, 0, 1, 2], paths=paths)  # type: ignore[arg-type]
+    cells = table.column("image").combine_chunks()
+    null_cell = pa.StructArray.from_arrays(
+        cells.flatten(), ["bytes", "path"], mask=pa.array([False] * 5 + [True])
+    )  # the last cell is null as a whole, its fields hidden by the struct's own null
+    table = table.set_column(0, "image", null_cell)
     pq.write_table(table, data / "test.parquet")
     spec = DatasetSpec("hf", tmp_path, parquet=(str(data / "*.parquet"),), max_pixels=40 * 40)
     dataset = open_dataset(spec).with_transform(lambda x: x, 3, tensors=True)

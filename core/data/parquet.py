@@ -199,11 +199,11 @@ def _cells(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[pa.Array, pa.
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if pa.types.is_struct(column.type):
-        fields = {column.type.field(i).name for i in range(column.type.num_fields)}
-        if "bytes" not in fields:
+        names = [column.type.field(i).name for i in range(column.type.num_fields)]
+        if "bytes" not in names:
             raise ImageRefusedError(f"column {name!r} is a struct without a 'bytes' field")
-        paths = column.field("path") if "path" in fields else None
-        return column.field("bytes"), paths, column.nbytes
+        fields = dict(zip(names, column.flatten(), strict=True))  # a null cell: null fields
+        return fields["bytes"], fields.get("path"), column.nbytes
     if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
         return column, None, column.nbytes
     raise ImageRefusedError(f"column {name!r} holds {column.type}, not encoded images")
