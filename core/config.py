@@ -25,6 +25,13 @@ Paths in the file are relative to the file's folder. Example::
     root = "digits/test"              # ImageFolder tree; or add csv = "manifest.csv" (path,label)
     link_roots = ["../dvc-cache"]     # optional: where its symlinks may point besides root
     max_pixels = 89478485             # optional: larger images are skipped (decompression bombs)
+
+    [[datasets]]
+    name = "hf-test"
+    parquet = ["data/test-*.parquet"] # Parquet as Hugging Face datasets writes it (image, label);
+                                      # or arrow = "folder" (a save_to_disk folder)
+    # image_column = "image"          # optional column names
+    # label_column = "label"
 """
 
 from __future__ import annotations
@@ -55,7 +62,10 @@ _MODEL_KEYS = {
 }  # fmt: skip
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-_DATASET_KEYS = {"name", "root", "csv", "classes", "link_roots", "max_pixels"}
+_DATASET_KEYS = {
+    "name", "root", "csv", "classes", "link_roots", "max_pixels", "parquet", "arrow",
+    "image_column", "label_column",
+}  # fmt: skip
 _TOP_KEYS = {"cache_dir", "models", "datasets", "notes_db", "tags"}
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own warning threshold: 1 GiB of RGBA / 3
 MAX_PIXELS_CAP = 2 * DEFAULT_MAX_PIXELS  # PIL refuses to open anything larger
@@ -96,7 +106,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One ``[[datasets]]`` entry: an ImageFolder tree, or a CSV manifest under ``root``.
+    """One ``[[datasets]]`` entry: an ImageFolder tree, a CSV manifest under ``root``, Parquet
+    files (``parquet``: absolute glob patterns) or a ``save_to_disk`` folder (``arrow``).
 
     A file is read only if its resolved target lies under ``root`` or one of ``link_roots``
     (e.g. a DVC or git-annex cache), and only if it has at most ``max_pixels`` pixels.
@@ -108,6 +119,10 @@ class DatasetSpec:
     classes: tuple[str, ...] | None = None
     link_roots: tuple[Path, ...] = ()
     max_pixels: int = DEFAULT_MAX_PIXELS
+    parquet: tuple[str, ...] = ()
+    arrow: Path | None = None
+    image_column: str = "image"
+    label_column: str = "label"
 
 
 @dataclass(frozen=True)
@@ -314,10 +329,20 @@ def _dataset_spec(entry: dict[str, Any], base: Path, path: Path) -> DatasetSpec:
     name = _name(entry, "datasets", path)
     where = f"{path}: dataset {name!r}"
     _check_keys(entry, _DATASET_KEYS, where)
-    if "root" not in entry and "csv" not in entry:
-        raise ConfigError(f"{where}: needs root = <ImageFolder tree> or csv = <manifest>")
+    kinds = [k for k in ("root", "csv", "parquet", "arrow") if k in entry]
+    if not kinds:
+        raise ConfigError(
+            f"{where}: needs root = <ImageFolder tree>, csv = <manifest>, "
+            "parquet = [<file globs>] or arrow = <save_to_disk folder>"
+        )
+    tables = _table_keys(entry, base, where)
+    if tables and len(kinds) > 1:
+        raise ConfigError(f"{where}: give one of root/csv, parquet or arrow; got {kinds}")
     csv = (base / entry["csv"]).resolve() if "csv" in entry else None
-    root = (base / entry["root"]).resolve() if "root" in entry else csv.parent  # type: ignore[union-attr]
+    if "root" in entry:
+        root = (base / entry["root"]).resolve()
+    else:
+        root = csv.parent if csv is not None else tables.get("arrow") or base.resolve()
     classes = entry.get("classes")
     links = entry.get("link_roots", [])
     if not isinstance(links, list) or not all(isinstance(p, str) for p in links):
@@ -335,4 +360,32 @@ def _dataset_spec(entry: dict[str, Any], base: Path, path: Path) -> DatasetSpec:
         classes=tuple(str(c) for c in classes) if classes is not None else None,
         link_roots=tuple((base / p).resolve() for p in links),
         max_pixels=max_pixels,
+        **tables,
     )
+
+
+def _table_keys(entry: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
+    """The Parquet/Arrow keys of a dataset entry, checked, with paths made absolute."""
+    out: dict[str, Any] = {}
+    for key in ("image_column", "label_column"):
+        if key in entry:
+            if "parquet" not in entry and "arrow" not in entry:
+                raise ConfigError(f"{where}: {key} applies only to parquet or arrow datasets")
+            if not isinstance(entry[key], str) or not entry[key]:
+                raise ConfigError(f"{where}: {key} must be a column name, got {entry[key]!r}")
+            out[key] = entry[key]
+    if "parquet" in entry:
+        globs = entry["parquet"]
+        globs = [globs] if isinstance(globs, str) else globs
+        if not isinstance(globs, list) or not globs or not all(isinstance(g, str) for g in globs):
+            raise ConfigError(
+                f'{where}: parquet must be a list of file globs, e.g. ["data/test-*.parquet"]'
+            )
+        out["parquet"] = tuple(str(base.resolve() / g) for g in globs)
+    if "arrow" in entry:
+        if not isinstance(entry["arrow"], str):
+            raise ConfigError(
+                f"{where}: arrow must be a save_to_disk folder, got {entry['arrow']!r}"
+            )
+        out["arrow"] = (base / entry["arrow"]).resolve()
+    return out

@@ -356,11 +356,10 @@ def _card(
         f"({row['true_prob']:.1%}){runner_up}",
     )
     labels = ("image", f"{view.method} · predicted {names[first]}", f"{view.method} · {other}")
+    name = dataset.display_name(row["path"])
     if problem:
-        return card_html(
-            row["path"], caption, [], badge_text(summary), f"cannot be shown: {problem}"
-        )
-    return card_html(row["path"], caption, zip(urls, labels, strict=True), badge_text(summary))
+        return card_html(name, caption, [], badge_text(summary), f"cannot be shown: {problem}")
+    return card_html(name, caption, zip(urls, labels, strict=True), badge_text(summary))
 
 
 def _inspect_picker(

@@ -106,8 +106,9 @@ class PanelCache:
         """
         path = str(dataset.path(rel))
         mtime = os.stat(path).st_mtime_ns
-        keys = [(path, mtime, None, 0.0)] + [
-            (path, mtime, _digest(m), float(alpha)) if m is not None else None for m in maps
+        image_id = (path, rel)  # rel: a row of a table file, whose path names the whole file
+        keys = [(image_id, mtime, None, 0.0)] + [
+            (image_id, mtime, _digest(m), float(alpha)) if m is not None else None for m in maps
         ]
         found = [self._get(k) if k is not None else "" for k in keys]
         if any(url is None for url in found):

@@ -1,4 +1,5 @@
-"""Labelled test sets: an ImageFolder tree or a CSV manifest (``path,label``).
+"""Labelled test sets: an ImageFolder tree or a CSV manifest (``path,label``); Parquet and
+Arrow tables are read by :mod:`core.data.parquet`.
 
 Evaluation and display read an image through the same call (:meth:`ImageDataset.load`), so
 they take the same decision on it: a file that is missing, not a regular file, linked outside
@@ -161,16 +162,26 @@ class ImageDataset:
         Raises :class:`ImageRefusedError` (not listed, missing, not a regular file, linked
         outside the allowed folders, too large) or the decoder's error for a damaged file.
         """
-        return _images().load_tensor(self._file(rel), channels or self.channels, self.max_pixels)
+        import torch
+
+        return torch.from_numpy(self.load_array(rel, channels)).permute(2, 0, 1)
+
+    def load_array(self, rel: str, channels: int | None = None) -> np.ndarray:
+        """:meth:`load`'s pixels as a uint8 array [H, W, C], without torch."""
+        return _images().load_array(self._file(rel), channels or self.channels, self.max_pixels)
 
     def image(self, rel: str, channels: int = 3) -> Image.Image:
         """The pixels of :meth:`load` as a PIL image (``L`` or ``RGB``), for display; no torch."""
-        array = _images().load_array(self._file(rel), channels, self.max_pixels)
+        array = self.load_array(rel, channels)
         return Image.fromarray(array[:, :, 0] if channels == 1 else array)
 
     def path(self, rel: str) -> Path:
         """The resolved path of a listed file that may be read (see :meth:`load`)."""
         return Path(self._file(rel))
+
+    def display_name(self, rel: str) -> str:
+        """How the gallery names image ``rel`` (a table row adds the path in its cell)."""
+        return rel
 
     def _file(self, rel: str) -> str:
         if rel not in self._listed:
@@ -238,6 +249,8 @@ def dataset_key(spec: DatasetSpec) -> str:
     so notes written on an image are never orphaned by an unrelated change.
     """
     where = f"{spec.root.resolve()}\0{spec.csv.resolve() if spec.csv else ''}"
+    if spec.parquet or spec.arrow is not None:  # a table dataset: its files name it
+        where += f"\0{spec.parquet}\0{spec.arrow}"
     return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
@@ -253,6 +266,10 @@ def open_dataset(spec: DatasetSpec, classes: Sequence[str] | None = None) -> Ima
             f"lists {list(classes)}"
         )
     explicit = list(spec.classes or classes or []) or None
+    if spec.parquet or spec.arrow is not None:
+        from core.data.parquet import open_table_dataset
+
+        return open_table_dataset(spec, explicit)
     if not spec.root.is_dir():
         raise DatasetError(f"dataset {spec.name!r}: folder not found: {spec.root}")
     stats = None

@@ -9,6 +9,7 @@ stored maps over images needs none.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from core.errors import ImageRefusedError
 if TYPE_CHECKING:  # imported by the functions that make tensors: drawing a page needs none
     import torch
 
-__all__ = ["Sample", "load_array", "load_image", "load_tensor", "to_mode"]
+__all__ = ["Sample", "decode_array", "load_array", "load_image", "load_tensor", "to_mode"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Sample:
 
 
 def load_image(
-    path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path | io.BytesIO, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
     """Open an image as mode ``L`` (channels=1) or ``RGB`` (channels=3).
 
@@ -70,6 +71,17 @@ def load_array(
     return fast if fast is not None else _to_array(load_image(path, channels, max_pixels))
 
 
+def decode_array(
+    data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """:func:`load_array` of an encoded image held in memory (e.g. a Parquet cell): the same
+    decoders, the same pixels, ``max_pixels`` checked against the header first."""
+    fast = _decode_png_data(data, channels, max_pixels)
+    return (
+        fast if fast is not None else _to_array(load_image(io.BytesIO(data), channels, max_pixels))
+    )
+
+
 def load_tensor(
     path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> torch.Tensor:
@@ -80,7 +92,7 @@ def load_tensor(
 
 
 @contextmanager
-def _open_within(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
+def _open_within(path: str | Path | io.BytesIO, max_pixels: int) -> Iterator[Image.Image]:
     """PIL's lazy open (header only), refused past ``max_pixels`` before anything is decoded."""
     try:
         img = Image.open(path)
@@ -114,6 +126,13 @@ def _decode_png(
     must decide."""
     with open(path, "rb", buffering=0) as file:
         data = file.readall()
+    return _decode_png_data(data, channels, max_pixels)
+
+
+def _decode_png_data(
+    data: bytes, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray | None:
+    """:func:`_decode_png` of a file's bytes."""
     if not data.startswith(_PNG_START) or not data.endswith(_PNG_END):
         return None  # truncated or not a PNG: PIL gives the precise error
     _check_pixels(struct.unpack(">II", data[16:24]), max_pixels)  # IHDR: width, height

@@ -30,6 +30,7 @@ import torch
 from core.config import ModelSpec
 from core.data.datasets import ImageDataset
 from core.data.models import LoadedModel, ResizeTo, load_model
+from core.data.parquet import TableDataset, TableReader
 from core.results.local_engine import Progress
 from core.results.scores import scores_from_logits
 from core.results.store import ResultWriter
@@ -156,7 +157,11 @@ def _pipeline(
     rows = _manifest(dataset, todo)
     blocks = [rows.slice(i, batch_size) for i in range(0, len(rows), batch_size)]
     decode = partial(
-        decode_batch, root=str(dataset.root), channels=spec.channels, size=spec.input_size
+        decode_batch,
+        root=str(dataset.root),
+        channels=spec.channels,
+        size=spec.input_size,
+        reader=getattr(dataset, "reader", None),  # a table dataset's (small, picklable)
     )
     decoded = ray.data.from_arrow(blocks).map_batches(
         decode, batch_size=batch_size, batch_format="pyarrow"
@@ -191,14 +196,24 @@ def _manifest(dataset: ImageDataset, todo: np.ndarray) -> pa.Table:
 
 
 def decode_batch(
-    batch: pa.Table, root: str, channels: int, size: tuple[int, int]
+    batch: pa.Table,
+    root: str,
+    channels: int,
+    size: tuple[int, int],
+    reader: TableReader | None = None,
 ) -> dict[str, np.ndarray]:
-    """Decode and resize a block of files as :class:`ImageDataset` does (the same call).
+    """Decode and resize a block of files as :class:`ImageDataset` does (the same call); rows
+    of Parquet or Arrow files through their ``reader``.
 
     Returns row, label, error ("" when read) and image (uint8 [n, C, H, W], zeros where not).
     """
     samples = list(zip(batch["path"].to_pylist(), batch["label"].to_pylist(), strict=True))
-    files = ImageDataset("ray", Path(root), samples, [], ResizeTo(size), channels, tensors=True)
+    resize = ResizeTo(size)
+    files = (
+        ImageDataset("ray", Path(root), samples, [], resize, channels, tensors=True)
+        if reader is None
+        else TableDataset("ray", Path(root), reader, samples, [], resize, channels, tensors=True)
+    )
     images = np.zeros((len(samples), channels, *size), dtype=np.uint8)
     errors = np.full(len(samples), "", dtype=object)
     for i in range(len(samples)):
