@@ -113,19 +113,23 @@ def write_error(
     exc: OSError,
     folder: Path,
     what: str = "the result folder",
-    fix: str = f"Stored results still open; to save new ones, {_WRITE_FIX}",
+    fix: str | None = None,
 ) -> StoreWriteError:
     """A failed write as a one-line message in the user's terms: what, where, how to fix."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    code = exc.errno or next(  # libraries (Arrow) may put the OS error in the text only
+        (n for n in (errno.ENOSPC, errno.EROFS, errno.EACCES) if os.strerror(n) in str(exc)), None
+    )
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(
             f"The disk holding {folder} is full: {what} could not be written "
-            f"({size_text(free_bytes(folder))} is free). Free space, or {_WRITE_FIX}."
+            f"({size_text(free_bytes(folder))} is free). {fix or f'Free space, or {_WRITE_FIX}'}."
         )
-    if exc.errno == errno.EROFS:
+    fix = fix or f"Stored results still open; to save new ones, {_WRITE_FIX}"
+    if code == errno.EROFS:
         why = "its file system is read-only"
-    elif exc.errno in (errno.EACCES, errno.EPERM):
+    elif code in (errno.EACCES, errno.EPERM):
         why = "permission denied"
-    elif exc.errno == errno.ENOENT:
+    elif code == errno.ENOENT:
         why = "the folder was deleted while it was written"
     else:
         why = exc.strerror or str(exc)

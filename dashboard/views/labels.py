@@ -50,6 +50,11 @@ def main() -> None:
         f"*{view.dataset}* under *{view.model}*; most suspect first (lowest probability of the "
         "given label). Confirm with the buttons: they only tag the image, nothing is relabelled."
     )
+    if flags.unsaved:
+        st.caption(
+            f"Kept in memory while the server runs (computed again after a restart): "
+            f"{flags.unsaved}"
+        )
     if not len(ranked):
         st.success("No image looks mislabelled to this model.")
         return
