@@ -122,7 +122,13 @@ class NotesStore:
         self.timeout = timeout
         self.unwritable = "" if read_only else _unwritable(self.path)
         self._checked = time.monotonic()
-        self._prepare()
+        try:
+            self._prepare()
+        except NotesError:  # a full disk cannot create or migrate it: read-only until it can
+            if read_only or self.unwritable or _free_bytes(self.path.parent) >= _ROOM:
+                raise
+            self.unwritable = _full_text(self.path.parent)
+            self._prepare()
 
     @property
     def read_only(self) -> bool:
@@ -372,12 +378,9 @@ class NotesStore:
         folder = self.path.parent
         free = _free_bytes(folder)
         name = str(getattr(exc, "sqlite_errorname", ""))
-        disk = name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) and free < 64 * 1024
+        disk = name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) and free < _ROOM
         if name.startswith("SQLITE_FULL") or "disk is full" in str(exc) or disk:
-            return (
-                f"The disk holding {folder} is full ({free:,} bytes free): the notes database "
-                "cannot be written, so nothing was saved. Free space and try again."
-            )
+            return _full_text(folder)
         why = _unwritable(self.path)
         if why and not self.served_read_only:  # fall back to read-only until it is writable
             self.unwritable, self._checked = why, time.monotonic()
@@ -478,6 +481,16 @@ def _read_only_text(path: Path, why: str) -> str:
         f"The notes database {path} cannot be {action}: {why}. Tags and notes are shown "
         "read-only; to edit them, make that folder writable or set notes_db in the config "
         "to a writable file."
+    )
+
+
+_ROOM = 64 * 1024  # less free space than this, and a failed SQLite write means a full disk
+
+
+def _full_text(folder: Path) -> str:
+    return (
+        f"The disk holding {folder} is full ({_free_bytes(folder):,} bytes free): the notes "
+        "database cannot be written, so nothing was saved. Free space and try again."
     )
 
 
