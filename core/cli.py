@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -172,7 +173,8 @@ def _write_table(result: Results, out: Path) -> int:
     try:
         return _write_batches(result, out)
     except OSError as exc:  # a full or read-only disk: say so; a partial table is removed
-        out.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only disk refuses even that
+            out.unlink(missing_ok=True)
         fix = "Free space or choose a writable folder for --out"
         raise write_error(exc, out, "the table", fix) from None
 
