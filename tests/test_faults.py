@@ -474,7 +474,7 @@ import time
 from digits_model import build as _build
 
 
-def build(num_classes):
+def build(num_classes=10):
     model = _build(num_classes)
     forward = model.forward
 
