@@ -34,7 +34,14 @@ if TYPE_CHECKING:
         UserFacingError,
     )
     from core.notes import Note, NotesError, NotesStore
-    from core.results import Results, SkippedFile, StoreError, open_results
+    from core.results import (
+        DiskFullError,
+        Results,
+        SkippedFile,
+        StoreError,
+        StoreWriteError,
+        open_results,
+    )
     from core.results.evaluate import EvaluationJob, check_classes, evaluate
     from core.results.local_engine import predict
 
@@ -43,6 +50,7 @@ _EXPORTS = {
     "ClassCountMismatchError": "core.errors",
     "ConfigError": "core.errors",
     "DatasetError": "core.errors",
+    "DiskFullError": "core.results",
     "DatasetSpec": "core.config",
     "EvaluationJob": "core.results.evaluate",
     "ImageDataset": "core.data.datasets",
@@ -56,6 +64,7 @@ _EXPORTS = {
     "Results": "core.results",
     "SkippedFile": "core.results",
     "StoreError": "core.results",
+    "StoreWriteError": "core.results",
     "UserFacingError": "core.errors",
     "accuracy": "core.analysis.metrics",
     "architectures": "core.data.models",
@@ -84,6 +93,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "DatasetSpec",
+    "DiskFullError",
     "EvaluationJob",
     "ImageDataset",
     "LoadedModel",
@@ -96,6 +106,7 @@ __all__ = [
     "Results",
     "SkippedFile",
     "StoreError",
+    "StoreWriteError",
     "UserFacingError",
     "accuracy",
     "architectures",

@@ -57,7 +57,8 @@ class LabelQuality:
         lengths = {n: len(arrays[n]) for n in names}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"label-quality arrays differ in length: {lengths}")
-        return cls(**{n: np.asarray(arrays[n]) for n in names})
+        sc, margin, issue, suggested = (np.asarray(arrays[n]) for n in names)
+        return cls(sc, margin, issue, suggested)
 
     def ranked_issues(self, score: Score = "self_confidence") -> np.ndarray:
         """Row positions of the flagged images, most suspect (lowest score) first."""
