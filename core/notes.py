@@ -127,7 +127,7 @@ class NotesStore:
         except NotesError:  # a full disk cannot create or migrate it: read-only until it can
             if read_only or self.unwritable or _free_bytes(self.path.parent) >= _ROOM:
                 raise
-            self.unwritable = _full_text(self.path.parent)
+            self.unwritable = f"{_full_text(self.path.parent)} Until then they are read-only."
             self._prepare()
 
     @property

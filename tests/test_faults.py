@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -522,3 +523,32 @@ def stop(server: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(10)
+
+
+def test_in_a_browser_a_full_disk_is_one_panel_and_the_other_model_still_works(
+    tmp_path: Path,
+) -> None:
+    """The page as a person sees it: the model whose results cannot be saved shows one error
+    panel (no exception element); another model with stored results opens as usual."""
+    with tmpfs(tmp_path / "cache", size="20m") as cache:
+        config = sample_project(tmp_path / "project", cache)
+        run_evaluation(config, model=COPY)  # stored before the disk filled
+        fill(cache, leave=20_000)
+        port = free_port()
+        server = start_server(config, port, tmp_path / "log")
+        try:
+            with chromium() as browser:
+                page = new_page(browser)
+                page.goto(f"http://127.0.0.1:{port}/?model={MODEL}")
+                panel = page.get_by_text("cannot be saved")
+                panel.wait_for(timeout=180_000)
+                screenshot(page, "faults_full_disk_panel")
+                text = page.inner_text("body")
+                assert f"The disk holding {cache}/results/" in text and "is free" in text
+                assert page.locator('[data-testid="stException"]').count() == 0
+                page.goto(f"http://127.0.0.1:{port}/?model={quote(COPY)}")
+                wait_for_matrix(page, timeout=180_000)
+                assert page.locator('[data-testid="stException"]').count() == 0
+                page.context.close()
+        finally:
+            stop(server)
