@@ -36,7 +36,14 @@ if TYPE_CHECKING:
     from core.explain.cam import cam, evaluation_maps, grad_cam, grad_cam_pp, saliency
     from core.explain.layers import candidate_layers, find_target_layer
     from core.notes import Note, NotesError, NotesStore
-    from core.results import Results, SkippedFile, StoreError, open_results
+    from core.results import (
+        DiskFullError,
+        Results,
+        SkippedFile,
+        StoreError,
+        StoreWriteError,
+        open_results,
+    )
     from core.results.evaluate import EvaluationJob, check_classes, evaluate
     from core.results.local_engine import predict
 
@@ -45,6 +52,7 @@ _EXPORTS = {
     "ClassCountMismatchError": "core.errors",
     "ConfigError": "core.errors",
     "DatasetError": "core.errors",
+    "DiskFullError": "core.results",
     "DatasetSpec": "core.config",
     "EvaluationJob": "core.results.evaluate",
     "ImageDataset": "core.data.datasets",
@@ -58,6 +66,7 @@ _EXPORTS = {
     "Results": "core.results",
     "SkippedFile": "core.results",
     "StoreError": "core.results",
+    "StoreWriteError": "core.results",
     "UserFacingError": "core.errors",
     "accuracy": "core.analysis.metrics",
     "architectures": "core.data.models",
@@ -93,6 +102,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "DatasetSpec",
+    "DiskFullError",
     "EvaluationJob",
     "ImageDataset",
     "LoadedModel",
@@ -105,6 +115,7 @@ __all__ = [
     "Results",
     "SkippedFile",
     "StoreError",
+    "StoreWriteError",
     "UserFacingError",
     "accuracy",
     "architectures",

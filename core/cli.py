@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -21,6 +22,7 @@ from core.data.datasets import open_dataset
 from core.errors import UserFacingError
 from core.results import Results
 from core.results.evaluate import evaluate, lookup
+from core.results.store import write_error
 
 if TYPE_CHECKING:
     from core.analysis.comparison import ModelResults
@@ -168,6 +170,16 @@ def export_table(result: Results) -> pd.DataFrame:
 
 
 def _write_table(result: Results, out: Path) -> int:
+    try:
+        return _write_batches(result, out)
+    except OSError as exc:  # a full or read-only disk: say so; a partial table is removed
+        with contextlib.suppress(OSError):  # a read-only disk refuses even that
+            out.unlink(missing_ok=True)
+        fix = "Free space or choose a writable folder for --out"
+        raise write_error(exc, out, "the table", fix) from None
+
+
+def _write_batches(result: Results, out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     batches = export_batches(result)
     first = next(batches)
@@ -258,6 +270,8 @@ def _label_issues(args: argparse.Namespace) -> int:
     from core.analysis.label_quality import result_label_quality  # cleanlab: only for this command
 
     quality = result_label_quality(result)  # computed once, then read from the result folder
+    if quality.unsaved:
+        print(f"note: computed, not saved ({quality.unsaved})", file=sys.stderr)
     ranked = quality.ranked_issues()
     print(
         f"{len(ranked)} of {len(rows.true)} images suspected of a wrong label "

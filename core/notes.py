@@ -7,13 +7,22 @@ threads and processes, and each read sees what any writer has committed. Writes 
 lock (``timeout``), run in ``BEGIN IMMEDIATE`` transactions and are on disk when they return.
 Deleted notes and removed tags are only marked, never erased. A file that is not a readable
 notes database raises :class:`NotesError` and is never modified.
+
+A bad machine: a database on a read-only (or unwritable) folder is served read-only, saying why,
+and becomes writable again by itself once the folder is; a write that fails (a full disk, a
+locked or read-only file) raises :class:`NotesError` saying why, and the database is unchanged.
+Reads still work on a full or read-only disk (SQLite's WAL index needs a writable file; then
+the database is read as an immutable file).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
+import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -108,10 +117,42 @@ class NotesStore:
         timeout: float = 30.0,
     ) -> None:
         self.path = Path(path).expanduser().absolute()
-        self.read_only = read_only
+        self.served_read_only = read_only
         self.default_tags = tuple(default_tags)
         self.timeout = timeout
-        self._prepare()
+        self.unwritable = "" if read_only else _unwritable(self.path)
+        self._checked = time.monotonic()
+        try:
+            self._prepare()
+        except NotesError:  # a full disk cannot create or migrate it: read-only until it can
+            if read_only or self.unwritable or _free_bytes(self.path.parent) >= _ROOM:
+                raise
+            self.unwritable = f"{_full_text(self.path.parent)} Until then they are read-only."
+            self._prepare()
+
+    @property
+    def read_only(self) -> bool:
+        """Whether tags and notes cannot be edited: served read-only, or the database cannot be
+        written (see :attr:`read_only_reason`). A store that fell back to read-only checks its
+        folder again (at most once a second) and is writable again once the folder is."""
+        if self.served_read_only:
+            return True
+        if self.unwritable and time.monotonic() - self._checked >= 1.0:
+            self._checked = time.monotonic()
+            if not _unwritable(self.path):
+                self.unwritable = ""
+                try:
+                    self._prepare()
+                except NotesError as exc:
+                    self.unwritable = str(exc)
+        return bool(self.unwritable)
+
+    @property
+    def read_only_reason(self) -> str:
+        """Why tags and notes cannot be edited, in one line ('' when they can)."""
+        if self.served_read_only:
+            return "Read-only server: tags and notes are shown, not edited."
+        return self.unwritable if self.read_only else ""
 
     # -- notes -----------------------------------------------------------------------------
 
@@ -261,17 +302,13 @@ class NotesStore:
 
     def _prepare(self) -> None:
         """Check the file is a notes database; unless read-only, create or migrate it."""
-        if not self.read_only:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise NotesError(f"cannot create the folder of {self.path}: {exc}") from None
         _check_header(self.path)
-        if self.read_only and not self.path.exists():
+        read_only = self.served_read_only or bool(self.unwritable)
+        if read_only and not self.path.exists():
             return
-        with self._connection() as conn:
+        with self._connection(write=not read_only) as conn:
             self._check_contents(conn)
-            if self.read_only:
+            if read_only:
                 return
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -303,24 +340,63 @@ class NotesStore:
         )
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """A new connection, closed afterwards; SQLite errors become :class:`NotesError`."""
         try:
-            with closing(self._connect()) as conn:
+            with closing(self._open(write)) as conn:
                 yield conn
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise NotesError(
                     f"the notes database {self.path} stayed busy for {self.timeout:g} s; try again"
                 ) from exc
+            problem = self._disk_problem(exc)
+            if problem:
+                raise NotesError(problem) from exc
             raise NotesError(self._unusable(f"unusable ({exc})")) from exc
         except sqlite3.DatabaseError as exc:
             raise NotesError(self._unusable(f"unreadable ({exc})")) from exc
 
-    def _connect(self) -> sqlite3.Connection:
-        if not self.read_only:
+    def _open(self, write: bool) -> sqlite3.Connection:
+        """A connection; to read, one that works on a full or read-only disk too (where SQLite
+        cannot make its WAL index, the file is read as immutable)."""
+        conn = None
+        try:
+            conn = self._connect()
+            if not write:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the WAL index
+            return conn
+        except sqlite3.OperationalError as exc:
+            if conn is not None:
+                conn.close()
+            if write or not self.path.exists() or not self._disk_problem(exc):
+                raise
+            return self._connect(immutable=True)
+
+    def _disk_problem(self, exc: sqlite3.Error) -> str:
+        """Why an operation failed if the disk is at fault (full, read-only), else ''."""
+        folder = self.path.parent
+        free = _free_bytes(folder)
+        name = str(getattr(exc, "sqlite_errorname", ""))
+        disk = name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) and free < _ROOM
+        if name.startswith("SQLITE_FULL") or "disk is full" in str(exc) or disk:
+            return _full_text(folder)
+        why = _unwritable(self.path)
+        if why and not self.served_read_only:  # fall back to read-only until it is writable
+            self.unwritable, self._checked = why, time.monotonic()
+        return why
+
+    def _connect(self, immutable: bool = False) -> sqlite3.Connection:
+        if immutable:  # only to read, where SQLite cannot write its WAL index
+            uri = f"{self.path.as_uri()}?mode=ro&immutable=1"
+            return sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
+        if not (self.served_read_only or self.unwritable):
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error:
+                conn.close()  # never left open (a read-only remount waits for open files)
+                raise
             return conn
         if self.path.exists():
             uri = f"{self.path.as_uri()}?mode=ro"
@@ -336,10 +412,11 @@ class NotesStore:
         """A connection inside one transaction, committed if the block succeeds."""
         if write and self.read_only:
             raise NotesPermissionError(
-                f"notes and tags are read-only here (the notes database {self.path} "
+                self.unwritable
+                or f"notes and tags are read-only here (the notes database {self.path} "
                 "is served read-only)"
             )
-        with self._connection() as conn:
+        with self._connection(write) as conn:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield conn
@@ -373,6 +450,56 @@ def _remove_tag(conn: sqlite3.Connection, dataset: str, path: str, tag: str, aut
         (_now(), author, dataset, path, tag),
     )
     return cursor.rowcount == 1
+
+
+def _unwritable(path: Path) -> str:
+    """Why the notes database ``path`` cannot be written or created ('' if it can): its folder
+    cannot be made, is read-only or unwritable, or the file is."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _read_only_text(path, f"its folder cannot be created ({exc.strerror or exc})")
+    exists = path.exists()
+    target = path if exists else folder
+    try:
+        read_only_fs = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_fs = False
+    if read_only_fs:
+        return _read_only_text(path, f"{folder} is on a read-only file system")
+    if not os.access(target, os.W_OK):
+        return _read_only_text(path, f"{target} is not writable ({os.strerror(errno.EACCES)})")
+    if exists and not os.access(folder, os.W_OK):  # SQLite writes a journal beside the file
+        return _read_only_text(path, f"{folder} is not writable")
+    return ""
+
+
+def _read_only_text(path: Path, why: str) -> str:
+    action = "written" if path.exists() else "created"
+    return (
+        f"The notes database {path} cannot be {action}: {why}. Tags and notes are shown "
+        "read-only; to edit them, make that folder writable or set notes_db in the config "
+        "to a writable file."
+    )
+
+
+_ROOM = 64 * 1024  # less free space than this, and a failed SQLite write means a full disk
+
+
+def _full_text(folder: Path) -> str:
+    return (
+        f"The disk holding {folder} is full ({_free_bytes(folder):,} bytes free): the notes "
+        "database cannot be written, so nothing was saved. Free space and try again."
+    )
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
 
 
 def _check_header(path: Path) -> None:

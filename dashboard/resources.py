@@ -65,14 +65,19 @@ def _load(spec: ModelSpec) -> ModelReady:
     return ModelReady(loaded, found, default)
 
 
-@st.cache_resource(show_spinner=False)
 def model_loading(config_path: str, name: str) -> Future[ModelReady]:
     """The model and its layers, loading on a background thread from the first call on.
 
     A page starts it and does not wait: stored results are drawn without torch, and by the
     time someone clicks a cell the model (torch's import most of all) is loaded or on its way.
-    Shared by all sessions (thread-safe for inference and CAMs).
+    Shared by all sessions (thread-safe for inference and CAMs); loaded again when its
+    checkpoint file changes (e.g. copied over while the server runs).
     """
+    return _model_loading(config_path, name, weights_stamp(config_path, name))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _model_loading(config_path: str, name: str, stamp: tuple[object, ...]) -> Future[ModelReady]:
     spec = project(config_path).model(name)
     future: Future[ModelReady] = Future()
 
@@ -93,17 +98,34 @@ def model_ready(config_path: str, name: str) -> bool:
 
 
 def _ready(config_path: str, name: str) -> ModelReady:
-    future = model_loading(config_path, name)
+    stamp = weights_stamp(config_path, name)
+    future = _model_loading(config_path, name, stamp)
     try:
         return future.result()
     except Exception:
-        model_loading.clear(config_path, name)  # e.g. a checkpoint still being copied: retry
+        _model_loading.clear(config_path, name, stamp)  # e.g. a checkpoint being copied: retry
         raise
 
 
 def model(config_path: str, name: str) -> LoadedModel:
     """The loaded model, waiting for its background load if needed."""
     return _ready(config_path, name).loaded
+
+
+def weights_stamp(config_path: str, name: str) -> tuple[object, ...]:
+    """Size, time and identity of a model entry's checkpoint files (a stat each): what changes
+    when a checkpoint is replaced or copied over, so that caches of the old one are left."""
+    spec = project(config_path).model(name)
+    stamp: list[object] = []
+    for path in (spec.weights, spec.module):
+        try:
+            found = path.stat() if path is not None else None
+        except OSError as exc:
+            stamp.append(str(exc))
+            continue
+        if found is not None:
+            stamp.append((found.st_ino, found.st_size, found.st_mtime_ns))
+    return tuple(stamp)
 
 
 @st.cache_resource(show_spinner="Listing images…")
@@ -113,13 +135,34 @@ def dataset(config_path: str, name: str, model_name: str) -> ImageDataset:
     return open_dataset(config.dataset(name), config.model(model_name).classes)
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
 def evaluation_job(config_path: str, model_name: str, dataset_name: str) -> EvaluationJob:
     """The (possibly still running) evaluation; one per server, whoever asked first.
 
     Stored results of unchanged inputs are opened without loading the model (nor importing
-    torch), so a fresh server draws its first page from them at once.
+    torch), so a fresh server draws its first page from them at once. A finished one whose
+    files changed on disk (the result folder deleted or replaced) or whose checkpoint changed
+    is left: the next call reopens or recomputes it.
     """
+    stamp = weights_stamp(config_path, model_name)
+    job = _evaluation_job(config_path, model_name, dataset_name, stamp)
+    if job.finished and _changed_on_disk(job):
+        _evaluation_job.clear(config_path, model_name, dataset_name, stamp)
+        _evaluation.clear(config_path, model_name, dataset_name, stamp)
+        job = _evaluation_job(config_path, model_name, dataset_name, stamp)
+    return job
+
+
+def _changed_on_disk(job: EvaluationJob) -> bool:
+    try:
+        return job.result(0).changed_on_disk()
+    except Exception:  # a failed job is not kept anyway (see evaluation)
+        return False
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _evaluation_job(
+    config_path: str, model_name: str, dataset_name: str, stamp: tuple[object, ...]
+) -> EvaluationJob:
     config = project(config_path)
     data = dataset(config_path, dataset_name, model_name)
     try:
@@ -133,37 +176,58 @@ def evaluation_job(config_path: str, model_name: str, dataset_name: str) -> Eval
     return EvaluationJob(loaded, data, config.cache_dir, found)
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
 def evaluation(config_path: str, model_name: str, dataset_name: str) -> Results:
     """The memory-mapped results, one object shared by every session (never copied per rerun:
-    ``st.cache_data`` would pickle it on every call); waits for the job."""
-    job = evaluation_job(config_path, model_name, dataset_name)
+    ``st.cache_data`` would pickle it on every call); waits for the job. A failure (a full or
+    read-only disk, a bad checkpoint) is not kept: the next call tries again."""
+    evaluation_job(config_path, model_name, dataset_name)  # leaves one changed on disk
+    stamp = weights_stamp(config_path, model_name)
+    return _evaluation(config_path, model_name, dataset_name, stamp)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _evaluation(
+    config_path: str, model_name: str, dataset_name: str, stamp: tuple[object, ...]
+) -> Results:
+    job = _evaluation_job(config_path, model_name, dataset_name, stamp)
     try:
         return job.result()
     except Exception:
-        evaluation_job.clear(config_path, model_name, dataset_name)  # let a rerun retry
+        _evaluation_job.clear(config_path, model_name, dataset_name, stamp)  # let a rerun retry
         raise
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
 def matrix(config_path: str, model_name: str, dataset_name: str) -> np.ndarray:
     """Confusion-matrix counts [true, pred]."""
     result = evaluation(config_path, model_name, dataset_name)
-    return confusion_matrix(result.predictions, result.num_classes)
+    return _matrix(result.fingerprint, result)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
+def _matrix(fingerprint: str, _result: Results) -> np.ndarray:  # the fingerprint stands for it
+    return confusion_matrix(_result.predictions, _result.num_classes)
+
+
 def class_metrics(config_path: str, model_name: str, dataset_name: str) -> pd.DataFrame:
     """Per-class precision, recall, F1 and support."""
     result = evaluation(config_path, model_name, dataset_name)
-    return per_class_metrics(result.predictions, result.classes)
+    return _class_metrics(result.fingerprint, result)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
+def _class_metrics(fingerprint: str, _result: Results) -> pd.DataFrame:
+    return per_class_metrics(_result.predictions, _result.classes)
+
+
 def confused_pairs(config_path: str, model_name: str, dataset_name: str, k: int) -> pd.DataFrame:
     """The ``k`` most confused (true, predicted) pairs."""
     result = evaluation(config_path, model_name, dataset_name)
-    return top_confused_pairs(result.predictions, result.classes, k)
+    return _confused_pairs(result.fingerprint, k, result)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _confused_pairs(fingerprint: str, k: int, _result: Results) -> pd.DataFrame:
+    return top_confused_pairs(_result.predictions, _result.classes, k)
 
 
 def layers(config_path: str, model_name: str) -> tuple[list[LayerInfo], str | None]:

@@ -13,12 +13,12 @@ order like their bit patterns), and gathers only the columns the pruning step ne
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
-from core.results import Results, load_derived, save_derived
+from core.results import Results, StoreWriteError, load_derived, save_derived
 
 __all__ = ["LabelQuality", "Score", "label_quality", "result_label_quality"]
 
@@ -27,6 +27,7 @@ Score = Literal["self_confidence", "normalized_margin"]
 _CHUNK_ROWS = 32_768
 _MISSING_CLASS_THRESHOLD = 2.0  # cleanlab's threshold for a class no image is labelled with
 _MIN_EXAMPLES_PER_CLASS = 1  # cleanlab's default
+_ARRAYS = ("self_confidence", "normalized_margin", "is_issue", "suggested")
 
 
 @dataclass(frozen=True)
@@ -37,25 +38,27 @@ class LabelQuality:
     normalized_margin: np.ndarray  # float32 [N]
     is_issue: np.ndarray  # bool [N]: cleanlab's find_label_issues flag
     suggested: np.ndarray  # int64 [N]: the most probable class
+    unsaved: str = ""  # why they are kept in memory only (could not be saved with the result)
 
     def __len__(self) -> int:
         return len(self.self_confidence)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays by field name (e.g. to save each as a ``.npy`` file)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _ARRAYS}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> LabelQuality:
         """Inverse of :meth:`to_arrays`; names a missing array or a length that differs."""
-        names = [f.name for f in fields(cls)]
+        names = _ARRAYS
         missing = [n for n in names if n not in arrays]
         if missing:
             raise ValueError(f"label-quality arrays missing: {', '.join(missing)}")
         lengths = {n: len(arrays[n]) for n in names}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"label-quality arrays differ in length: {lengths}")
-        return cls(**{n: np.asarray(arrays[n]) for n in names})
+        sc, margin, issue, suggested = (np.asarray(arrays[n]) for n in names)
+        return cls(sc, margin, issue, suggested)
 
     def ranked_issues(self, score: Score = "self_confidence") -> np.ndarray:
         """Row positions of the flagged images, most suspect (lowest score) first."""
@@ -101,12 +104,17 @@ def label_quality(
 
 def result_label_quality(result: Results) -> LabelQuality:
     """Label quality of ``result``'s evaluated rows: computed once, then stored beside the
-    result (``derived/label_quality``) and read back from there."""
+    result (``derived/label_quality``) and read back from there. Where it cannot be saved (a
+    read-only or full disk) it is returned all the same, with :attr:`LabelQuality.unsaved`
+    saying why: the caller keeps it in memory."""
     stored = load_derived(result, "label_quality")
     if stored is not None and len(next(iter(stored.values()))) == len(result.index):
         return LabelQuality.from_arrays(stored)
     found = label_quality(result.true.astype(np.int64), result.probs(result.index))
-    save_derived(result, "label_quality", found.to_arrays())
+    try:
+        save_derived(result, "label_quality", found.to_arrays(), strict=True)
+    except StoreWriteError as exc:
+        return replace(found, unsaved=str(exc))
     return found
 
 

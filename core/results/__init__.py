@@ -2,10 +2,12 @@
 
 from core.results.store import (
     BatchScores,
+    DiskFullError,
     Results,
     ResultWriter,
     SkippedFile,
     StoreError,
+    StoreWriteError,
     load_derived,
     open_results,
     save_derived,
@@ -13,10 +15,12 @@ from core.results.store import (
 
 __all__ = [
     "BatchScores",
+    "DiskFullError",
     "ResultWriter",
     "Results",
     "SkippedFile",
     "StoreError",
+    "StoreWriteError",
     "load_derived",
     "open_results",
     "save_derived",

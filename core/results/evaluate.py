@@ -19,7 +19,7 @@ from core.config import ModelSpec
 from core.data.datasets import ImageDataset
 from core.errors import ClassCountMismatchError
 from core.results.key import evaluation_key
-from core.results.store import Results, ResultWriter, StoreError, open_results
+from core.results.store import Results, ResultWriter, StoreError, open_results, write_error
 
 if TYPE_CHECKING:
     from core.data.models import LoadedModel
@@ -145,7 +145,10 @@ def evaluate(
         engine = predict
     layer = map_layer(model) if maps else None
     scratch = folder is None
-    folder = Path(tempfile.mkdtemp(prefix="cam-results-")) if folder is None else folder
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="cam-results-")) if folder is None else folder
+    except OSError as exc:
+        raise write_error(exc, Path(tempfile.gettempdir()), "a scratch folder in") from None
     try:
         meta: dict[str, Any] = {
             "model": model.name,

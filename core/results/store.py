@@ -20,12 +20,21 @@ milliseconds and no per-row Python object. Probabilities are float16 (2 bytes ea
 Crash safety: a batch's rows are listed in ``done.log`` only after their data is synced to disk,
 so after Ctrl-C, an OOM kill or a lost machine a rerun continues from the last committed batch.
 ``result.json`` says ``"complete": true`` only when every row is done; it is replaced atomically.
+
+A bad machine: before a result is written its size (known up front: the columns are
+preallocated) is checked against the free space; a write that fails anyway (a full disk, a
+read-only or vanished folder) raises :class:`StoreWriteError` naming the folder and the fix, and
+leaves a folder the next run resumes. Files are never truncated in place (a rewrite unlinks
+first), and a :class:`Results` checks its files are the ones it mapped before reading them: a
+reader never touches a memory map whose file was cut short under it (that would be a SIGBUS).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -42,10 +51,12 @@ from core.errors import UserFacingError
 
 __all__ = [
     "BatchScores",
+    "DiskFullError",
     "ResultWriter",
     "Results",
     "SkippedFile",
     "StoreError",
+    "StoreWriteError",
     "load_derived",
     "open_results",
     "save_derived",
@@ -64,6 +75,65 @@ _SCALARS = {
 
 class StoreError(UserFacingError):
     """A result folder is missing, incomplete, damaged or of another format."""
+
+
+class StoreWriteError(StoreError):
+    """Something could not be written: a read-only or vanished folder, no permission, ..."""
+
+
+class DiskFullError(StoreWriteError):
+    """The disk holding a result folder has (or had, mid-write) too little free space."""
+
+
+_WRITE_FIX = "set cache_dir in the config to a writable folder (or write elsewhere with --out DIR/)"
+
+
+def size_text(n: float) -> str:
+    """Bytes for people: ``12.3 MB``."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer can still use on the disk holding ``path`` (or its nearest
+    existing parent)."""
+    for folder in (path, *path.parents):
+        try:
+            stats = os.statvfs(folder)
+        except OSError:
+            continue
+        return stats.f_bavail * stats.f_frsize
+    return 0
+
+
+def write_error(
+    exc: OSError,
+    folder: Path,
+    what: str = "the result folder",
+    fix: str | None = None,
+) -> StoreWriteError:
+    """A failed write as a one-line message in the user's terms: what, where, how to fix."""
+    code = exc.errno or next(  # libraries (Arrow) may put the OS error in the text only
+        (n for n in (errno.ENOSPC, errno.EROFS, errno.EACCES) if os.strerror(n) in str(exc)), None
+    )
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            f"The disk holding {folder} is full: {what} could not be written "
+            f"({size_text(free_bytes(folder))} is free). {fix or f'Free space, or {_WRITE_FIX}'}."
+        )
+    fix = fix or f"Stored results still open; to save new ones, {_WRITE_FIX}"
+    if code == errno.EROFS:
+        why = "its file system is read-only"
+    elif code in (errno.EACCES, errno.EPERM):
+        why = "permission denied"
+    elif code == errno.ENOENT:
+        why = "the folder was deleted while it was written"
+    else:
+        why = exc.strerror or str(exc)
+    return StoreWriteError(f"Cannot write {what} {folder}: {why}. {fix}.")
 
 
 @dataclass(frozen=True)
@@ -119,7 +189,8 @@ class _Column:
     """A preallocated ``.npy`` file written in place, row blocks at a time."""
 
     def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...], create: bool) -> None:
-        if create:
+        if create:  # a new file, never one truncated in place: readers may map the old one
+            path.unlink(missing_ok=True)
             np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
         self.fd = os.open(path, os.O_RDWR)
         with os.fdopen(os.dup(self.fd), "rb") as handle:
@@ -138,8 +209,13 @@ class _Column:
         self.dtype = np.dtype(dtype)
 
     def write(self, start: int, values: np.ndarray) -> None:
-        data = np.ascontiguousarray(values, dtype=self.dtype).tobytes()
-        os.pwrite(self.fd, data, self.offset + start * self.row_bytes)
+        data = memoryview(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
+        at = self.offset + start * self.row_bytes
+        while len(data):  # a short write (the disk filled up) is retried, then raises ENOSPC
+            written = os.pwrite(self.fd, data, at)
+            if written <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data, at = data[written:], at + written
 
     def sync(self) -> None:
         os.fdatasync(self.fd)
@@ -180,14 +256,19 @@ class ResultWriter:
             "maps": list(map_shape) if map_shape else None,
             "meta": dict(meta or {}),
         }
+        self._columns: dict[str, _Column] = {}
         resume = self._can_resume()
-        if not resume:
-            self._create(manifest)
+        self._check_space(manifest, resume)
         shapes = self._shapes()
-        self._columns = {
-            name: _Column(self.folder / f"{name}.npy", dtype, shapes[name], create=not resume)
-            for name, dtype in self._dtypes().items()
-        }
+        try:
+            if not resume:
+                self._create(manifest)
+            for name, dtype in self._dtypes().items():
+                path = self.folder / f"{name}.npy"
+                self._columns[name] = _Column(path, dtype, shapes[name], create=not resume)
+        except OSError as exc:
+            self.close()
+            raise write_error(exc, self.folder) from None
         self._done = _read_done(self.folder / "done.log", self.n)
         self._pending: list[tuple[int, int]] = []
         self._skipped: list[dict[str, Any]] = []
@@ -227,10 +308,31 @@ class ResultWriter:
         except (OSError, ValueError, pa.ArrowException):
             return False
 
+    def needed_bytes(self, manifest: Sequence[tuple[str, int]], resume: bool = False) -> int:
+        """Disk space this result still needs: its preallocated columns (less what a resumed
+        folder already holds), the manifest and the logs."""
+        needed, dtypes = 0, self._dtypes()
+        for name, shape in self._shapes().items():
+            size = 128 + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtypes[name]).itemsize
+            if resume:
+                size -= _allocated(self.folder / f"{name}.npy")
+            needed += max(size, 0)
+        if not resume:
+            needed += sum(len(p.encode()) + 8 for p, _ in manifest) + 64 * 1024
+        return needed + 16 * 1024  # result.json, done.log
+
+    def _check_space(self, manifest: Sequence[tuple[str, int]], resume: bool) -> None:
+        needed, free = self.needed_bytes(manifest, resume), free_bytes(self.folder)
+        if needed > free:
+            raise DiskFullError(
+                f"The disk holding {self.folder} is full: the result needs "
+                f"{size_text(needed)}, {size_text(free)} is free. Free space, or {_WRITE_FIX}."
+            )
+
     def _create(self, manifest: Sequence[tuple[str, int]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in ("done.log", "skipped.jsonl", "maps.npy"):
-            (self.folder / stale).unlink(missing_ok=True)
+        for stale in ("done.log", "skipped.jsonl", "maps.npy", "manifest.arrow"):
+            (self.folder / stale).unlink(missing_ok=True)  # new files: readers may map old ones
         paths = pa.array([p for p, _ in manifest], type=pa.string())
         labels = pa.array(np.fromiter((lab for _, lab in manifest), np.int32, len(manifest)))
         table = pa.table({"path": paths, "label": labels})
@@ -265,13 +367,30 @@ class ResultWriter:
             for run in _runs(rows):  # non-consecutive rows: write each run separately
                 self.write(_subset(scores, np.isin(rows, run)))
             return
-        for name in _SCALARS:
-            self._columns[name].write(start, getattr(scores, name))
-        self._columns["probs"].write(start, scores.probs)
-        if "maps" in self._columns and scores.maps is not None:
-            self._columns["maps"].write(start, scores.maps)
+        try:
+            for name in _SCALARS:
+                self._columns[name].write(start, getattr(scores, name))
+            self._columns["probs"].write(start, scores.probs)
+            if "maps" in self._columns and scores.maps is not None:
+                self._columns["maps"].write(start, scores.maps)
+        except OSError as exc:
+            raise self._failed(exc) from None
         self._pending.append((start, start + len(rows)))
         self._maybe_commit()
+
+    def _failed(self, exc: OSError) -> StoreWriteError:
+        """A write that failed mid-way: what was saved, and that a rerun continues from it."""
+        error = write_error(exc, self.folder)
+        if isinstance(error, DiskFullError):
+            done = self.done_count
+            missing = self.needed_bytes([], resume=True)
+            return DiskFullError(
+                f"The disk holding {self.folder} filled up while the result was written "
+                f"({done:,} of {self.n:,} images saved): about {size_text(missing)} more is "
+                f"needed, {size_text(free_bytes(self.folder))} is free. Free space and run it "
+                f"again (it continues from the last saved batch), or {_WRITE_FIX}."
+            )
+        return error
 
     def skip(self, row: int, path: str, reason: str) -> None:
         """Record an image that could not be read (committed with the next batch)."""
@@ -287,13 +406,18 @@ class ResultWriter:
         """Sync written data to disk, then list its rows as done (the order makes it safe)."""
         if not self._pending:
             return
-        if self.durable:
-            for column in self._columns.values():
-                column.sync()
-        if self._skipped:
-            lines = (json.dumps(s) for s in self._skipped)
-            _append(self.folder / "skipped.jsonl", lines, self.durable)
-        _append(self.folder / "done.log", (f"{a} {b}" for a, b in self._pending), self.durable)
+        try:
+            if self.durable:
+                for column in self._columns.values():
+                    column.sync()
+            if self._skipped:
+                lines = (json.dumps(s) for s in self._skipped)
+                _append(self.folder / "skipped.jsonl", lines, self.durable)
+            done = (f"{a} {b}" for a, b in self._pending)
+            _append(self.folder / "done.log", done, self.durable)
+        except OSError as exc:
+            self._pending, self._skipped = [], []  # not committed: a rerun redoes them
+            raise self._failed(exc) from None
         for a, b in self._pending:
             self._done[a:b] = True
         self._pending, self._skipped = [], []
@@ -306,11 +430,14 @@ class ResultWriter:
             missing = int((~self._done).sum())
             raise StoreError(f"{self.folder}: {missing} rows were never written")
         self.close()
-        _atomic_write_text(
-            self.folder / "result.json",
-            json.dumps({**self._header, "complete": True}),
-            self.durable,
-        )
+        try:
+            _atomic_write_text(
+                self.folder / "result.json",
+                json.dumps({**self._header, "complete": True}),
+                self.durable,
+            )
+        except OSError as exc:
+            raise self._failed(exc) from None
         return open_results(self.folder)
 
     def close(self) -> None:
@@ -321,9 +448,16 @@ class ResultWriter:
     def __enter__(self) -> ResultWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._columns:
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if not self._columns:
+            return
+        try:
             self.commit()
+        except StoreWriteError:
+            if kind is None:
+                raise
+            # already failing (e.g. the disk filled up): the first error is the one to report
+        finally:
             self.close()
 
 
@@ -367,6 +501,30 @@ def _read_done(path: Path, n: int) -> np.ndarray:
 # ------------------------------------------------------------------------------ reading
 
 
+class _Mapped:
+    """A mapped file, held open: its size can be checked however it is renamed or deleted."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.size = path, size
+        self.handle = path.open("rb")  # closed with this object
+        if os.fstat(self.handle.fileno()).st_size < size:
+            self.handle.close()
+            raise ValueError(f"{path.name} is cut short")
+
+    def cut_short(self) -> bool:
+        """Whether the mapped file is now shorter than the map (reading past its end: SIGBUS)."""
+        return os.fstat(self.handle.fileno()).st_size < self.size
+
+    def replaced(self) -> bool:
+        """Whether the path now names another file, or none."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return True
+        held = os.fstat(self.handle.fileno())
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
+
 @dataclass(frozen=True, eq=False)
 class Results:
     """A finished evaluation, memory-mapped: share one per server, treat it as read-only.
@@ -384,10 +542,28 @@ class Results:
     skipped: tuple[SkippedFile, ...] = ()
     skipped_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     notes: tuple[str, ...] = ()  # what differs from the dataset it was opened against
+    files: dict[str, _Mapped] = field(default_factory=dict, repr=False)  # what is mapped
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def changed_on_disk(self) -> bool:
+        """Whether the folder's files are no longer the ones mapped (deleted, replaced, cut
+        short): then open it again (or evaluate again). A stat per file."""
+        return any(m.replaced() or m.cut_short() for m in self.files.values())
+
+    def _column(self, name: str) -> np.ndarray:
+        """A mapped column, after checking its file was not cut short: reading a map past the
+        end of its file would kill the process (SIGBUS), so this raises instead. (A deleted or
+        replaced file keeps its data while it is mapped.)"""
+        mapped = self.files.get(f"{name}.npy")
+        if mapped is not None and mapped.cut_short():
+            raise StoreError(
+                f"the result folder {self.folder} changed on disk while it was open (deleted, "
+                "replaced or cut short); reload the page or run again to reopen or recompute it"
+            )
+        return self.columns[name]
 
     @property
     def has_maps(self) -> bool:
@@ -409,7 +585,7 @@ class Results:
     @cached_property
     def pred(self) -> np.ndarray:
         """Predicted class of each evaluated image (int32)."""
-        return self.columns["pred"][self.index]
+        return self._column("pred")[self.index]
 
     @cached_property
     def predictions(self) -> pd.DataFrame:
@@ -427,7 +603,7 @@ class Results:
                 "true": self.true,
                 "pred": self.pred,
                 **{
-                    name: self.columns[name][index]
+                    name: self._column(name)[index]
                     for name in ("confidence", "true_prob", "loss", "runner_up", "runner_up_prob")
                 },
             }
@@ -435,14 +611,16 @@ class Results:
 
     def probs(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
         """Probabilities [len(rows), K] (float32) of manifest ``rows``."""
-        return np.asarray(self.columns["probs"][np.asarray(rows, dtype=np.int64)], np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.asarray(self._column("probs")[rows], np.float32)
 
     def maps(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
         """Raw maps [len(rows), 2, h, w] (float32) of manifest ``rows``: predicted class, then
         true class (runner-up where the prediction is right). Raises if none were stored."""
         if not self.has_maps:
             raise StoreError(f"{self.folder} holds no maps")
-        return np.asarray(self.columns["maps"][np.asarray(rows, dtype=np.int64)], np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.asarray(self._column("maps")[rows], np.float32)
 
 
 def _read_skipped(folder: Path) -> list[dict[str, Any]]:
@@ -466,14 +644,28 @@ def open_results(folder: str | Path) -> Results:
     header = _read_json(folder / "result.json")
     if not header.get("complete"):
         raise StoreError(f"{folder} is an unfinished evaluation; run it again to complete it")
-    try:
-        manifest = pa.ipc.open_file(pa.memory_map(str(folder / "manifest.arrow"))).read_all()
-        names = [*_SCALARS, "probs", *(["maps"] if header.get("maps") else [])]
-        columns = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise StoreError(f"result folder {folder} is damaged: {exc}") from None
     n, k = int(header["rows"]), len(header["classes"])
-    if len(manifest) != n or columns["probs"].shape != (n, k):
+    maps = header.get("maps")
+    shapes: dict[str, tuple[int, ...]] = {name: (n,) for name in _SCALARS}
+    shapes["probs"] = (n, k)
+    if maps:
+        shapes["maps"] = (n, 2, *maps)
+    files: dict[str, _Mapped] = {}
+    try:
+        path = folder / "manifest.arrow"
+        source = pa.memory_map(str(path))
+        files[path.name] = _Mapped(path, source.size())
+        manifest = pa.ipc.open_file(source).read_all()
+        columns = {}
+        for name, shape in shapes.items():
+            path = folder / f"{name}.npy"
+            columns[name] = np.load(path, mmap_mode="r")
+            if not isinstance(columns[name], np.memmap) or columns[name].shape != shape:
+                raise ValueError(f"{path.name} holds {columns[name].shape}, expected {shape}")
+            files[path.name] = _Mapped(path, columns[name].offset + columns[name].nbytes)
+    except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+        raise StoreError(f"result folder {folder} is damaged: {exc}") from None
+    if len(manifest) != n:
         raise StoreError(f"result folder {folder} is damaged: sizes do not match result.json")
     found = _read_skipped(folder)
     skipped = tuple(SkippedFile(s["path"], s["reason"]) for s in found)
@@ -486,7 +678,16 @@ def open_results(folder: str | Path) -> Results:
         columns=columns,
         skipped=skipped,
         skipped_rows=np.array([int(s["row"]) for s in found], dtype=np.int64),
+        files=files,
     )
+
+
+def _allocated(path: Path) -> int:
+    """Bytes a file holds on disk (a preallocated column is sparse until written); 0 if gone."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
 
 
 def load_derived(result: Results, name: str) -> dict[str, np.ndarray] | None:
@@ -498,16 +699,29 @@ def load_derived(result: Results, name: str) -> dict[str, np.ndarray] | None:
         return None
 
 
-def save_derived(result: Results, name: str, arrays: dict[str, np.ndarray]) -> bool:
-    """Save arrays computed from ``result`` beside it, atomically (a folder renamed into place);
-    False where the result folder is read-only (then callers keep them in memory)."""
+def save_derived(
+    result: Results, name: str, arrays: dict[str, np.ndarray], strict: bool = False
+) -> bool:
+    """Save arrays computed from ``result`` beside it, atomically (a folder renamed into place).
+
+    False where they cannot be saved (a read-only, full or vanished folder; nothing half-written
+    is left): callers keep them in memory. ``strict``: raise :class:`StoreWriteError` saying
+    what could not be written, where and why instead.
+    """
     target = result.folder / "derived" / name
+    tmp: Path | None = None
     try:
         target.parent.mkdir(exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
         for key, value in arrays.items():
             np.save(tmp / f"{key}.npy", np.asarray(value))
         os.replace(tmp, target)
-    except OSError:
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if strict:
+            what = f"the {name.replace('_', ' ')} into"
+            fix = "Give the result folder a writable disk with free space to keep it"
+            raise write_error(exc, target.parent, what, fix) from None
         return False
     return True

@@ -19,6 +19,7 @@ from core import (
     focus_classes,
     most_confused_classes,
 )
+from core.results import StoreWriteError
 from dashboard import analyses, resources
 from dashboard.matrix_figure import (
     PARAM,
@@ -119,6 +120,8 @@ def explorer(config_path: str, models: list[str], datasets: list[str], result: R
 
 
 def _failure_title(exc: UserFacingError, view: ViewState) -> str:
+    if isinstance(exc, StoreWriteError):
+        return f"The results of {view.model!r} on {view.dataset!r} cannot be saved"
     if isinstance(exc, ModelLoadError):
         return f"Model {view.model!r} could not be loaded"
     if isinstance(exc, DatasetError):
@@ -276,6 +279,8 @@ def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
     )
     if not marked:
         _mark_when_found(*found)
+    elif unsaved := analyses.quality(*found).unsaved:
+        st.caption(f"Suspected label errors are kept in memory while the server runs: {unsaved}")
     if n > TOP_N_THRESHOLD:
         _overview(view, result, counts)  # after the matrix: the page's first chart is the matrix
     return shown

@@ -14,6 +14,7 @@ from core.analysis.gallery import class_maps, page_count
 from core.data.datasets import dataset_key
 from core.errors import reason_of
 from core.explain.map_cache import Unavailable
+from core.notes import NotesError
 from dashboard import analyses, resources
 from dashboard.notes_ui import author, author_input, badge_text
 from dashboard.settings import settings
@@ -50,6 +51,11 @@ def main() -> None:
         f"*{view.dataset}* under *{view.model}*; most suspect first (lowest probability of the "
         "given label). Confirm with the buttons: they only tag the image, nothing is relabelled."
     )
+    if flags.unsaved:
+        st.caption(
+            f"Kept in memory while the server runs (computed again after a restart): "
+            f"{flags.unsaved}"
+        )
     if not len(ranked):
         st.success("No image looks mislabelled to this model.")
         return
@@ -115,8 +121,11 @@ def _tag_buttons(store, notes: str, path: str) -> None:  # type: ignore[no-untyp
             width="stretch",
         ):
             other = TAGS[1 - TAGS.index(tag)]
-            store.remove_tag(notes, path, other, writer)
-            store.add_tag(notes, path, tag, writer)
+            try:
+                store.set_tags(notes, path, (store.tags(notes, path) - {other}) | {tag}, writer)
+            except NotesError as exc:  # a full disk, a locked or read-only database
+                st.error(f"“{tag}” was not saved: {exc} Press the button again to retry.")
+                return
             st.rerun()
 
 

@@ -26,7 +26,13 @@ def main() -> None:
     names = [d.name for d in config.datasets]
     current = st.query_params.get("dataset")
     name = st.selectbox("Dataset", names, index=names.index(current) if current in names else 0)
-    csv = store.export_csv(dataset_key(config.dataset(name)))
+    if store.read_only_reason:
+        st.info(store.read_only_reason)
+    try:
+        csv = store.export_csv(dataset_key(config.dataset(name)))
+    except UserFacingError as exc:
+        error_panel("Tags and notes cannot be read", exc)
+        st.stop()
     table = pd.read_csv(io.StringIO(csv), dtype=str, keep_default_na=False)
     table["dataset"] = name
     st.caption(f"{len(table)} tags and notes · stored in `{config.notes_db.name}`")
