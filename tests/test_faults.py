@@ -92,13 +92,24 @@ def sample_project(folder: Path, cache: Path, notes_db: Path | None = None) -> P
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(SAMPLE / "digits", folder / "digits")
     shutil.copy(SAMPLE / "digits_model.py", folder / "digits_model.py")
-    text = (SAMPLE / "config.toml").read_text()
-    head = text[: text.index("# Shapes with a planted shortcut")]
-    head = head.replace('cache_dir = ".cache"', f'cache_dir = "{cache.as_posix()}"')
-    if notes_db is not None:
-        head = head.replace("[[models]]", f'notes_db = "{notes_db.as_posix()}"\n\n[[models]]', 1)
-    entry = head[head.index("[[models]]") : head.index("[[datasets]]")]
-    head += entry.replace(f'name = "{MODEL}"', f'name = "{COPY}"').replace("[0.5]", "[0.6]", 1)
+    notes = f'notes_db = "{notes_db.as_posix()}"\n' if notes_db is not None else ""
+    entry = """
+[[models]]
+name = "{name}"
+factory = "digits_model:build"
+weights = "digits/weights.safetensors"
+input_size = [32, 32]
+channels = 1
+mean = [{mean}]
+std = [0.5]
+datasets = ["digits-test"]
+"""
+    head = (
+        f'cache_dir = "{cache.as_posix()}"\n{notes}'
+        + entry.format(name=MODEL, mean=0.5)
+        + entry.format(name=COPY, mean=0.6)
+        + '\n[[datasets]]\nname = "digits-test"\nroot = "digits/test"\n'
+    )
     path = folder / "config.toml"
     path.write_text(head)
     return path
