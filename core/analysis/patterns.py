@@ -11,7 +11,7 @@ target layer's resolution), with no model call:
    normalised Laplacian's eigengap choosing the number of clusters (1 to ``max_clusters``) and
    a deterministic QR discretisation (Damle et al., scikit-learn's ``cluster_qr``). A cell of
    more than ``landmarks`` images is clustered on a seeded sample of that many; every other
-   image takes the cluster of its nearest sampled map. Clusters under ``min_images`` join the
+   image joins the cluster whose sampled maps' mean is nearest. Clusters under ``min_images`` join the
    nearest larger one.
 3. Each cluster's *hot region* is the smallest set of pixels holding half of its mean map's mass.
    An image *looks there* when its own map puts at least half the cluster's mean share there.
@@ -238,10 +238,10 @@ def cluster_maps(
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.permutation(n)[:landmarks]) if n > landmarks else np.arange(n)
     lab = _spectral(feats[sample], max_clusters)
-    if n > len(sample):  # every other map: the cluster of its nearest sampled map
-        lab = lab[_nearest(feats, feats[sample])]
-    else:
-        lab = lab.copy()
+    if n > len(sample):  # every other map: the cluster whose sampled maps' mean is nearest
+        groups = np.unique(lab)
+        centres = np.stack([feats[sample][lab == g].mean(0) for g in groups])
+        lab = groups[_nearest(feats, centres)]
     return _merge_small(feats, lab, min_images)
 
 
