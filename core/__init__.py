@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         per_class_metrics,
         top_confused_pairs,
     )
+    from core.analysis.patterns import Pattern, Patterns, result_patterns
     from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
     from core.data.datasets import ImageDataset, dataset_key, open_dataset
     from core.data.images import load_image, load_tensor
@@ -52,6 +53,8 @@ _EXPORTS = {
     "Note": "core.notes",
     "NotesError": "core.notes",
     "NotesStore": "core.notes",
+    "Pattern": "core.analysis.patterns",
+    "Patterns": "core.analysis.patterns",
     "ProjectConfig": "core.config",
     "Results": "core.results",
     "SkippedFile": "core.results",
@@ -76,6 +79,7 @@ _EXPORTS = {
     "open_results": "core.results",
     "per_class_metrics": "core.analysis.metrics",
     "predict": "core.results.local_engine",
+    "result_patterns": "core.analysis.patterns",
     "top_confused_pairs": "core.analysis.metrics",
 }
 
@@ -92,6 +96,8 @@ __all__ = [
     "Note",
     "NotesError",
     "NotesStore",
+    "Pattern",
+    "Patterns",
     "ProjectConfig",
     "Results",
     "SkippedFile",
@@ -116,6 +122,7 @@ __all__ = [
     "open_results",
     "per_class_metrics",
     "predict",
+    "result_patterns",
     "top_confused_pairs",
 ]  # the keys of _EXPORTS (tests/test_public_api.py)
 

@@ -27,7 +27,7 @@ from core.config import ProjectConfig
 from core.data.datasets import dataset_key
 from core.errors import reason_of
 from core.notes import NotesStore, PathSummary
-from dashboard import analyses, resources
+from dashboard import analyses, pattern_views, resources
 from dashboard.notes_ui import badge_text, editor
 from dashboard.settings import settings
 from dashboard.url import bind
@@ -174,6 +174,9 @@ def cell_view(
     notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
     if view.tag:
         rows = rows[rows["path"].isin(store.paths_with_tag(notes_key, view.tag))]
+    of_cell, chosen, pattern_note = pattern_views.cell_patterns(config_path, view, result)
+    if chosen is not None:
+        rows = rows[rows["index"].isin(chosen.rows)]
     try:  # stored results open without the model: the gallery loads it
         _, layer = _layer_choice(config_path, view)
     except UserFacingError as exc:
@@ -182,16 +185,29 @@ def cell_view(
     page = page_rows(rows, view.page, view.page_size)
     count = f"{len(rows):,} image" + ("" if len(rows) == 1 else "s")
     tagged = f" tagged “{view.tag}”" if view.tag else ""
+    if chosen is not None:
+        tagged += f" in pattern {chosen.cluster}"
     heading = f"true {names[true]} → predicted {names[pred]}: {count}{tagged}"
+    strip = pattern_views.cell_strip(config_path, view, result, of_cell)
     gallery, problem = _gallery_html(
         config_path, view, result, page, layer, store, notes_key, heading
     )
     tags = store.all_tags(notes_key)
     # ---- nothing above this line sends anything to the browser
     st.subheader(f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}")
+    if strip:
+        st.caption(
+            "Patterns in this cell: groups of its images whose predicted-class maps agree "
+            "(mean maps over an example image; ⚑ unlikely by chance)"
+        )
+        st.html(strip)
+    if pattern_note:
+        st.caption(pattern_note)
     cols = st.columns([3, 4, 1.5, 2.5], vertical_alignment="bottom")
     with cols[0]:
         _tag_filter(view, tags)
+        if of_cell:
+            pattern_views.pattern_filter(of_cell, chosen)
     if rows.empty:
         st.info("No images in this cell.")
         return

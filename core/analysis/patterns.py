@@ -10,9 +10,10 @@ target layer's resolution), with no model call:
    symmetric k-nearest-neighbour graph with self-tuning widths (Zelnik-Manor & Perona), the
    normalised Laplacian's eigengap choosing the number of clusters (1 to ``max_clusters``) and
    a deterministic QR discretisation (Damle et al., scikit-learn's ``cluster_qr``). A cell of
-   more than ``landmarks`` images is clustered on a seeded sample of that many; every other
-   image joins the cluster whose sampled maps' mean is nearest. Clusters under ``min_images`` join the
-   nearest larger one.
+   more than ``landmarks`` images is clustered on a seeded sample of that many. Then three
+   k-means steps: every map joins the cluster whose mean is nearest (this places the maps left
+   out of the sample, and takes back the noisy maps that a k-nearest-neighbour graph ties to
+   tight groups). Clusters under ``min_images`` join the nearest larger one.
 3. Each cluster's *hot region* is the smallest set of pixels holding half of its mean map's mass.
    An image *looks there* when its own map puts at least half the cluster's mean share there.
    The **score** is how unlikely it is that ``k`` of the cell's ``n`` images look there if they
@@ -57,6 +58,7 @@ _LOOKS_THERE = 0.5  # an image looks there with at least this share of the clust
 _BASELINE_IMAGES = 20_000
 _KNN = 10
 _SCALE_NEIGHBOUR = 7  # self-tuning width: distance to this neighbour
+_REFINE_STEPS = 3  # after the spectral split, maps move to the nearest cluster mean
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Pattern:
     pred: int
     cluster: int  # 1-based number of the pattern within its cell (by score)
     clusters_in_cell: int
-    rows: np.ndarray  # int64 manifest rows of its images
+    rows: np.ndarray  # int64 manifest rows of its images, the most typical (nearest the mean) first
     cell_images: int
     score: float
     looking: int  # images of the cell that look at its hot region (k of the score)
@@ -159,13 +161,17 @@ class Patterns:
             raise ValueError(f"pattern arrays missing: {', '.join(missing)}")
         found = cls(**{n: np.asarray(arrays[n]) for n in names})
         p = len(found.true)
-        if any(len(getattr(found, n)) != p for n in names if n not in ("offsets", "rows", "version")):
+        if any(
+            len(getattr(found, n)) != p for n in names if n not in ("offsets", "rows", "version")
+        ):
             raise ValueError("pattern arrays differ in length")
         if len(found.offsets) != p + 1 or int(found.offsets[-1]) != len(found.rows):
             raise ValueError("pattern offsets do not match their rows")
         return found
 
-    def to_records(self, classes: tuple[str, ...], paths: Any, top: int | None = None) -> list[dict[str, Any]]:
+    def to_records(
+        self, classes: tuple[str, ...], paths: Any, top: int | None = None
+    ) -> list[dict[str, Any]]:
         """JSON-ready entries, most suspicious first (``paths``: manifest path of each row)."""
         out = []
         for i in range(len(self) if top is None else min(top, len(self))):
@@ -238,10 +244,15 @@ def cluster_maps(
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.permutation(n)[:landmarks]) if n > landmarks else np.arange(n)
     lab = _spectral(feats[sample], max_clusters)
-    if n > len(sample):  # every other map: the cluster whose sampled maps' mean is nearest
+    members = feats[sample]
+    for _ in range(_REFINE_STEPS):  # every map joins the cluster whose mean is nearest
         groups = np.unique(lab)
-        centres = np.stack([feats[sample][lab == g].mean(0) for g in groups])
-        lab = groups[_nearest(feats, centres)]
+        if len(groups) < 2:
+            break
+        centres = np.stack([members[lab == g].mean(0) for g in groups])
+        lab, members = groups[_nearest(feats, centres)], feats
+    if len(lab) != n:  # one cluster among the sampled maps: all of them
+        lab = np.zeros(n, np.int64)
     return _merge_small(feats, lab, min_images)
 
 
@@ -509,22 +520,21 @@ def _scores(
         others[start:stop] = other.sum(0)
     q = (hits + 0.5) / (others + 1.0)  # never 0 or 1: a finite score
     looking = np.zeros(c, np.int64)
+    root_means = np.sqrt(means)
     for i, members in enumerate(found.members):  # k: the cluster's own images that look there
-        mass = _cluster_mass(maps, members, region[i])
-        looking[i] = int((mass >= threshold[i]).sum())
+        members = np.sort(members)
+        block = normalise_maps(maps[members, 0])
+        looking[i] = int((block @ region[i] >= threshold[i]).sum())
+        # the most typical image first (nearest the mean map): the pattern's example
+        distance = ((np.sqrt(block) - root_means[i]) ** 2).sum(1)
+        found.members[i] = members[np.argsort(distance, kind="stable")]
     cell_n = np.array(found.cell_images, np.int64)
     return _chernoff_score(looking, cell_n, q), looking, q
 
 
-def _cluster_mass(maps: np.ndarray, members: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Each member's predicted-map mass in ``region`` (reads the members' maps)."""
-    block = normalise_maps(maps[np.sort(members), 0])
-    return block @ region
-
-
 def _centroids(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centre of mass (x, y) and spread of maps [c, h, w], in fractions of width and height."""
-    c, h, w = means.shape
+    _, h, w = means.shape
     ys = (np.arange(h) + 0.5) / h
     xs = (np.arange(w) + 0.5) / w
     mass = means.sum((1, 2)) + 1e-12
