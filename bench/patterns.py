@@ -13,6 +13,9 @@ memory, sampled every 20 ms, and its peak resident set for reference); the patte
 10,000-image cell alone; and how many of each planted group's images land in one pattern.
 
     python bench/patterns.py [--rows 1000000] [--classes 1000] [--keep DIR]
+
+``--keep DIR`` writes the store there and keeps it; a later run with the same DIR (and sizes)
+reuses it and ranks afresh.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -171,11 +175,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--classes", type=int, default=1_000)
-    parser.add_argument("--keep", type=Path, help="write the store here and keep it")
+    parser.add_argument("--keep", type=Path, help="write the store here (or reuse it) and keep it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-patterns-") as tmp:
         folder = args.keep or Path(tmp) / "result"
-        groups = synthesise(folder, args.rows, args.classes)
+        if args.keep is not None and (folder / "result.json").exists():  # written by a last run
+            groups = plan(args.rows, args.classes)[2]
+        else:
+            groups = synthesise(folder, args.rows, args.classes)
+        shutil.rmtree(folder / "derived" / "patterns", ignore_errors=True)  # rank afresh
         true, pred = BIG[0], BIG[1]
         env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
         out = subprocess.run(

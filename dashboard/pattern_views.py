@@ -169,7 +169,9 @@ def pattern_card(
 
 
 def grid(cards: list[str], columns: int, css_class: str = "pattern-grid") -> str:
-    style = f"display:grid;grid-template-columns:repeat({columns},minmax(0,1fr));gap:1rem"
+    """Cards in ``columns`` equal columns, or (0) as many columns of 240 px as fit."""
+    template = f"repeat({columns},minmax(0,1fr))" if columns else "repeat(auto-fill,240px)"
+    style = f"display:grid;grid-template-columns:{template};gap:1rem"
     return f'<div class="{css_class}" style="{style}">{"".join(cards)}</div>'
 
 
@@ -214,7 +216,7 @@ def cell_strip(
     for pattern in of_cell:
         urls, example = panels(dataset, result, pattern, view.opacity)
         cards.append(pattern_card(pattern, result.classes, urls, example, None, small=True))
-    return grid(cards, min(4, max(2, len(cards))), "pattern-strip")
+    return grid(cards, 0, "pattern-strip")
 
 
 def pattern_filter(of_cell: list[Pattern], chosen: Pattern | None) -> None:

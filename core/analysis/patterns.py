@@ -381,6 +381,7 @@ def find_patterns(
     """The ranked patterns of every cell of images with ``true`` and ``pred`` classes [N] and
     stored maps [N, 2, h, w] (predicted class, then true class or runner-up; float16 or float32,
     possibly memory-mapped). ``rows`` gives each image's manifest row (default 0..N-1)."""
+    import scipy.linalg  # noqa: F401 (loaded before the limit below, which covers loaded BLAS only)
     from threadpoolctl import threadpool_limits  # small eigenproblems: threads only contend
 
     true = np.asarray(true, np.int64)
