@@ -409,8 +409,8 @@ def find_patterns(
     cluster = _number_in_cell(ptrue, ppred, score)
     flagged = score >= FLAG_SCORE
     order = np.lexsort((cluster, ppred, ptrue, -score, ptrue == ppred, ~flagged))
-    members = [rows[found.members[i]] for i in order]
-    offsets = np.concatenate([[0], np.cumsum([len(m) for m in members])]).astype(np.int64)
+    ordered = [rows[found.members[i]] for i in order]
+    offsets = np.concatenate([[0], np.cumsum([len(m) for m in ordered])]).astype(np.int64)
     return Patterns(
         true=ptrue[order].astype(np.int32),
         pred=ppred[order].astype(np.int32),
@@ -425,7 +425,7 @@ def find_patterns(
         pred_map=pred_means[order].reshape(-1, h, w).astype(np.float32),
         true_map=true_means[order].reshape(-1, h, w).astype(np.float32),
         offsets=offsets,
-        rows=np.concatenate(members).astype(np.int64) if members else np.zeros(0, np.int64),
+        rows=np.concatenate(ordered).astype(np.int64) if ordered else np.zeros(0, np.int64),
     )
 
 
@@ -577,7 +577,7 @@ def result_patterns(result: Results, **options: Any) -> Patterns:
         except (ValueError, IndexError):
             pass  # damaged or of another version: computed again
     index = result.index
-    maps = result.columns["maps"]
+    maps: Any = result.columns["maps"]
     if len(index) != maps.shape[0]:  # skipped files: only the evaluated rows
         maps = _Rows(maps, index)
     found = find_patterns(result.true, result.pred, maps, index, **options)
