@@ -10,7 +10,9 @@ logits about 60 % right, random 7×7 maps) and plants groups of maps with a fixe
 Then, each in a fresh process: the whole ranking (``result_patterns``: read, cluster, score,
 store), its time and peak memory above the memory-mapped store (the process's anonymous
 memory, sampled every 20 ms, and its peak resident set for reference); the patterns of the
-10,000-image cell alone; and how many of each planted group's images land in one pattern.
+10,000-image cell alone, against scikit-learn's SpectralClustering on the same cell (the
+reference, told the number of clusters); and how many of each planted group's images land in
+one pattern.
 
     python bench/patterns.py [--rows 1000000] [--classes 1000] [--keep DIR]
 
@@ -132,9 +134,24 @@ for _ in range(3):
     t = time.perf_counter()
     find_patterns(result.true[rows], result.pred[rows], result.columns["maps"][rows], rows)
     cell.append(time.perf_counter() - t)
-print(json.dumps({"whole_s": whole_s, "anon_peak_mb": peak[0] - base, "hwm_mb": hwm,
-                  "cell_s": cell, "cell_images": int(len(rows)), "patterns": len(found),
-                  "flagged": int((found.score >= 3).sum())}))
+# reference: scikit-learn's SpectralClustering (kNN affinity, cluster_qr) on all of the cell's
+# maps, as many clusters as ours found there (it cannot choose their number itself)
+import numpy as np
+from sklearn.cluster import SpectralClustering
+from core.analysis.patterns import normalise_maps
+feats = np.sqrt(normalise_maps(result.columns["maps"][rows, 0]))
+k = max(2, len(found.of_cell(true, pred)))
+t = time.perf_counter()
+ref = SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=10,
+                         assign_labels="cluster_qr", random_state=0).fit_predict(feats)
+ref_s = time.perf_counter() - t
+planted = np.isin(rows, [int(r) for r in sys.argv[5].split(",")])
+ref_share = float(np.bincount(ref[planted]).max() / planted.sum())
+print(json.dumps({
+    "whole_s": whole_s, "ref_s": ref_s, "ref_share": ref_share, "ref_k": k,
+    "anon_peak_mb": peak[0] - base, "hwm_mb": hwm, "cell_s": cell, "cell_images": int(len(rows)),
+    "patterns": len(found), "flagged": int((found.score >= 3).sum()),
+}))
 """
 
 
@@ -187,7 +204,8 @@ def main() -> None:
         true, pred = BIG[0], BIG[1]
         env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
         out = subprocess.run(
-            [sys.executable, "-c", MEASURE, str(REPO), str(folder), str(true), str(pred)],
+            [sys.executable, "-c", MEASURE, str(REPO), str(folder), str(true), str(pred),
+             ",".join(str(r) for r in groups[0])],
             capture_output=True, text=True, check=True, env=env,
         )  # fmt: skip
         m = json.loads(out.stdout.strip().splitlines()[-1])
@@ -212,6 +230,11 @@ def main() -> None:
             f"patterns of one {m['cell_images']:,}-image cell (3 runs)",
             ", ".join(f"{s:.2f} s" for s in m["cell_s"]),
             "≤ 0.5 s",
+        )
+        row(
+            f"reference: scikit-learn SpectralClustering on that cell (k={m['ref_k']} given)",
+            f"{m['ref_s']:.2f} s, {m['ref_share']:.1%} of its planted group in one cluster",
+            "-",
         )
         for cell, size, share, _, where in purity(folder, groups):
             row(
