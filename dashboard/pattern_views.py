@@ -24,9 +24,15 @@ from dashboard import resources
 from dashboard.view_state import ViewState
 
 __all__ = [
+    "CELL_WAITS_UP_TO",
     "WAIT_FOR_PATTERNS_UP_TO",
     "cell_link",
+    "cell_patterns",
+    "cell_strip",
+    "grid",
+    "panels",
     "pattern_card",
+    "pattern_filter",
     "patterns",
     "patterns_or_reason",
 ]
@@ -34,6 +40,8 @@ __all__ = [
 #: Up to this many evaluated images a page waits for the ranking (at a million it takes tens of
 #: seconds, the first time only: it is saved with the results).
 WAIT_FOR_PATTERNS_UP_TO = 200_000
+#: A click on a cell waits for them up to this many images (then the strip appears once found).
+CELL_WAITS_UP_TO = 50_000
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -52,15 +60,18 @@ def _pass(config_path: str, model: str, dataset: str, fingerprint: str) -> Futur
     return future
 
 
-def patterns(config_path: str, model: str, dataset: str, result: Results) -> Patterns | None:
-    """The ranked patterns, or None while a large result's pass is still running.
+def patterns(
+    config_path: str, model: str, dataset: str, result: Results, up_to: int | None = None
+) -> Patterns | None:
+    """The ranked patterns, or None while the pass of a result of more than ``up_to`` images
+    (default :data:`WAIT_FOR_PATTERNS_UP_TO`) is still running.
 
     Raises :class:`~core.errors.UserFacingError` (e.g. a result stored without maps); a failed
     pass is not kept, so the next call tries again.
     """
     key = (config_path, model, dataset, result.fingerprint)
     future = _pass(*key)
-    if len(result.index) <= WAIT_FOR_PATTERNS_UP_TO:
+    if len(result.index) <= (WAIT_FOR_PATTERNS_UP_TO if up_to is None else up_to):
         wait([future])
     if not future.done():
         return None
@@ -72,7 +83,7 @@ def patterns(config_path: str, model: str, dataset: str, result: Results) -> Pat
 
 
 def patterns_or_reason(
-    config_path: str, model: str, dataset: str, result: Results
+    config_path: str, model: str, dataset: str, result: Results, up_to: int | None = None
 ) -> tuple[Patterns | None, str]:
     """:func:`patterns`, with the reason as text instead of an exception ("" when none)."""
     if not result.has_maps:
@@ -81,7 +92,7 @@ def patterns_or_reason(
             "patterns. Evaluate again with maps to find them."
         )
     try:
-        return patterns(config_path, model, dataset, result), ""
+        return patterns(config_path, model, dataset, result, up_to), ""
     except UserFacingError as exc:
         return None, str(exc)
     except Exception as exc:  # e.g. a full disk while saving: the page keeps working
@@ -191,7 +202,9 @@ def cell_patterns(
     to show ("" when none): patterns not found yet, or a pattern the cell does not have."""
     if view.cell is None:
         return [], None, ""
-    found, reason = patterns_or_reason(config_path, view.model, view.dataset, result)
+    # a click on a cell waits for the patterns of a small result only, a link to a pattern always
+    up_to = len(result.index) if view.pattern else CELL_WAITS_UP_TO
+    found, reason = patterns_or_reason(config_path, view.model, view.dataset, result, up_to)
     if found is None:
         busy = "Patterns are being found; all of the cell's images are shown."
         return [], None, (reason or busy) if view.pattern else ""
