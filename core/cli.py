@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("evaluate", help="predict a test set; print metrics; save results")
     run.add_argument("--config", required=True, type=Path, help="project config (TOML)")
     run.add_argument("--model", help="model name (default: the config's first)")
-    run.add_argument("--dataset", help="dataset name (default: the config's first)")
+    run.add_argument("--dataset", help="dataset name (default: the model's first)")
     run.add_argument(
         "--out",
         type=Path,
@@ -91,14 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     issues = commands.add_parser("label-issues", help="rank the suspected label errors")
     issues.add_argument("--config", required=True, type=Path, help="project config (TOML)")
     issues.add_argument("--model", help="model name (default: the config's first)")
-    issues.add_argument("--dataset", help="dataset name (default: the config's first)")
+    issues.add_argument("--dataset", help="dataset name (default: the model's first)")
     issues.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
     pair = commands.add_parser("compare", help="what model B fixed and broke relative to A")
     pair.add_argument("--config", required=True, type=Path, help="project config (TOML)")
     pair.add_argument(
         "--model", action="append", required=True, help="give twice: --model A --model B"
     )
-    pair.add_argument("--dataset", help="dataset name (default: the config's first)")
+    pair.add_argument("--dataset", help="dataset name (default: the model's first)")
     pair.add_argument("--top", type=int, default=20, help="classes with the largest F1 change")
     found = commands.add_parser(
         "patterns",
@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     found.add_argument("--config", required=True, type=Path, help="project config (TOML)")
     found.add_argument("--model", help="model name (default: the config's first)")
-    found.add_argument("--dataset", help="dataset name (default: the config's first)")
+    found.add_argument("--dataset", help="dataset name (default: the model's first)")
     found.add_argument("--top", type=int, default=20, help="patterns to print (default 20)")
     found.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     return parser
@@ -238,6 +238,9 @@ def _results(
 ) -> Results:
     """The stored results of unchanged inputs (no model loaded), else a new evaluation."""
     spec = config.model(model_name)
+    if dataset_name is None:  # the model's first dataset (its entry may list which)
+        usable = config.datasets_for(spec.name)
+        dataset_name = usable[0] if usable else None
     dataset = open_dataset(config.dataset(dataset_name), spec.classes)
     cache_dir = config.cache_dir if cache else None
     found = lookup(spec, dataset, cache_dir, out, maps)

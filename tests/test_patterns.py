@@ -338,3 +338,11 @@ def test_patterns_command_prints_json_most_suspicious_first(
     assert "flagged" in table and f"{entries[0]['true']}" in table and "star" in table
     assert main([*argv, "--top", "0"]) == 2
     assert "--top must be at least 1" in capsys.readouterr().err
+
+
+def test_no_cell_large_enough_gives_an_empty_ranking() -> None:
+    rng = np.random.default_rng(0)
+    for n in (0, 8):  # nothing at all; 8 images in 4 cells of 2
+        found = find_patterns(np.arange(n) % 4, np.arange(n) % 4, _maps(rng, n, None))
+        assert len(found) == 0 and list(found.offsets) == [0] and found.pred_map.shape == (0, 7, 7)
+        assert found.to_records(("a", "b", "c", "d"), []) == []
