@@ -94,4 +94,6 @@ def test_click_the_first_pattern_and_see_exactly_its_images(tmp_path: Path) -> N
         assert re.search(rf"pattern {first.cluster}: {first.images} images", value), value
         page.locator(".pattern-strip").scroll_into_view_if_needed()
         screenshot(page, "pattern_cell")
+        page.locator(".cam-card").first.scroll_into_view_if_needed()
+        screenshot(page, "pattern_gallery")
         page.context.close()
