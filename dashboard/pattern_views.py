@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, wait
+from dataclasses import replace
 from html import escape
 from urllib.parse import urlencode
 
@@ -225,11 +226,46 @@ def cell_strip(
     if not of_cell:
         return ""
     dataset = resources.dataset(config_path, view.dataset, view.model)
-    cards = []
+    cards = [_whole_cell(dataset, result, of_cell[0], view.opacity)]
     for pattern in of_cell:
         urls, example = panels(dataset, result, pattern, view.opacity)
         cards.append(pattern_card(pattern, result.classes, urls, example, None, small=True))
     return grid(cards, 0, "pattern-strip")
+
+
+def _whole_cell(dataset: ImageDataset, result: Results, first: Pattern, opacity: float) -> str:
+    """A card with the mean maps of all of the cell's images, over the first pattern's example."""
+    from core.analysis.patterns import cell_maps
+
+    means = cell_maps(result, first.true, first.pred)
+    if means is None:
+        return ""
+    whole = replace(
+        first,
+        cluster=0,
+        rows=first.rows[:1],
+        score=0.0,
+        pred_map=means[0],
+        true_map=means[1],
+        centroid=(float("nan"), float("nan")),
+    )
+    urls, example = panels(dataset, result, whole, opacity)
+    names = result.classes
+    other = "runner-up" if first.diagonal else f"true {names[first.true]}"
+    labels = [f"mean map · predicted {names[first.pred]}", f"mean map · {other}"]
+    figures = "".join(
+        f'<figure style="{_FIGURE}"><img src="{escape(url)}" alt="{escape(label)}" '
+        f'style="{_IMG}"><figcaption style="{_CAPTION}">{escape(label)}</figcaption></figure>'
+        for url, label in zip(urls[1:], labels, strict=True)
+        if url
+    )
+    return (
+        f'<div class="pattern-card cell-mean" style="{_CARD}">'
+        f'<p style="margin:0 0 .25rem;font-weight:600">Whole cell</p>'
+        f'<p style="{_CAPTION}">all {first.cell_images:,} images</p>'
+        f'<div style="display:flex;gap:.5rem">{figures}</div>'
+        f'<p style="{_CAPTION}">over {escape(example)}</p></div>'
+    )
 
 
 def pattern_filter(of_cell: list[Pattern], chosen: Pattern | None) -> None:

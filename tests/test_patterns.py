@@ -20,6 +20,7 @@ import pytest
 from core.analysis.patterns import (
     FLAG_SCORE,
     Patterns,
+    cell_maps,
     cluster_maps,
     find_patterns,
     normalise_maps,
@@ -198,6 +199,14 @@ def test_result_patterns_are_stored_beside_the_result(tmp_path: Path) -> None:
     expected = find_patterns(true[:-1], pred[:-1], maps[:-1])
     np.testing.assert_array_equal(found.rows, expected.rows)
     np.testing.assert_allclose(found.score, expected.score)
+    # a cell's mean maps: its patterns' mean maps weighted by their images
+    of_cell = found.of_cell(2, 2)
+    means = cell_maps(result, 2, 2)
+    assert means is not None and len(of_cell) >= 2
+    for got, field in zip(means, ("pred_map", "true_map"), strict=True):
+        weighted = sum(getattr(p, field) * p.images for p in of_cell) / of_cell[0].cell_images
+        np.testing.assert_allclose(got, weighted, rtol=1e-4, atol=1e-6)
+    assert cell_maps(result, 0, 9) is None  # an empty cell
     (tmp_path / "r" / "derived" / "patterns" / "pred_map.npy").write_bytes(b"damaged")
     again = result_patterns(open_results(tmp_path / "r"))  # recomputed, not a crash
     np.testing.assert_array_equal(again.rows, found.rows)

@@ -85,8 +85,9 @@ def test_click_the_first_pattern_and_see_exactly_its_images(tmp_path: Path) -> N
         assert query["pattern"] == [str(first.cluster)]
         shown = [c["path"] for c in gallery_cards(page)]
         assert len(shown) == len(expected) and set(shown) == expected
-        strip = page.locator(".pattern-strip .pattern-card")
+        strip = page.locator(".pattern-strip .pattern-card[data-pattern]")
         assert strip.count() == len(found.of_cell(first.true, first.pred))
+        assert page.locator(".pattern-strip .cell-mean img").count() == 2  # the whole cell's maps
         chosen = page.get_by_test_id("stSelectbox").filter(has_text="Only images of pattern")
         value = chosen.evaluate(
             "(e) => [e.innerText, ...[...e.querySelectorAll('input')].map(i => i.value)].join(' ')"

@@ -43,6 +43,7 @@ __all__ = [
     "FLAG_SCORE",
     "Pattern",
     "Patterns",
+    "cell_maps",
     "cluster_maps",
     "find_patterns",
     "normalise_maps",
@@ -584,6 +585,21 @@ def result_patterns(result: Results, **options: Any) -> Patterns:
     if not options:
         save_derived(result, DERIVED, found.to_arrays())
     return found
+
+
+def cell_maps(result: Results, true: int, pred: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The mean normalised predicted-class and true-class (runner-up on the diagonal) maps
+    [h, w] of one cell's images, read from the stored maps; None for an empty cell or a result
+    stored without maps."""
+    if not result.has_maps:
+        return None
+    rows = result.index[(result.true == true) & (result.pred == pred)]
+    if not len(rows):
+        return None
+    maps = result.columns["maps"][rows]  # ascending rows: one pass over the file
+    h, w = maps.shape[2:]
+    means = [normalise_maps(maps[:, c]).mean(0).reshape(h, w) for c in (0, 1)]
+    return means[0], means[1]
 
 
 class _Rows:
