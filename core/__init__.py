@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         per_class_metrics,
         top_confused_pairs,
     )
+    from core.analysis.patterns import Pattern, Patterns, result_patterns
     from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
     from core.data.datasets import ImageDataset, dataset_key, open_dataset
     from core.data.images import load_image, load_tensor
@@ -62,6 +63,8 @@ _EXPORTS = {
     "Note": "core.notes",
     "NotesError": "core.notes",
     "NotesStore": "core.notes",
+    "Pattern": "core.analysis.patterns",
+    "Patterns": "core.analysis.patterns",
     "ProjectConfig": "core.config",
     "Results": "core.results",
     "SkippedFile": "core.results",
@@ -94,6 +97,7 @@ _EXPORTS = {
     "per_class_metrics": "core.analysis.metrics",
     "predict": "core.results.local_engine",
     "saliency": "core.explain.cam",
+    "result_patterns": "core.analysis.patterns",
     "top_confused_pairs": "core.analysis.metrics",
 }
 
@@ -111,6 +115,8 @@ __all__ = [
     "Note",
     "NotesError",
     "NotesStore",
+    "Pattern",
+    "Patterns",
     "ProjectConfig",
     "Results",
     "SkippedFile",
@@ -142,6 +148,7 @@ __all__ = [
     "open_results",
     "per_class_metrics",
     "predict",
+    "result_patterns",
     "saliency",
     "top_confused_pairs",
 ]  # the keys of _EXPORTS (tests/test_public_api.py)

@@ -1,9 +1,10 @@
-"""Command line: ``python -m core evaluate | label-issues | compare --config FILE ...``."""
+"""Command line: ``python -m core evaluate | label-issues | compare | patterns --config FILE``."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -39,7 +40,12 @@ EXPORT_ROWS = 50_000  # rows per written block: the export's memory does not gro
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for a problem with the input)."""
     args = _parser().parse_args(argv)
-    commands = {"evaluate": _evaluate, "label-issues": _label_issues, "compare": _compare}
+    commands = {
+        "evaluate": _evaluate,
+        "label-issues": _label_issues,
+        "compare": _compare,
+        "patterns": _patterns,
+    }
     try:
         return commands[args.command](args)
     except UserFacingError as exc:
@@ -56,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("evaluate", help="predict a test set; print metrics; save results")
     run.add_argument("--config", required=True, type=Path, help="project config (TOML)")
     run.add_argument("--model", help="model name (default: the config's first)")
-    run.add_argument("--dataset", help="dataset name (default: the config's first)")
+    run.add_argument("--dataset", help="dataset name (default: the model's first)")
     run.add_argument(
         "--out",
         type=Path,
@@ -87,15 +93,24 @@ def _parser() -> argparse.ArgumentParser:
     issues = commands.add_parser("label-issues", help="rank the suspected label errors")
     issues.add_argument("--config", required=True, type=Path, help="project config (TOML)")
     issues.add_argument("--model", help="model name (default: the config's first)")
-    issues.add_argument("--dataset", help="dataset name (default: the config's first)")
+    issues.add_argument("--dataset", help="dataset name (default: the model's first)")
     issues.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
     pair = commands.add_parser("compare", help="what model B fixed and broke relative to A")
     pair.add_argument("--config", required=True, type=Path, help="project config (TOML)")
     pair.add_argument(
         "--model", action="append", required=True, help="give twice: --model A --model B"
     )
-    pair.add_argument("--dataset", help="dataset name (default: the config's first)")
+    pair.add_argument("--dataset", help="dataset name (default: the model's first)")
     pair.add_argument("--top", type=int, default=20, help="classes with the largest F1 change")
+    found = commands.add_parser(
+        "patterns",
+        help="groups of a cell's images whose Grad-CAM maps agree, most suspicious first",
+    )
+    found.add_argument("--config", required=True, type=Path, help="project config (TOML)")
+    found.add_argument("--model", help="model name (default: the config's first)")
+    found.add_argument("--dataset", help="dataset name (default: the model's first)")
+    found.add_argument("--top", type=int, default=20, help="patterns to print (default 20)")
+    found.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     return parser
 
 
@@ -235,6 +250,9 @@ def _results(
 ) -> Results:
     """The stored results of unchanged inputs (no model loaded), else a new evaluation."""
     spec = config.model(model_name)
+    if dataset_name is None:  # the model's first dataset (its entry may list which)
+        usable = config.datasets_for(spec.name)
+        dataset_name = usable[0] if usable else None
     dataset = open_dataset(config.dataset(dataset_name), spec.classes)
     cache_dir = config.cache_dir if cache else None
     found = lookup(spec, dataset, cache_dir, out, maps)
@@ -314,6 +332,54 @@ def _compare(args: argparse.Namespace) -> int:
         columns = ["class", "support", "recall_a", "recall_b", "recall_change", "f1_a"]
         print(changes[[*columns, "f1_b", "f1_change"]].round(3).to_string(index=False))
     return 0
+
+
+def _patterns(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise UserFacingError(f"--top must be at least 1, got {args.top}")
+    config = load_config(args.config)
+    result = _results(config, args.model, args.dataset)
+    from core.analysis.patterns import FLAG_SCORE, result_patterns  # scipy: only this command
+
+    found = result_patterns(result)  # computed once, then read from the result folder
+    paths = result.manifest.column("path")
+    records = found.to_records(result.classes, _Paths(paths), args.top)
+    if args.json:
+        print(json.dumps(records, ensure_ascii=False))
+        return 0
+    flagged = int((found.score >= FLAG_SCORE).sum())
+    print(
+        f"{len(found):,} patterns in cells of {result.predictions.shape[0]:,} images, "
+        f"{flagged:,} flagged (score >= {FLAG_SCORE:g}: p <= {10**-FLAG_SCORE:g}); "
+        "errors first, then correct predictions, most suspicious first"
+    )
+    if not records:
+        return 0
+    frame = pd.DataFrame(
+        {
+            "rank": [r["rank"] for r in records],
+            "true": [r["true"] for r in records],
+            "pred": [r["pred"] for r in records],
+            "pattern": [f"{r['pattern']}/{r['patterns_in_cell']}" for r in records],
+            "images": [f"{r['images']}/{r['cell_images']}" for r in records],
+            "score": [f"{r['score']:.1f}" + (" *" if r["flagged"] else "") for r in records],
+            "centroid x,y": [f"{r['centroid'][0]:.2f},{r['centroid'][1]:.2f}" for r in records],
+            "example": [r["paths"][0] if r["paths"] else "" for r in records],
+        }
+    )
+    print(frame.to_string(index=False))
+    print("images: in the pattern / in its cell; * flagged; centroid: fractions, 0,0 top left")
+    return 0
+
+
+class _Paths:
+    """Manifest paths by row, read one at a time (no list of a million strings)."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.column = column
+
+    def __getitem__(self, row: int) -> str:
+        return str(self.column[row].as_py())
 
 
 def _print_progress(done: int, total: int) -> None:

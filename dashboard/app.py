@@ -34,6 +34,7 @@ pages = [
         title="Compare models",
         url_path="compare-models",
     ),
+    st.Page(ROOT / "dashboard" / "views" / "patterns.py", title="Patterns", url_path="patterns"),
     st.Page(ROOT / "dashboard" / "views" / "notes.py", title="Tags & notes", url_path="notes"),
 ]
 st.navigation(pages).run()

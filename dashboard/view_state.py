@@ -53,10 +53,11 @@ class ViewState:
     focus: int = -1  # a class and its most confused partners (large matrices)
     block: tuple[int, int] | None = None  # a block of the overview (large matrices)
     tag: str = ""  # only images carrying this tag
+    pattern: int = 0  # only the images of this pattern of the cell (1-based; 0: all)
 
     def with_cell(self, cell: tuple[int, int] | None) -> ViewState:
-        """A new selection starts at page 1."""
-        return replace(self, cell=cell, page=1)
+        """A new selection starts at page 1, with all its images."""
+        return replace(self, cell=cell, page=1, pattern=0)
 
 
 def parse_view(
@@ -83,6 +84,7 @@ def parse_view(
         focus=_int(get("focus"), -1, 0, (num_classes or 1_000_000) - 1),
         block=_cell(get("block"), 1_000),
         tag=(get("tag") or "")[:100],
+        pattern=_int(get("pattern"), 0, 1, 10_000),
     )
 
 

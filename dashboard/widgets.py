@@ -28,7 +28,7 @@ from core.config import ProjectConfig
 from core.data.datasets import dataset_key
 from core.errors import reason_of
 from core.notes import NotesStore, PathSummary
-from dashboard import analyses, resources
+from dashboard import analyses, pattern_views, resources
 from dashboard.notes_ui import badge_text, editor
 from dashboard.settings import settings
 from dashboard.url import bind
@@ -177,8 +177,13 @@ def cell_view(
     notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
     if view.tag:
         rows = rows[rows["path"].isin(store.paths_with_tag(notes_key, view.tag))]
+    of_cell, chosen, pattern_note = pattern_views.cell_patterns(config_path, view, result)
+    if chosen is not None:
+        rows = rows[rows["index"].isin(chosen.rows)]
     count = f"{len(rows):,} image" + ("" if len(rows) == 1 else "s")
     tagged = f" tagged “{view.tag}”" if view.tag else ""
+    if chosen is not None:
+        tagged += f" in pattern {chosen.cluster}"
     heading = f"true {names[true]} → predicted {names[pred]}: {count}{tagged}"
     subheading = f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}"
     size = stored_size(result)
@@ -196,6 +201,7 @@ def cell_view(
             error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
             return
     page = page_rows(rows, view.page, view.page_size)
+    strip = pattern_views.cell_strip(config_path, view, result, of_cell)
     gallery, problem = _gallery_html(
         config_path, view, result, page, layer, size, store, notes_key, heading
     )
@@ -204,9 +210,19 @@ def cell_view(
     if waiting is not None:
         waiting.empty()
     st.subheader(subheading)
+    if strip:
+        st.caption(
+            "Patterns in this cell: groups of its images whose predicted-class maps agree "
+            "(mean maps over an example image; flagged: unlikely by chance)"
+        )
+        st.html(strip)
+    if pattern_note:
+        st.caption(pattern_note)
     cols = st.columns([3, 4, 1.5, 2.5], vertical_alignment="bottom")
     with cols[0]:
         _tag_filter(view, tags)
+        if of_cell:
+            pattern_views.pattern_filter(of_cell, chosen)
     if rows.empty:
         st.info("No images in this cell.")
         return

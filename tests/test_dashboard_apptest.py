@@ -398,7 +398,7 @@ def test_the_dashboard_modules_import_no_torch() -> None:
     heavy = ("torch", "torchvision", "timm", "scipy", "sklearn", "cleanlab")
     code = (
         "import sys; import dashboard.widgets, dashboard.resources, dashboard.analyses, "
-        "dashboard.matrix_figure, dashboard.notes_ui; "
+        "dashboard.matrix_figure, dashboard.notes_ui, dashboard.pattern_views; "
         f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     done = subprocess.run(

@@ -15,6 +15,7 @@ def test_round_trip_restores_every_field() -> None:
     view = ViewState(
         model="resnet", dataset="other", cell=(3, 9), sort="loss_desc", page=4, page_size=48,
         method="Grad-CAM++", layer="layer4.1", opacity=0.3, color="row", top=20, tag="ambiguous",
+        pattern=2,
     )  # fmt: skip
     assert parse_view(to_params(view), MODELS, DATASETS, num_classes=10) == view
 
@@ -46,6 +47,9 @@ def test_defaults_are_first_entries_and_short_urls() -> None:
         ({"method": "eval"}, "method", "Grad-CAM"),
         ({"opacity": "2"}, "opacity", 0.5),
         ({"color": "x"}, "color", "count"),
+        ({"pattern": "0"}, "pattern", 0),
+        ({"pattern": "two"}, "pattern", 0),
+        ({"pattern": "-1"}, "pattern", 0),
     ],
 )
 def test_bad_values_fall_back_to_defaults(params: dict, field: str, expected: object) -> None:
@@ -54,6 +58,7 @@ def test_bad_values_fall_back_to_defaults(params: dict, field: str, expected: ob
 
 def test_new_cell_starts_on_first_page() -> None:
     assert ViewState(page=5).with_cell((1, 2)) == ViewState(cell=(1, 2), page=1)
+    assert ViewState(page=5, pattern=3).with_cell((1, 2)).pattern == 0  # all its images
 
 
 def test_every_sort_names_a_table_column() -> None:

@@ -53,12 +53,26 @@ def main() -> None:
     config, config_path, view = project.config, project.config_path, project.view
     models, datasets = project.models, project.datasets
     if st.query_params.get("dataset", view.dataset) != view.dataset:  # not one for this model
-        set_params({"dataset": view.dataset}, reset=("cell", "page"))
+        set_params({"dataset": view.dataset}, reset=("cell", "page", "pattern"))
     with st.sidebar:
         st.header("Project")
         st.caption(f"config: `{config.path.name}`")
-        bind(st.selectbox, "Model", "model", view.model, models, reset=("cell", "page", "layer"))
-        bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("cell", "page"))
+        bind(
+            st.selectbox,
+            "Model",
+            "model",
+            view.model,
+            models,
+            reset=("cell", "page", "layer", "pattern"),
+        )
+        bind(
+            st.selectbox,
+            "Dataset",
+            "dataset",
+            view.dataset,
+            datasets,
+            reset=("cell", "page", "pattern"),
+        )
     # Stored results are drawn without the model: it loads on a thread meanwhile, so a cell
     # clicked as soon as the matrix shows waits for what is left of the load, not all of it.
     resources.model_loading(config_path, view.model)
@@ -246,7 +260,7 @@ def _overview(view: ViewState, result: Results, counts) -> None:  # type: ignore
 def _on_block(key: str) -> None:
     block = cell_of_selection(st.session_state[key].selection)
     if block is not None:
-        set_params({"block": f"{block[0]},{block[1]}"}, reset=("focus", "cell", "page"))
+        set_params({"block": f"{block[0]},{block[1]}"}, reset=("focus", "cell", "page", "pattern"))
 
 
 def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
@@ -310,9 +324,9 @@ def _on_click(key: str) -> None:
     cell = cell_of_selection(st.session_state[key].selection)
     st.session_state["chart_cell"] = cell  # the chart already shows it: keep the figure as is
     if cell is None:
-        set_params({}, reset=("cell", "page"))
+        set_params({}, reset=("cell", "page", "pattern"))
     else:
-        set_params({"cell": f"{cell[0]},{cell[1]}"}, reset=("page",))
+        set_params({"cell": f"{cell[0]},{cell[1]}"}, reset=("page", "pattern"))
 
 
 def _tables(config_path: str, view: ViewState) -> None:
@@ -375,7 +389,7 @@ def _on_pair(key: str, pairs) -> None:  # type: ignore[no-untyped-def]
     rows = st.session_state[key].selection.rows
     if rows:
         true, pred = int(pairs.iloc[rows[0]]["true"]), int(pairs.iloc[rows[0]]["pred"])
-        set_params({"cell": f"{true},{pred}"}, reset=("page",))
+        set_params({"cell": f"{true},{pred}"}, reset=("page", "pattern"))
 
 
 main()
