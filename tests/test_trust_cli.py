@@ -1,0 +1,61 @@
+"""``python -m core faithfulness`` and ``python -m core sanity`` on the digits sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+from tests.projects import write_config
+
+KEYS = {"score", "before", "keep", "remove", "keep_change", "remove_change", "class"}
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_config(tmp_path_factory.mktemp("trust"))
+
+
+def test_faithfulness_of_a_cell_as_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["faithfulness", "--config", str(config), "--cell", "3,3", "--limit", "4", "--json"]
+    )
+    assert code == 0
+    found = json.loads(capsys.readouterr().out)
+    assert len(found) == 4
+    for item in found:
+        assert item["path"].startswith("3/")
+        assert set(item) == {"path", "pred", "true", "random"}
+        assert all(set(item[k]) >= KEYS for k in ("pred", "true", "random"))
+        assert item["pred"]["class"] == "3" and item["random"]["class"] == "3"
+        assert item["random"]["before"] == pytest.approx(item["pred"]["before"])
+    path = found[0]["path"]
+    assert main(["faithfulness", "--config", str(config), "--image", path, "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again[0]["pred"]["score"] == pytest.approx(found[0]["pred"]["score"], abs=1e-5)
+
+
+def test_faithfulness_table_and_errors(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["faithfulness", "--config", str(config), "--cell", "3,3", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "random score" in out and "median: pred" in out
+    assert main(["faithfulness", "--config", str(config), "--cell", "3,zebra"]) == 2
+    assert "unknown class 'zebra'" in capsys.readouterr().err
+    assert main(["faithfulness", "--config", str(config), "--image", "nope.png"]) == 2
+    assert "not among the evaluated images" in capsys.readouterr().err
+    args = ["faithfulness", "--config", str(config), "--cell", "1,1", "--method", "x"]
+    assert main(args) == 2
+    assert "unknown method 'x'" in capsys.readouterr().err
+
+
+def test_sanity_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["sanity", "--config", str(config), "--images", "8", "--method", "grad-cam", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"method", "layer", "stages", "passes"}
+    assert report["method"] == "Grad-CAM" and isinstance(report["passes"], bool)
+    assert report["stages"] and all(set(s) == {"randomised", "spearman"} for s in report["stages"])
+    assert main(["sanity", "--config", str(config), "--images", "4"]) == 0
+    assert "Spearman" in capsys.readouterr().out
