@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     )
     from core.explain.cam import cam, evaluation_maps, grad_cam, grad_cam_pp, saliency
     from core.explain.faithfulness import deletion_insertion, faithfulness, random_maps
-    from core.explain.sanity import sanity_check
     from core.explain.layers import candidate_layers, find_target_layer
+    from core.explain.sanity import sanity_check
     from core.notes import Note, NotesError, NotesStore
     from core.results import Results, SkippedFile, StoreError, open_results
     from core.results.evaluate import EvaluationJob, check_classes, evaluate
