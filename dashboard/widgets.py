@@ -27,7 +27,7 @@ from core.config import ProjectConfig
 from core.data.datasets import dataset_key
 from core.errors import reason_of
 from core.notes import NotesStore, PathSummary
-from dashboard import analyses, resources
+from dashboard import analyses, resources, trust
 from dashboard.notes_ui import badge_text, editor
 from dashboard.settings import settings
 from dashboard.url import bind
@@ -183,7 +183,7 @@ def cell_view(
     count = f"{len(rows):,} image" + ("" if len(rows) == 1 else "s")
     tagged = f" tagged “{view.tag}”" if view.tag else ""
     heading = f"true {names[true]} → predicted {names[pred]}: {count}{tagged}"
-    gallery, problem = _gallery_html(
+    gallery, problem, badges = _gallery_html(
         config_path, view, result, page, layer, store, notes_key, heading
     )
     tags = store.all_tags(notes_key)
@@ -220,6 +220,7 @@ def cell_view(
     if problem:
         st.warning(problem)
     st.html(gallery)
+    badges.show()  # after the cards: scored in the background, filled in when ready
 
 
 def _with_scores(config_path: str, view: ViewState, result: Results) -> pd.DataFrame:
@@ -263,8 +264,9 @@ def _gallery_html(
     store: NotesStore,
     notes_key: str,
     heading: str,
-) -> tuple[str, str | None]:
-    """The page of cards as one HTML string, and a message when the maps cannot be computed.
+) -> tuple[str, str | None, trust.PageBadges]:
+    """The page of cards as one HTML string, a message when the maps cannot be computed, and
+    the page's faithfulness badges (drawn in the cards when known, else filled in later).
 
     The grid carries its cell's ``heading`` (``data-heading``): the heading is its own element,
     drawn a frame or two before the cards, so a reader of the page (a test) can tell the new
@@ -285,12 +287,15 @@ def _gallery_html(
         problem = f"{view.method} cannot be computed for this model: {exc}"
         maps = [[None, None] for _ in range(len(rows))]
     summaries = store.counts_by_path(notes_key, rows["path"]) if len(rows) else {}
+    badges = trust.PageBadges.of(
+        model, dataset, result, view.method, layer, rows, maps if problem is None else None
+    )
     cards = [
-        _card(dataset, row, row_maps, result.classes, view, summaries.get(row["path"]))
-        for (_, row), row_maps in zip(rows.iterrows(), maps, strict=True)
+        _card(dataset, row, row_maps, result.classes, view, summaries.get(row["path"]), html)
+        for (_, row), row_maps, html in zip(rows.iterrows(), maps, badges.html, strict=True)
     ]
     grid = f'<div class="cam-gallery" data-heading="{escape(heading)}" style="{_GRID}">'
-    return f"{grid}{''.join(cards)}</div>", problem
+    return f"{grid}{''.join(cards)}</div>", problem, badges
 
 
 def _card(
@@ -300,8 +305,10 @@ def _card(
     names: tuple[str, ...],
     view: ViewState,
     summary: PathSummary | None,
+    map_badges: Sequence[str] = (),
 ) -> str:
-    """One card's HTML: file name, probabilities, image and both CAM panels, tags and notes.
+    """One card's HTML: file name, probabilities, image and both CAM panels (each with its
+    faithfulness badge), tags and notes.
 
     An image that cannot be read now (changed, deleted or refused since the evaluation) gets
     a short message in place of its panels; the other cards are unaffected.
@@ -330,7 +337,13 @@ def _card(
         return card_html(
             row["path"], caption, [], badge_text(summary), f"cannot be shown: {problem}"
         )
-    return card_html(row["path"], caption, zip(urls, labels, strict=True), badge_text(summary))
+    return card_html(
+        row["path"],
+        caption,
+        zip(urls, labels, strict=True),
+        badge_text(summary),
+        panel_badges=["", *map_badges],
+    )
 
 
 def _inspect_picker(
@@ -444,21 +457,25 @@ def card_html(
     panels: Iterable[tuple[str, str]],
     badges: str = "",
     problem: str = "",
+    panel_badges: Sequence[str] = (),
 ) -> str:
     """One gallery card's file name, caption, panels (data URLs) and badges as escaped HTML;
-    ``problem``, when given, is shown in place of the panels.
+    ``problem``, when given, is shown in place of the panels. ``panel_badges`` are HTML made
+    here (faithfulness badges, :mod:`dashboard.trust`), shown under each panel's caption.
 
     The whole page of cards is one element, which keeps a click on a cell quick to render even
     with many people on one server. Every text is escaped: file and class names, tags come from
     the dataset and from users, never trusted as markup.
     """
+    extra = list(panel_badges)
     figures = "".join(
         f'<figure style="{_FIGURE}"><img src="{escape(url)}" alt="{escape(label)}" '
-        f'style="{_IMG}"><figcaption style="{_CAPTION}">{escape(label)}</figcaption></figure>'
+        f'style="{_IMG}"><figcaption style="{_CAPTION}">{escape(label)}</figcaption>'
+        f"{_badge_row(extra[i] if i < len(extra) else '')}</figure>"
         if url
         else f'<figure style="{_FIGURE}"><figcaption style="{_CAPTION}">no map</figcaption>'
         "</figure>"
-        for url, label in panels
+        for i, (url, label) in enumerate(panels)
     )
     bold, rest = caption
     return (
@@ -473,6 +490,10 @@ def card_html(
         + (f'<p style="{_CAPTION}">{escape(badges)}</p>' if badges else "")
         + "</div>"
     )
+
+
+def _badge_row(badge: str) -> str:
+    return f'<div class="cam-fb-row" style="{_CAPTION}">{badge}</div>' if badge else ""
 
 
 _GRID = "display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:1rem"

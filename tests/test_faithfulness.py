@@ -15,9 +15,9 @@ from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torch import nn
 
+from core.analysis.badges import badge_text
 from core.explain.cam import METHODS, grad_cam
 from core.explain.faithfulness import (
-    badge_text,
     cell_index,
     deletion_insertion,
     faithfulness,

@@ -17,6 +17,7 @@ import numpy as np
 
 from core.data.datasets import ImageDataset
 from core.errors import UserFacingError, reason_of
+from core.results import Results
 
 if TYPE_CHECKING:
     import torch
@@ -29,10 +30,12 @@ __all__ = [
     "LAYER_SAMPLE",
     "ImageTrust",
     "load_images",
+    "load_layer_scores",
     "map_grid",
     "method_name",
     "model_sanity",
     "sample_layer_faithfulness",
+    "save_layer_scores",
     "score_images",
 ]
 
@@ -201,3 +204,39 @@ def sample_layer_faithfulness(
     return layer_faithfulness(
         model.module, x.to(model.device), cls, wanted, method, progress=progress
     )
+
+
+def _derived_name(method: str) -> str:
+    return "layer_faithfulness_" + "".join(c if c.isalnum() else "_" for c in method.lower())
+
+
+def save_layer_scores(result: Results, method: str, scores: Sequence[LayerScore]) -> bool:
+    """Save per-layer scores beside ``result`` (``derived/layer_faithfulness_<method>``)."""
+    from core.results.store import save_derived
+
+    return save_derived(
+        result,
+        _derived_name(method),
+        {
+            "layer": np.array([s.layer for s in scores], dtype=np.str_),
+            "median": np.array([s.median for s in scores], np.float64),
+            "random_median": np.array([s.random_median for s in scores], np.float64),
+            "count": np.array([s.count for s in scores], np.int64),
+        },
+    )
+
+
+def load_layer_scores(result: Results, method: str) -> dict[str, LayerScore] | None:
+    """Per-layer scores saved beside ``result``, or None."""
+    from core.explain.layer_trust import LayerScore
+    from core.results.store import load_derived
+
+    found = load_derived(result, _derived_name(method))
+    if found is None or not {"layer", "median", "random_median", "count"} <= set(found):
+        return None
+    return {
+        str(name): LayerScore(str(name), float(m), float(r), int(c))
+        for name, m, r, c in zip(
+            found["layer"], found["median"], found["random_median"], found["count"], strict=True
+        )
+    }

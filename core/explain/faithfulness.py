@@ -41,7 +41,6 @@ from core.explain.hooks import check_eval, class_matrix, model_param, to_model, 
 __all__ = [
     "Curves",
     "MapScores",
-    "badge_text",
     "cell_index",
     "default_grid",
     "deletion_insertion",
@@ -102,15 +101,6 @@ class MapScores:
 
 
 _TINY = 1e-12
-
-
-def badge_text(score: float) -> str:
-    """What a badge reads for a score: ``drop 62 %`` (removing the map's region loses 62 % of
-    the class's probability), ``gain 5 %`` (the class is more likely without it)."""
-    if not math.isfinite(score):
-        return "n/a"
-    percent = round(abs(score) * 100)
-    return f"gain {percent} %" if score < 0 and percent > 0 else f"drop {percent} %"
 
 
 def _probs(model: nn.Module, x: Tensor, classes: Tensor, batch_size: int) -> Tensor:

@@ -1,0 +1,289 @@
+"""Faithfulness in the dashboard: badges on the gallery's maps, and the layer picker's scores.
+
+Badges never hold up a page: the cards go out first with empty badge slots, a background
+thread scores the page's maps (server-wide, once), and a small fragment polls every half
+second and fills the slots with a ``<style>`` element (``::after`` content keyed by a digest of
+map and scope), so the page of cards itself is never sent again. Once every badge of the page is
+there the gallery draws them inline, and the poll stops with the next rerun of the cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Hashable, Sequence
+from html import escape
+from typing import TYPE_CHECKING
+
+import numpy as np
+import streamlit as st
+
+from core.analysis.badges import badge_text
+from dashboard import resources
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    import pandas as pd
+
+    from core.analysis.badges import BadgeWorker, ScoreCache
+    from core.data.datasets import ImageDataset
+    from core.data.models import LoadedModel
+    from core.explain.layer_trust import LayerScore
+    from core.results import Results
+
+POLL_SECONDS = 0.5
+BADGE_TIP = (
+    "Faithfulness of this map for {cls}: the share of the model's probability for {cls} that is "
+    "lost when the highlighted region is removed (image × (1 − map), the rest kept). High "
+    "(drop 90 %): the model needs this region. Near 0: it does without it; a random map of the "
+    "same area scores about 0. Gain: the class is more likely without the region."
+)
+_BADGE = (
+    "display:inline-block;margin-left:.35rem;padding:0 .35rem;border-radius:.6rem;"
+    "font-size:.75rem;line-height:1.3;background:rgba(49,51,63,.08);color:rgba(49,51,63,.85);"
+    "cursor:help"
+)
+
+
+@st.cache_resource(show_spinner=False)
+def score_cache() -> ScoreCache:
+    """The server-wide store of map faithfulness scores."""
+    from core.analysis.badges import ScoreCache
+
+    return ScoreCache()
+
+
+@st.cache_resource(show_spinner=False)
+def badge_worker() -> BadgeWorker:
+    """The one background thread that scores gallery pages."""
+    from core.analysis.badges import BadgeWorker
+
+    return BadgeWorker()
+
+
+def scope(fingerprint: str, method: str, layer: str | None) -> tuple[str, str, str]:
+    """Badges are keyed like the maps: evaluation, method, layer."""
+    return (fingerprint, method, layer or "")
+
+
+def css_class(key: tuple[Hashable, str, int]) -> str:
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
+    return f"cam-fb-{digest}"
+
+
+def badge_html(key: tuple[Hashable, str, int], class_name: str, score: float | None) -> str:
+    """A badge slot: its text when the score is known, else empty (filled by the poll)."""
+    text = badge_text(score) if score is not None else ""
+    tip = BADGE_TIP.format(cls=class_name)
+    return (
+        f'<span class="cam-fb {css_class(key)}" title="{escape(tip)}" style="{_BADGE}'
+        f'{";display:none" if score is None else ""}">{escape(text)}</span>'
+    )
+
+
+def page_badges(
+    scope_key: Hashable,
+    paths: Sequence[str],
+    classes: Sequence[Sequence[int]],
+    names: Sequence[str],
+) -> tuple[list[list[str]], list[float | None]]:
+    """Badge HTML per image and map, and the scores known now (None: pending), in order."""
+    cache = score_cache()
+    html, known = [], []
+    for path, cls in zip(paths, classes, strict=True):
+        keys = [(scope_key, path, int(c)) for c in cls]
+        scores = cache.get_many(keys)
+        known += scores
+        html.append(
+            [badge_html(k, names[int(c)], s) for k, c, s in zip(keys, cls, scores, strict=True)]
+        )
+    return html, known
+
+
+def start_scoring(
+    model: LoadedModel,
+    dataset: ImageDataset,
+    scope_key: Hashable,
+    paths: Sequence[str],
+    classes: Sequence[Sequence[int]],
+    maps: Sequence[Sequence[np.ndarray] | None],
+) -> None:
+    """Score the page's maps in the background (once per page, whoever asks)."""
+    from core.analysis.badges import score_page
+
+    cache = score_cache()
+    owned = [list(m) if m is not None else None for m in maps]  # the page's own arrays
+
+    def job() -> int:
+        try:
+            return score_page(model, dataset, scope_key, paths, classes, owned, cache)
+        except Exception:  # a badge that cannot be computed stays empty; the page is unaffected
+            return 0
+
+    badge_worker().submit((scope_key, tuple(paths)), job)
+
+
+def poll(scope_key: Hashable, paths: Sequence[str], classes: Sequence[Sequence[int]]) -> None:
+    """A fragment that reruns every half second and fills the badge slots that are ready,
+    and says the page's medians."""
+    st.fragment(run_every=POLL_SECONDS)(_fill)(scope_key, tuple(paths), tuple(map(tuple, classes)))
+
+
+def _fill(
+    scope_key: Hashable, paths: tuple[str, ...], classes: tuple[tuple[int, ...], ...]
+) -> None:
+    cache = score_cache()
+    rules, firsts, seconds = [], [], []
+    for path, cls in zip(paths, classes, strict=True):
+        for k, c in enumerate(cls):
+            key = (scope_key, path, int(c))
+            score = cache.get(key)
+            if score is None:
+                continue
+            (firsts if k == 0 else seconds).append(score)
+            text = badge_text(score).replace('"', "")
+            rules.append(f".{css_class(key)}{{display:inline-block!important}}")
+            rules.append(f'.{css_class(key)}::after{{content:"{text}"}}')
+    if rules:
+        st.html(f"<style>{''.join(rules)}</style>")
+    total = sum(len(c) for c in classes)
+    done = len(firsts) + len(seconds)
+    st.caption(
+        median_caption(firsts, seconds)
+        + ("" if done >= total else f" · scoring {done}/{total} maps…")
+    )
+
+
+def median_caption(firsts: Sequence[float], seconds: Sequence[float]) -> str:
+    """The page's median badges, one for each map column."""
+    if not firsts and not seconds:
+        return "Map faithfulness: scoring…"
+    parts = []
+    for label, values in (("predicted-class maps", firsts), ("other maps", seconds)):
+        if values:
+            parts.append(f"{label} {badge_text(float(np.median(values)))}")
+    return "Map faithfulness, median of this page: " + ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- layer picker
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _layer_pass(
+    config_path: str, model_name: str, dataset_name: str, fingerprint: str, method: str
+) -> Future[dict[str, LayerScore]]:
+    """Per-layer faithfulness of one evaluation and method, on its own thread, once per
+    server; read from (and saved to) the result folder when it can be."""
+    from concurrent.futures import Future
+
+    result = resources.evaluation(config_path, model_name, dataset_name)
+    loaded = resources.model(config_path, model_name)
+    data = resources.dataset(config_path, dataset_name, model_name)
+    future: Future[dict[str, LayerScore]] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(layer_scores(loaded, data, result, method))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="layer-faithfulness", daemon=True).start()
+    return future
+
+
+def layer_scores(
+    model: LoadedModel, dataset: ImageDataset, result: Results, method: str
+) -> dict[str, LayerScore]:
+    """Per-layer faithfulness: saved beside the result (``derived/layer_faithfulness_<method>``),
+    else computed on the fixed sample and saved."""
+    from core.analysis.trust import load_layer_scores, sample_layer_faithfulness, save_layer_scores
+
+    found = load_layer_scores(result, method)
+    if found is not None:
+        return found
+    table = result.predictions
+    scores = sample_layer_faithfulness(
+        model, dataset, list(table["path"]), table["pred"].tolist(), method
+    )
+    save_layer_scores(result, method, scores)
+    return {s.layer: s for s in scores}
+
+
+def layer_faithfulness(
+    config_path: str, model_name: str, dataset_name: str, fingerprint: str, method: str
+) -> dict[str, LayerScore] | None:
+    """The per-layer scores if known, else None (their pass is started)."""
+    future = _layer_pass(config_path, model_name, dataset_name, fingerprint, method)
+    if not future.done():
+        return None
+    try:
+        return future.result()
+    except Exception:
+        return {}
+
+
+class PageBadges:
+    """The faithfulness badges of one gallery page: their HTML for the cards, and, when some
+    are not known yet, the background scoring and the poll that fills them in."""
+
+    def __init__(
+        self,
+        html: list[list[str]],
+        pending: tuple[LoadedModel, ImageDataset, Hashable, list[str], list, list] | None,  # type: ignore[type-arg]
+        known: list[float],
+        firsts: list[float],
+        seconds: list[float],
+    ) -> None:
+        self.html = html
+        self.pending = pending
+        self.known = known
+        self.firsts, self.seconds = firsts, seconds
+
+    @classmethod
+    def of(
+        cls,
+        model: LoadedModel,
+        dataset: ImageDataset,
+        result: Results,
+        method: str,
+        layer: str | None,
+        rows: pd.DataFrame,
+        maps: Sequence[object] | None,
+    ) -> PageBadges:
+        """Badges of ``rows`` whose ``maps`` (per row: the maps, or Unavailable) are shown;
+        ``maps=None``: no maps could be made, so no badges."""
+        from core.analysis.gallery import compared_classes
+
+        if maps is None or rows.empty:
+            return cls([[] for _ in range(len(rows))], None, [], [], [])
+        scope_key = scope(result.fingerprint, method, layer)
+        paths = list(rows["path"])
+        pairs = [compared_classes(row) for _, row in rows.iterrows()]
+        shown = [m if isinstance(m, list) and all(x is not None for x in m) else None for m in maps]
+        html, known = page_badges(scope_key, paths, pairs, result.classes)
+        html = [h if s is not None else [] for h, s in zip(html, shown, strict=True)]
+        firsts, seconds, missing = [], [], False
+        for i, found in enumerate(shown):
+            if found is None:
+                continue
+            for k in range(len(pairs[i])):
+                score = known[2 * i + k]
+                if score is None:
+                    missing = True
+                else:
+                    (firsts if k == 0 else seconds).append(score)
+        pending = (model, dataset, scope_key, paths, pairs, shown) if missing else None
+        return cls(html, pending, [s for s in known if s is not None], firsts, seconds)
+
+    def show(self) -> None:
+        """After the cards: the page's medians, and the background scoring and poll of the
+        badges still missing."""
+        if self.pending is None:
+            if self.firsts or self.seconds:
+                st.caption(median_caption(self.firsts, self.seconds))
+            return
+        model, dataset, scope_key, paths, pairs, shown = self.pending
+        start_scoring(model, dataset, scope_key, paths, pairs, shown)
+        todo = [(p, c) for p, c, m in zip(paths, pairs, shown, strict=True) if m is not None]
+        poll(scope_key, [p for p, _ in todo], [c for _, c in todo])

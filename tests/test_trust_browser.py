@@ -1,0 +1,80 @@
+"""Faithfulness badges in Chromium: the cards come first, then each map gets its badge.
+
+On the shortcut ResNet's cell "other shape → star", every predicted-class map gets a badge
+("drop N %", with a tooltip) once the background scoring is done, and the page's medians are
+shown; the scores equal core's on the same maps.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import cell_rows, evaluate, load_config, load_model, open_dataset
+from core.analysis.badges import badge_text
+from core.analysis.gallery import page_rows, sort_rows, stored_maps
+from core.analysis.trust import load_images
+from core.explain.faithfulness import faithfulness
+from tests.browser import (
+    chromium,
+    click_cell,
+    new_page,
+    screenshot,
+    streamlit_server,
+    wait_for_gallery,
+    wait_for_matrix,
+)
+from tests.projects import SAMPLE
+
+pytestmark = pytest.mark.browser
+MODEL, DATASET, MARKED = "shapes-resnet (shortcut)", "shapes-test", "star"
+
+BADGES_JS = """() => Array.from(document.querySelectorAll('.cam-card')).map(card =>
+    Array.from(card.querySelectorAll('.cam-fb')).map(b => {
+        const after = getComputedStyle(b, '::after').content;
+        const extra = after && after !== 'none' ? after.replace(/"/g, '') : '';
+        const text = (b.innerText || '') + extra;
+        return {text, shown: getComputedStyle(b).display !== 'none', title: b.title};
+    }))"""
+
+
+def test_badges_follow_the_cards(tmp_path: Path) -> None:
+    config = load_config(SAMPLE / "config.toml")
+    model = load_model(config.model(MODEL))
+    dataset = open_dataset(config.dataset(DATASET), model.spec.classes)
+    result = evaluate(model, dataset, tmp_path)
+    names = result.classes
+    star = names.index(MARKED)
+    fooled = result.predictions.query("pred == @star and true != @star")
+    true = int(fooled["true"].value_counts().idxmax())
+    rows = sort_rows(cell_rows(result.predictions, true, star), "confidence", ascending=False)
+    page_of = page_rows(rows, 1, 24)
+    maps = torch.from_numpy(np.stack(stored_maps(result, page_of, (64, 64))))
+    images, _, _ = load_images(model, dataset, list(page_of["path"]))
+    cls = torch.tensor([[star, true]] * len(page_of))
+    expected = faithfulness(model.module, images, maps, cls, keep=False).score
+
+    with streamlit_server() as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/?model={MODEL}&dataset={DATASET}".replace(" ", "+"))
+        wait_for_matrix(page)
+        click_cell(page, true, star)
+        wait_for_gallery(page, names[true], MARKED)
+        page.wait_for_function(
+            f"() => ({BADGES_JS})().flat().filter(b => b.shown && /(drop|gain) \\d+ %/"
+            f".test(b.text)).length === {2 * len(page_of)}",
+            timeout=120_000,
+        )
+        badges = page.evaluate(BADGES_JS)
+        assert len(badges) == len(page_of)
+        for card, scores in zip(badges, expected, strict=True):
+            assert [b["text"] for b in card] == [badge_text(float(s)) for s in scores]
+            assert all("removed" in b["title"] for b in card)
+        page.get_by_text(re.compile(r"Map faithfulness, median of this page")).wait_for()
+        page.locator(".cam-card").first.scroll_into_view_if_needed()
+        screenshot(page, "faithfulness_badges")
+        page.context.close()
