@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="recompute, ignore the cache")
     run.add_argument("--no-maps", action="store_true", help="do not store Grad-CAM maps")
     run.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also score the stored maps' faithfulness (saved beside the result; "
+        "as faithfulness = true in the model entry)",
+    )
+    run.add_argument(
         "--engine",
         choices=("local", "ray"),
         default="local",
@@ -156,6 +162,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         commit_seconds=args.commit_every,
     )
     _report(result)
+    if args.faithfulness or config.model(args.model).faithfulness:
+        _score_maps(config, args.model, args.dataset, result)
     if out is None:
         return 0
     if table_out:
@@ -164,6 +172,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"wrote the result folder {out} ({len(result.predictions):,} images)")
     return 0
+
+
+def _score_maps(
+    config: ProjectConfig, model_name: str | None, dataset_name: str | None, result: Results
+) -> None:
+    """Score the faithfulness of the maps the evaluation stored (once; saved beside it)."""
+    from core.analysis.trust import result_faithfulness, stored_faithfulness
+
+    scores = stored_faithfulness(result)
+    if scores is None:
+        from core.data.models import load_model
+
+        spec = config.model(model_name)
+        dataset = open_dataset(config.dataset(dataset_name), spec.classes)
+        progress = partial(_print_progress, what="scoring maps")
+        try:
+            scores = result_faithfulness(load_model(spec), dataset, result, progress=progress)
+        finally:
+            print(file=sys.stderr)
+    pred, other = np.nanmedian(scores[:, 0]), np.nanmedian(scores[:, 1])
+    print(
+        f"map faithfulness (share of the class's probability lost without the map's region), "
+        f"median: predicted class {pred:.3f}, true class / runner-up {other:.3f}"
+    )
 
 
 def _engine(args: argparse.Namespace) -> Callable[..., None] | None:
@@ -454,5 +486,5 @@ def _sanity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_progress(done: int, total: int) -> None:
-    print(f"\rpredicting: {done}/{total}", end="", file=sys.stderr, flush=True)
+def _print_progress(done: int, total: int, what: str = "predicting") -> None:
+    print(f"\r{what}: {done}/{total}", end="", file=sys.stderr, flush=True)

@@ -19,7 +19,9 @@ import numpy as np
 import streamlit as st
 
 from core.analysis.badges import badge_text
+from core.errors import UserFacingError
 from dashboard import resources
+from dashboard.view_state import ViewState
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -134,7 +136,9 @@ def _fill(
     scope_key: Hashable, paths: tuple[str, ...], classes: tuple[tuple[int, ...], ...]
 ) -> None:
     cache = score_cache()
-    rules, firsts, seconds = [], [], []
+    rules: list[str] = []
+    firsts: list[float] = []
+    seconds: list[float] = []
     for path, cls in zip(paths, classes, strict=True):
         for k, c in enumerate(cls):
             key = (scope_key, path, int(c))
@@ -263,7 +267,9 @@ class PageBadges:
         shown = [m if isinstance(m, list) and all(x is not None for x in m) else None for m in maps]
         html, known = page_badges(scope_key, paths, pairs, result.classes)
         html = [h if s is not None else [] for h, s in zip(html, shown, strict=True)]
-        firsts, seconds, missing = [], [], False
+        firsts: list[float] = []
+        seconds: list[float] = []
+        missing = False
         for i, found in enumerate(shown):
             if found is None:
                 continue
@@ -287,3 +293,80 @@ class PageBadges:
         start_scoring(model, dataset, scope_key, paths, pairs, shown)
         todo = [(p, c) for p, c, m in zip(paths, pairs, shown, strict=True) if m is not None]
         poll(scope_key, [p for p, _ in todo], [c for _, c in todo])
+
+
+# ----------------------------------------------------------------------------- sorting
+
+#: A cell's maps are scored on the click that sorts it (when the evaluation did not store the
+#: scores) up to this many images; past it the rest sort last until their pages are visited.
+SORT_SCORES_UP_TO = 500
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _stored(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> object:
+    from core.analysis.trust import stored_faithfulness
+
+    found = stored_faithfulness(resources.evaluation(config_path, model_name, dataset_name))
+    return None if found is None else np.asarray(found)
+
+
+def faithfulness_column(
+    config_path: str, view: ViewState, result: Results, layer: str | None
+) -> np.ndarray:
+    """The faithfulness of each row's predicted-class map (NaN where unknown): the scores the
+    evaluation stored (``faithfulness = true``) when the gallery shows its maps, else those of
+    the selected cell, scored now (at most :data:`SORT_SCORES_UP_TO` images) and cached."""
+    from core.analysis.badges import score_page
+    from core.analysis.gallery import compared_classes, page_maps, stored_maps, uses_stored_maps
+
+    table = result.predictions
+    method = view.method
+    stored = _stored(config_path, view.model, view.dataset, result.fingerprint)
+    if stored is not None and uses_stored_maps(result, method, layer):
+        return np.asarray(stored)[table["index"].to_numpy(), 0]
+    column = np.full(len(table), np.nan, np.float32)
+    cell = view.cell
+    if cell is None:
+        return column
+    where = np.flatnonzero(
+        (table["true"].to_numpy() == cell[0]) & (table["pred"].to_numpy() == cell[1])
+    )
+    rows = table.iloc[where[:SORT_SCORES_UP_TO]]
+    scope_key = scope(result.fingerprint, method, layer)
+    cache = score_cache()
+    model = resources.model(config_path, view.model)
+    dataset = resources.dataset(config_path, view.dataset, view.model)
+    pairs = [compared_classes(row) for _, row in rows.iterrows()]
+    missing = [
+        i
+        for i, (p, c) in enumerate(zip(rows["path"], pairs, strict=True))
+        if cache.get((scope_key, p, c[0])) is None
+    ]
+    if missing:
+        with st.spinner(f"Scoring the faithfulness of {len(missing)} maps…"):
+            for start in range(0, len(missing), 64):
+                chunk = rows.iloc[missing[start : start + 64]]
+                try:
+                    if uses_stored_maps(result, method, layer):
+                        maps: list = stored_maps(result, chunk, model.spec.input_size)  # type: ignore[type-arg]
+                    else:
+                        maps = page_maps(
+                            model,
+                            dataset,
+                            chunk,
+                            method,
+                            layer,
+                            resources.map_cache(),
+                            result.fingerprint,
+                        )
+                except (ValueError, UserFacingError):
+                    return column
+                shown = [m if isinstance(m, list) else None for m in maps]
+                chunk_pairs = [pairs[i] for i in missing[start : start + 64]]
+                score_page(
+                    model, dataset, scope_key, list(chunk["path"]), chunk_pairs, shown, cache
+                )
+    for j, (path, pair) in enumerate(zip(rows["path"], pairs, strict=True)):
+        score = cache.get((scope_key, path, pair[0]))
+        column[where[j]] = np.nan if score is None else score
+    return column

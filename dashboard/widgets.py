@@ -224,7 +224,15 @@ def cell_view(
 
 
 def _with_scores(config_path: str, view: ViewState, result: Results) -> pd.DataFrame:
-    """The predictions, plus the label-quality score when the gallery is sorted by it."""
+    """The predictions, plus the label-quality or map-faithfulness score when the gallery is
+    sorted by it."""
+    if SORTS[view.sort][0] == "faithfulness":
+        try:
+            layer = _layer_choice(config_path, view)[1]
+        except UserFacingError:
+            return result.predictions.assign(faithfulness=np.nan)
+        scores = trust.faithfulness_column(config_path, view, result, layer)
+        return result.predictions.assign(faithfulness=scores)
     if SORTS[view.sort][0] != "label_quality":
         return result.predictions
     flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)

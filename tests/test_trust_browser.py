@@ -22,6 +22,7 @@ from core.explain.faithfulness import faithfulness
 from tests.browser import (
     chromium,
     click_cell,
+    gallery_cards,
     new_page,
     screenshot,
     streamlit_server,
@@ -52,6 +53,7 @@ def test_badges_follow_the_cards(tmp_path: Path) -> None:
     fooled = result.predictions.query("pred == @star and true != @star")
     true = int(fooled["true"].value_counts().idxmax())
     rows = sort_rows(cell_rows(result.predictions, true, star), "confidence", ascending=False)
+    assert len(rows) <= 24  # one page: the whole cell's order is visible
     page_of = page_rows(rows, 1, 24)
     maps = torch.from_numpy(np.stack(stored_maps(result, page_of, (64, 64))))
     images, _, _ = load_images(model, dataset, list(page_of["path"]))
@@ -77,4 +79,14 @@ def test_badges_follow_the_cards(tmp_path: Path) -> None:
         page.get_by_text(re.compile(r"Map faithfulness, median of this page")).wait_for()
         page.locator(".cam-card").first.scroll_into_view_if_needed()
         screenshot(page, "faithfulness_badges")
+        page.context.close()
+
+        # sorted "least faithful maps first": by the predicted-class map's score, ties by path
+        order = page_of.assign(score=expected[:, 0]).sort_values(["score", "path"])
+        page = new_page(browser)
+        query = f"model={MODEL}&dataset={DATASET}&cell={true},{star}&sort=faithfulness_asc"
+        page.goto(f"{url}/?{query}".replace(" ", "+"))
+        wait_for_gallery(page, names[true], MARKED)
+        cards = gallery_cards(page)
+        assert [c["path"] for c in cards] == list(order["path"])
         page.context.close()

@@ -59,3 +59,41 @@ def test_sanity_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["stages"] and all(set(s) == {"randomised", "spearman"} for s in report["stages"])
     assert main(["sanity", "--config", str(config), "--images", "4"]) == 0
     assert "Spearman" in capsys.readouterr().out
+
+
+def test_evaluate_with_faithfulness_stores_the_scores(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from core import load_config, load_model, open_dataset
+    from core.analysis.trust import load_images, stored_faithfulness
+    from core.explain.cam import finish_maps
+    from core.explain.faithfulness import faithfulness
+    from core.results.evaluate import stored_result
+
+    assert main(["evaluate", "--config", str(config), "--faithfulness"]) == 0
+    assert "map faithfulness" in capsys.readouterr().out
+    project = load_config(config)
+    spec = project.model("digits-cnn")
+    dataset = open_dataset(project.dataset("digits-test"), spec.classes)
+    result = stored_result(spec, dataset, project.cache_dir)
+    assert result is not None
+    scores = stored_faithfulness(result)
+    assert scores is not None and scores.shape == (len(result.manifest), 2)
+    assert np.isfinite(scores[result.index]).all()
+    # the same numbers as scoring the stored maps directly (a few rows, errors among them)
+    table = result.predictions
+    wrong = table["true"] != table["pred"]
+    rows = pd.concat([table[wrong].head(3), table[~wrong].head(2)])
+    model = load_model(spec)
+    x, _, _ = load_images(model, dataset, list(rows["path"]))
+    maps = finish_maps(torch.from_numpy(result.maps(rows["index"].to_numpy())), (32, 32))
+    second = np.where(rows["true"] == rows["pred"], rows["runner_up"], rows["true"])
+    cls = torch.tensor(np.stack([rows["pred"], second], 1), dtype=torch.long)
+    expected = faithfulness(model.module, x, maps, cls).score
+    np.testing.assert_allclose(scores[rows["index"].to_numpy()], expected, atol=2e-3)
+    # a second run reads them back
+    assert main(["evaluate", "--config", str(config), "--faithfulness"]) == 0

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from core.explain.sanity import SanityReport
 
 __all__ = [
+    "FAITHFULNESS",
     "LAYER_SAMPLE",
     "ImageTrust",
     "load_images",
@@ -34,9 +35,11 @@ __all__ = [
     "map_grid",
     "method_name",
     "model_sanity",
+    "result_faithfulness",
     "sample_layer_faithfulness",
     "save_layer_scores",
     "score_images",
+    "stored_faithfulness",
 ]
 
 LAYER_SAMPLE = 64  # images in the fixed, seeded sample a layer is judged on
@@ -240,3 +243,81 @@ def load_layer_scores(result: Results, method: str) -> dict[str, LayerScore] | N
             found["layer"], found["median"], found["random_median"], found["count"], strict=True
         )
     }
+
+
+FAITHFULNESS = "faithfulness"  # derived/faithfulness/: scores.npy [rows, 2] beside a result
+
+
+def stored_faithfulness(result: Results) -> np.ndarray | None:
+    """Scores of every manifest row's stored maps ``[rows, 2]`` (predicted class, then true
+    class or runner-up; NaN for skipped rows), if the evaluation pass saved them."""
+    from core.results.store import load_derived
+
+    found = load_derived(result, FAITHFULNESS)
+    if found is None or "scores" not in found:
+        return None
+    scores = found["scores"]
+    return scores if scores.shape == (len(result.manifest), 2) else None
+
+
+def result_faithfulness(
+    model: LoadedModel,
+    dataset: ImageDataset,
+    result: Results,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Score the maps the evaluation stored (the Grad-CAM of the predicted class and of the
+    true class or runner-up) of every evaluated image, save them beside the result
+    (``derived/faithfulness``) and return them ``[rows, 2]`` (NaN where an image was skipped or
+    cannot be read now).
+
+    The probabilities before removal are the stored ones (``confidence``, ``true_prob``,
+    ``runner_up_prob``: exact float32), so each image costs one decode and two forward passes
+    (its two maps removed), on top of an evaluation's one decode and one pass.
+    """
+    import torch
+
+    from core.explain.cam import finish_maps
+    from core.explain.faithfulness import faithfulness
+    from core.results.store import save_derived
+
+    found = stored_faithfulness(result)
+    if found is not None:
+        return np.asarray(found)
+    if not result.has_maps:
+        raise UserFacingError(
+            f"{result.folder} holds no maps (maps = false / --no-maps): nothing to score"
+        )
+    table = result.predictions
+    scores = np.full((len(result.manifest), 2), np.nan, np.float32)
+    total = len(table)
+    for start in range(0, total, batch_size):
+        rows = table.iloc[start : start + batch_size]
+        index = rows["index"].to_numpy()
+        x, kept, _ = load_images(model, dataset, list(rows["path"]))
+        if kept:
+            index = index[kept]
+            rows = rows.iloc[kept]
+            raw = torch.from_numpy(result.maps(index))
+            maps = finish_maps(raw, model.spec.input_size)
+            pred = rows["pred"].to_numpy()
+            true = rows["true"].to_numpy()
+            right = pred == true
+            second = np.where(right, rows["runner_up"].to_numpy(), true)
+            before = np.stack(
+                [
+                    rows["confidence"].to_numpy(),
+                    np.where(right, rows["runner_up_prob"].to_numpy(), rows["true_prob"]),
+                ],
+                1,
+            )
+            cls = torch.from_numpy(np.stack([pred, second], 1).astype(np.int64))
+            found_scores = faithfulness(
+                model.module, x.to(model.device), maps, cls, batch_size, before=before, keep=False
+            )
+            scores[index] = found_scores.score
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
+    save_derived(result, FAITHFULNESS, {"scores": scores})
+    return scores
