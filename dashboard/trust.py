@@ -27,10 +27,13 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     import pandas as pd
+    import plotly.graph_objects as go
+    import torch
 
     from core.analysis.badges import BadgeWorker, ScoreCache
     from core.data.datasets import ImageDataset
     from core.data.models import LoadedModel
+    from core.explain.faithfulness import Curves
     from core.explain.layer_trust import LayerScore
     from core.results import Results
 
@@ -120,21 +123,33 @@ def start_scoring(
     def job() -> int:
         try:
             return score_page(model, dataset, scope_key, paths, classes, owned, cache)
-        except Exception:  # a badge that cannot be computed stays empty; the page is unaffected
+        except Exception:  # a badge that cannot be computed reads n/a; the page is unaffected
             return 0
+        finally:  # every map of the page gets a value (NaN: n/a), so the poll always ends
+            for path, cls, found in zip(paths, classes, owned, strict=True):
+                for c in cls if found is not None else ():
+                    if cache.get((scope_key, path, int(c))) is None:
+                        cache.put((scope_key, path, int(c)), float("nan"))
 
     badge_worker().submit((scope_key, tuple(paths)), job)
 
 
+_INLINE = "faithfulness-poll-inline"  # session state: the poll's first (inline) run
+
+
 def poll(scope_key: Hashable, paths: Sequence[str], classes: Sequence[Sequence[int]]) -> None:
     """A fragment that reruns every half second and fills the badge slots that are ready,
-    and says the page's medians."""
-    st.fragment(run_every=POLL_SECONDS)(_fill)(scope_key, tuple(paths), tuple(map(tuple, classes)))
+    and says the page's medians. Once all are there it reruns the page, which then draws
+    them in the cards and polls no more."""
+    st.session_state[_INLINE] = True
+    fill = st.fragment(run_every=POLL_SECONDS)(_fill)
+    fill(scope_key, tuple(paths), tuple(map(tuple, classes)))
 
 
 def _fill(
     scope_key: Hashable, paths: tuple[str, ...], classes: tuple[tuple[int, ...], ...]
 ) -> None:
+    inline = st.session_state.pop(_INLINE, False)  # run inside the page's own run
     cache = score_cache()
     rules: list[str] = []
     firsts: list[float] = []
@@ -153,6 +168,8 @@ def _fill(
         st.html(f"<style>{''.join(rules)}</style>")
     total = sum(len(c) for c in classes)
     done = len(firsts) + len(seconds)
+    if done >= total and not inline:
+        st.rerun()  # the page draws the badges in its cards; this poll is not made again
     st.caption(
         median_caption(firsts, seconds)
         + ("" if done >= total else f" · scoring {done}/{total} maps…")
@@ -166,7 +183,7 @@ def median_caption(firsts: Sequence[float], seconds: Sequence[float]) -> str:
     parts = []
     for label, values in (("predicted-class maps", firsts), ("other maps", seconds)):
         if values:
-            parts.append(f"{label} {badge_text(float(np.median(values)))}")
+            parts.append(f"{label} {badge_text(float(np.nanmedian(values)))}")
     return "Map faithfulness, median of this page: " + ", ".join(parts)
 
 
@@ -370,3 +387,91 @@ def faithfulness_column(
         score = cache.get((scope_key, path, pair[0]))
         column[where[j]] = np.nan if score is None else score
     return column
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def curves_figure(curves: Curves, class_name: str) -> go.Figure:
+    """Deletion and insertion curves (solid) and those of a random order of the same cells
+    (dashed), AUCs in the legend."""
+    import plotly.graph_objects as go
+
+    x = curves.fraction * 100
+    fig = go.Figure()
+    lines = [
+        ("deletion", curves.deletion, curves.deletion_auc, "#d62728", "solid"),
+        ("insertion", curves.insertion, curves.insertion_auc, "#1f77b4", "solid"),
+        ("random deletion", curves.random_deletion, curves.random_deletion_auc, "#d62728", "dash"),
+        (
+            "random insertion",
+            curves.random_insertion,
+            curves.random_insertion_auc,
+            "#1f77b4",
+            "dash",
+        ),
+    ]
+    for name, y, auc, color, dash in lines:
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                name=f"{name} (AUC {auc:.3f})",
+                line={"color": color, "dash": dash, "width": 2 if dash == "solid" else 1.5},
+                hovertemplate=f"{name}: %{{x:.0f}} % of cells → p = %{{y:.3f}}<extra></extra>",
+            )
+        )
+    cells = f"{curves.grid[0]}×{curves.grid[1]}"
+    fig.update_layout(
+        height=320,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title={"text": f"p({class_name}) as the map's {cells} cells go, most important first"},
+        xaxis={"title": "cells removed (deletion) / inserted (insertion), %", "range": [0, 100]},
+        yaxis={"title": f"p({class_name})", "range": [0, 1.02]},
+        legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
+
+
+def curves_panel(
+    model: LoadedModel,
+    image: torch.Tensor,
+    cam_map: torch.Tensor,
+    cls: int,
+    method: str,
+    layer: str | None,
+    class_name: str,
+) -> None:
+    """Inspect: the deletion and insertion curves of the map shown, on demand."""
+    from core.analysis.trust import map_grid
+    from core.explain.faithfulness import deletion_insertion
+
+    if not st.toggle(
+        "Deletion and insertion curves",
+        key="inspect-curves",
+        help="Remove (deletion) or insert (into a blurred copy) the map's grid cells, most "
+        "important first, and follow the class probability. A faithful map falls fast on "
+        "deletion (low AUC) and rises fast on insertion (high AUC); the dashed lines are a "
+        "random order of the same cells (RISE, Petsiuk et al. 2018).",
+    ):
+        return
+    try:
+        grid = map_grid(model, method, layer)
+        with st.spinner("Computing the curves…"):
+            curves = deletion_insertion(
+                model.module, image.to(model.device), cam_map, cls, grid, seed=0
+            )
+    except (ValueError, UserFacingError) as exc:
+        st.warning(f"The curves cannot be computed: {exc}")
+        return
+    st.plotly_chart(curves_figure(curves, class_name), width="stretch", key="inspect-curves-fig")
+    better = (curves.deletion_auc < curves.random_deletion_auc) + (
+        curves.insertion_auc > curves.random_insertion_auc
+    )
+    st.caption(
+        f"Deletion AUC {curves.deletion_auc:.3f} (random {curves.random_deletion_auc:.3f}), "
+        f"insertion AUC {curves.insertion_auc:.3f} (random {curves.random_insertion_auc:.3f}): "
+        f"the map beats a random order of its cells on {better} of 2. Deleted cells become the "
+        "dataset mean; insertion starts from a blurred copy (Gaussian, sigma 5)."
+    )

@@ -420,6 +420,7 @@ def _inspect(
             width="stretch",
             output_format="PNG",
         )
+        trust.curves_panel(model, x[0], cam_map[0], cls, method, layer, names[cls])
     except ValueError as exc:
         right.warning(str(exc))
     layers, _ = resources.layers(config_path, view.model)

@@ -20,10 +20,12 @@ from core.analysis.gallery import page_rows, sort_rows, stored_maps
 from core.analysis.trust import load_images
 from core.explain.faithfulness import faithfulness
 from tests.browser import (
+    SCREENSHOTS,
     chromium,
     click_cell,
     gallery_cards,
     new_page,
+    open_inspect,
     screenshot,
     streamlit_server,
     wait_for_gallery,
@@ -79,6 +81,24 @@ def test_badges_follow_the_cards(tmp_path: Path) -> None:
         page.get_by_text(re.compile(r"Map faithfulness, median of this page")).wait_for()
         page.locator(".cam-card").first.scroll_into_view_if_needed()
         screenshot(page, "faithfulness_badges")
+
+        # Inspect: the deletion and insertion curves of the chosen map, on demand
+        dialog = open_inspect(page)
+        dialog.get_by_text("Deletion and insertion curves").click()
+        dialog.locator(".js-plotly-plot").wait_for(timeout=120_000)
+        dialog.locator(".js-plotly-plot .legendtext").nth(3).wait_for()
+        legend = dialog.locator(".js-plotly-plot .legendtext").all_text_contents()
+        assert [t.split(" (AUC")[0] for t in legend] == [
+            "deletion",
+            "insertion",
+            "random deletion",
+            "random insertion",
+        ]
+        dialog.get_by_text(re.compile(r"Deletion AUC \d\.\d{3} \(random")).wait_for()
+        chart = dialog.locator(".js-plotly-plot")
+        chart.scroll_into_view_if_needed()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        chart.screenshot(path=str(SCREENSHOTS / "faithfulness_curves.png"))
         page.context.close()
 
         # sorted "least faithful maps first": by the predicted-class map's score, ties by path
