@@ -133,7 +133,10 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
     with box:
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
         if layer is not None:
+            scores = trust.layer_labels(config_path, view)  # starts their pass if need be
+            labels = {name: text + scores.get(name, "") for name, text in labels.items()}
             bind(st.selectbox, "Target layer", "layer", layer, list(labels), format_func=labels.get)
+            trust.layer_caption(config_path, view, layer)
         bind(st.slider, "Overlay opacity", "opacity", view.opacity, min_value=0.0, max_value=1.0)
         cols = st.columns([3, 2])
         with cols[0]:

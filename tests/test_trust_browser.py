@@ -30,6 +30,7 @@ from tests.browser import (
     streamlit_server,
     wait_for_gallery,
     wait_for_matrix,
+    wait_idle,
 )
 from tests.projects import SAMPLE
 
@@ -110,3 +111,41 @@ def test_badges_follow_the_cards(tmp_path: Path) -> None:
         cards = gallery_cards(page)
         assert [c["path"] for c in cards] == list(order["path"])
         page.context.close()
+
+
+def test_layer_picker_shows_each_layers_faithfulness(tmp_path: Path) -> None:
+    from core.analysis.trust import load_layer_scores
+    from tests.projects import expected as evaluated
+    from tests.projects import write_config
+
+    config = write_config(tmp_path)
+    result = evaluated(config)
+    with streamlit_server("--config", str(config)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/?model=digits-cnn&dataset=digits-test")
+        wait_for_matrix(page)
+        page.get_by_text("Gallery settings").click()
+        page.get_by_text(re.compile("Faithfulness of each layer's Grad-CAM maps")).wait_for(
+            timeout=180_000
+        )
+        picker = page.get_by_test_id("stSelectbox").filter(has_text="Target layer")
+        for attempt in range(3):  # a rerun that lands mid-click closes the list: open it again
+            wait_idle(page)
+            picker.get_by_role("combobox").click()
+            try:
+                page.get_by_role("option").first.wait_for(timeout=5_000)
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+        options = [o.strip() for o in page.get_by_role("option").all_inner_texts()]
+        scored = [o for o in options if re.search(r"faithfulness -?\d\.\d\d$", o)]
+        assert len(scored) > 2
+        assert all(o.endswith("×1×1") for o in options if o not in scored)  # no map to score
+        page.keyboard.press("Escape")
+        page.get_by_test_id("stSidebar").screenshot(
+            path=str(SCREENSHOTS / "layer_faithfulness.png")
+        )
+        page.context.close()
+    saved = load_layer_scores(result, "Grad-CAM")  # computed once, kept beside the result
+    assert saved is not None and len(saved) == len(scored)

@@ -124,7 +124,7 @@ def layer_faithfulness(
 ) -> list[LayerScore]:
     """The faithfulness of each layer's maps of ``classes`` on ``images``: ``layers`` are
     (name, grid) pairs; Grad-CAM maps of all layers come from one pass per chunk, other methods
-    are computed layer by layer."""
+    are computed layer by layer (a layer where the method does not apply is left out)."""
     from core.explain.cam import METHODS
     from core.explain.faithfulness import _probs, faithfulness, random_maps
 
@@ -133,7 +133,13 @@ def layer_faithfulness(
     if method == "Grad-CAM":
         maps = grad_cam_layers(model, images, cls, names, batch_size)
     else:
-        maps = {name: METHODS[method](model, images, cls, layer=name) for name in names}
+        maps = {}
+        for name in names:
+            try:
+                maps[name] = METHODS[method](model, images, cls, layer=name)
+            except ValueError:  # e.g. CAM at a layer that does not feed the head directly
+                continue
+        layers = [(name, grid) for name, grid in layers if name in maps]
     before = _probs(model, images, cls, 64).numpy()
     found = []
     for i, (name, grid) in enumerate(layers):
