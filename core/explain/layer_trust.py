@@ -121,10 +121,13 @@ def layer_faithfulness(
     batch_size: int = 16,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    baseline_images: int = 16,
 ) -> list[LayerScore]:
     """The faithfulness of each layer's maps of ``classes`` on ``images``: ``layers`` are
     (name, grid) pairs; Grad-CAM maps of all layers come from one pass per chunk, other methods
-    are computed layer by layer (a layer where the method does not apply is left out)."""
+    are computed layer by layer (a layer where the method does not apply is left out). A layer
+    whose maps equal an earlier layer's (a ``Sequential`` and its last module) is scored once;
+    the random baseline uses the first ``baseline_images`` images."""
     from core.explain.cam import METHODS
     from core.explain.faithfulness import _probs, faithfulness, random_maps
 
@@ -141,12 +144,20 @@ def layer_faithfulness(
                 continue
         layers = [(name, grid) for name, grid in layers if name in maps]
     before = _probs(model, images, cls, 64).numpy()
-    found = []
+    few = slice(0, max(1, baseline_images))
+    found: list[LayerScore] = []
     for i, (name, grid) in enumerate(layers):
-        scores = faithfulness(model, images, maps[name], cls, before=before, keep=False)
-        rand = random_maps(maps[name], grid, seed)
-        baseline = faithfulness(model, images, rand, cls, before=before, keep=False)
-        found.append(LayerScore(name, _median(scores.score), _median(baseline.score), len(images)))
+        same = next((s for s in found if torch.equal(maps[s.layer], maps[name])), None)
+        if same is not None:
+            found.append(LayerScore(name, same.median, same.random_median, same.count))
+        else:
+            scores = faithfulness(model, images, maps[name], cls, before=before, keep=False)
+            rand = random_maps(maps[name][few], grid, seed)
+            baseline = faithfulness(
+                model, images[few], rand, cls[few], before=before[few], keep=False
+            )
+            median, random_median = _median(scores.score), _median(baseline.score)
+            found.append(LayerScore(name, median, random_median, len(images)))
         if progress is not None:
             progress(i + 1, len(layers))
     return found
