@@ -97,3 +97,22 @@ def test_evaluate_with_faithfulness_stores_the_scores(
     np.testing.assert_allclose(scores[rows["index"].to_numpy()], expected, atol=2e-3)
     # a second run reads them back
     assert main(["evaluate", "--config", str(config), "--faithfulness"]) == 0
+
+
+def test_faithfulness_config_key(config: Path, tmp_path: Path) -> None:
+    from core import load_config
+    from core.errors import ConfigError
+
+    text = config.read_text()
+    on = tmp_path / "on.toml"
+    on.write_text(
+        text.replace('name = "digits-cnn"\n', 'name = "digits-cnn"\nfaithfulness = true\n', 1)
+    )
+    assert load_config(on).model("digits-cnn").faithfulness
+    assert not load_config(config).model("digits-cnn").faithfulness
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        text.replace('name = "digits-cnn"\n', 'name = "digits-cnn"\nfaithfulness = "yes"\n', 1)
+    )
+    with pytest.raises(ConfigError, match="faithfulness must be true or false"):
+        load_config(bad)
