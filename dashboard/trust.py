@@ -135,6 +135,9 @@ def start_scoring(
 
 
 _INLINE = "faithfulness-poll-inline"  # session state: the poll's first (inline) run
+#: Session state: an Inspect dialog was opened since the cell last reran. A page rerun would
+#: close it, so the polls then only fill in what they can and leave the page alone.
+DIALOG_OPEN = "inspect-dialog-open"
 
 
 def poll(scope_key: Hashable, paths: Sequence[str], classes: Sequence[Sequence[int]]) -> None:
@@ -168,7 +171,7 @@ def _fill(
         st.html(f"<style>{''.join(rules)}</style>")
     total = sum(len(c) for c in classes)
     done = len(firsts) + len(seconds)
-    if done >= total and not inline:
+    if done >= total and not inline and not st.session_state.get(DIALOG_OPEN):
         st.rerun()  # the page draws the badges in its cards; this poll is not made again
     st.caption(
         median_caption(firsts, seconds)
@@ -519,7 +522,8 @@ def _wait_for_layers(config_path: str, view: ViewState) -> None:
     from core.analysis.trust import LAYER_SAMPLE
 
     inline = st.session_state.pop("layer-poll-inline", False)  # inside the page's own run
-    if not inline and _layer_state(config_path, view) is not None:
+    ready = _layer_state(config_path, view) is not None
+    if ready and not inline and not st.session_state.get(DIALOG_OPEN):
         st.rerun()  # the picker then shows every layer's score; this poll is not made again
     st.caption(
         f"Scoring the faithfulness of every layer's maps on {LAYER_SAMPLE} images in the "

@@ -165,6 +165,8 @@ def cell_view(
     cell's elements in one burst and draws the page once, not once per slow step.
     """
     view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
+    if "inspect-path" not in st.session_state:  # no dialog opens in this run
+        st.session_state.pop(trust.DIALOG_OPEN, None)
     if view.cell is None:
         return
     true, pred = view.cell
@@ -379,6 +381,7 @@ def _inspect_picker(
 
 def _picked(key: str) -> None:
     st.session_state["inspect-path"] = st.session_state[key]
+    st.session_state[trust.DIALOG_OPEN] = True  # the badge polls must not rerun the page
     st.session_state[key] = None  # choosing the same image again opens it again
 
 

@@ -126,7 +126,7 @@ def test_layer_picker_shows_each_layers_faithfulness(tmp_path: Path) -> None:
         wait_for_matrix(page)
         page.get_by_text("Gallery settings").click()
         page.get_by_text(re.compile("Faithfulness of each layer's Grad-CAM maps")).wait_for(
-            timeout=180_000
+            timeout=400_000  # every layer on 64 images, in the background: slow on a busy machine
         )
         picker = page.get_by_test_id("stSelectbox").filter(has_text="Target layer")
         for attempt in range(3):  # a rerun that lands mid-click closes the list: open it again
