@@ -35,7 +35,9 @@ if TYPE_CHECKING:
         UserFacingError,
     )
     from core.explain.cam import cam, evaluation_maps, grad_cam, grad_cam_pp, saliency
+    from core.explain.faithfulness import deletion_insertion, faithfulness, random_maps
     from core.explain.layers import candidate_layers, find_target_layer
+    from core.explain.sanity import sanity_check
     from core.notes import Note, NotesError, NotesStore
     from core.results import (
         DiskFullError,
@@ -81,8 +83,10 @@ _EXPORTS = {
     "check_classes": "core.results.evaluate",
     "confusion_matrix": "core.analysis.metrics",
     "dataset_key": "core.data.datasets",
+    "deletion_insertion": "core.explain.faithfulness",
     "evaluate": "core.results.evaluate",
     "evaluation_maps": "core.explain.cam",
+    "faithfulness": "core.explain.faithfulness",
     "find_target_layer": "core.explain.layers",
     "focus_classes": "core.analysis.metrics",
     "grad_cam": "core.explain.cam",
@@ -96,8 +100,10 @@ _EXPORTS = {
     "open_results": "core.results",
     "per_class_metrics": "core.analysis.metrics",
     "predict": "core.results.local_engine",
+    "random_maps": "core.explain.faithfulness",
     "saliency": "core.explain.cam",
     "result_patterns": "core.analysis.patterns",
+    "sanity_check": "core.explain.sanity",
     "top_confused_pairs": "core.analysis.metrics",
 }
 
@@ -133,8 +139,10 @@ __all__ = [
     "check_classes",
     "confusion_matrix",
     "dataset_key",
+    "deletion_insertion",
     "evaluate",
     "evaluation_maps",
+    "faithfulness",
     "find_target_layer",
     "focus_classes",
     "grad_cam",
@@ -148,8 +156,10 @@ __all__ = [
     "open_results",
     "per_class_metrics",
     "predict",
+    "random_maps",
     "result_patterns",
     "saliency",
+    "sanity_check",
     "top_confused_pairs",
 ]  # the keys of _EXPORTS (tests/test_public_api.py)
 

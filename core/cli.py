@@ -1,4 +1,5 @@
-"""Command line: ``python -m core evaluate | label-issues | compare | patterns --config FILE``."""
+"""Command line: ``python -m core evaluate | label-issues | compare | patterns | faithfulness
+| sanity --config FILE ...``."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "label-issues": _label_issues,
         "compare": _compare,
         "patterns": _patterns,
+        "faithfulness": _faithfulness,
+        "sanity": _sanity,
     }
     try:
         return commands[args.command](args)
@@ -72,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
     run.add_argument("--no-cache", action="store_true", help="recompute, ignore the cache")
     run.add_argument("--no-maps", action="store_true", help="do not store Grad-CAM maps")
+    run.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also score the stored maps' faithfulness (saved beside the result; "
+        "as faithfulness = true in the model entry)",
+    )
     run.add_argument(
         "--engine",
         choices=("local", "ray"),
@@ -111,7 +120,38 @@ def _parser() -> argparse.ArgumentParser:
     found.add_argument("--dataset", help="dataset name (default: the model's first)")
     found.add_argument("--top", type=int, default=20, help="patterns to print (default 20)")
     found.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    _trust_parsers(commands)
     return parser
+
+
+def _trust_parsers(commands: Any) -> None:
+    faith = commands.add_parser(
+        "faithfulness", help="how far to trust the maps of images: scores vs a random map"
+    )
+    faith.add_argument("--config", required=True, type=Path, help="project config (TOML)")
+    faith.add_argument("--model", help="model name (default: the config's first)")
+    faith.add_argument("--dataset", help="dataset name (default: the config's first)")
+    which = faith.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cell", help="TRUE,PRED: the images of a cell (class names or indices)")
+    which.add_argument("--image", action="append", help="an image path (relative to the root)")
+    faith.add_argument(
+        "--method", default="grad-cam", help="grad-cam (default), grad-cam++, cam, saliency"
+    )
+    faith.add_argument("--layer", help="target layer (default: the model's)")
+    faith.add_argument("--limit", type=int, default=100, help="at most this many images of a cell")
+    faith.add_argument("--json", action="store_true", help="print a JSON list")
+    check = commands.add_parser(
+        "sanity", help="model-randomisation check: do the maps depend on the weights?"
+    )
+    check.add_argument("--config", required=True, type=Path, help="project config (TOML)")
+    check.add_argument("--model", help="model name (default: the config's first)")
+    check.add_argument("--dataset", help="dataset name (default: the config's first)")
+    check.add_argument("--layer", help="target layer (default: the model's)")
+    check.add_argument(
+        "--method", default="grad-cam", help="grad-cam (default), grad-cam++, cam, saliency"
+    )
+    check.add_argument("--images", type=int, default=64, help="seeded sample size (default 64)")
+    check.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -135,6 +175,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         commit_seconds=args.commit_every,
     )
     _report(result)
+    if args.faithfulness or config.model(args.model).faithfulness:
+        _score_maps(config, args.model, args.dataset, result)
     if out is None:
         return 0
     if table_out:
@@ -143,6 +185,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"wrote the result folder {out} ({len(result.predictions):,} images)")
     return 0
+
+
+def _score_maps(
+    config: ProjectConfig, model_name: str | None, dataset_name: str | None, result: Results
+) -> None:
+    """Score the faithfulness of the maps the evaluation stored (once; saved beside it)."""
+    from core.analysis.trust import result_faithfulness, stored_faithfulness
+
+    scores = stored_faithfulness(result)
+    if scores is None:
+        from core.data.models import load_model
+
+        spec = config.model(model_name)
+        dataset = open_dataset(config.dataset(dataset_name), spec.classes)
+        progress = partial(_print_progress, what="scoring maps")
+        try:
+            scores = result_faithfulness(load_model(spec), dataset, result, progress=progress)
+        finally:
+            print(file=sys.stderr)
+    pred, other = np.nanmedian(scores[:, 0]), np.nanmedian(scores[:, 1])
+    print(
+        f"map faithfulness (share of the class's probability lost without the map's region), "
+        f"median: predicted class {pred:.3f}, true class / runner-up {other:.3f}"
+    )
 
 
 def _engine(args: argparse.Namespace) -> Callable[..., None] | None:
@@ -250,10 +316,9 @@ def _results(
 ) -> Results:
     """The stored results of unchanged inputs (no model loaded), else a new evaluation."""
     spec = config.model(model_name)
-    if dataset_name is None:  # the model's first dataset (its entry may list which)
-        usable = config.datasets_for(spec.name)
-        dataset_name = usable[0] if usable else None
-    dataset = open_dataset(config.dataset(dataset_name), spec.classes)
+    dataset = open_dataset(
+        config.dataset(_dataset_of(config, spec.name, dataset_name)), spec.classes
+    )
     cache_dir = config.cache_dir if cache else None
     found = lookup(spec, dataset, cache_dir, out, maps)
     if found.result is not None:
@@ -382,5 +447,119 @@ class _Paths:
         return str(self.column[row].as_py())
 
 
-def _print_progress(done: int, total: int) -> None:
-    print(f"\rpredicting: {done}/{total}", end="", file=sys.stderr, flush=True)
+def _faithfulness(args: argparse.Namespace) -> int:
+    import json
+
+    from core.analysis.trust import load_images, method_name, score_images
+    from core.data.models import load_model
+
+    config = load_config(args.config)
+    method = method_name(args.method)
+    spec = config.model(args.model)
+    dataset_name = _dataset_of(config, spec.name, args.dataset)
+    result = _results(config, spec.name, dataset_name)
+    dataset = open_dataset(config.dataset(dataset_name), spec.classes)
+    table = result.predictions
+    if args.cell:
+        true, pred = _cell(args.cell, result.classes)
+        rows = table[(table["true"] == true) & (table["pred"] == pred)].head(max(args.limit, 0))
+    else:
+        rows = table[table["path"].isin(args.image)]
+        missing = sorted(set(args.image) - set(rows["path"]))
+        if missing:
+            raise UserFacingError(f"not among the evaluated images of {dataset.name!r}: {missing}")
+    model = load_model(spec)
+    images, kept, failed = load_images(model, dataset, list(rows["path"]))
+    for path, reason in failed:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    rows = rows.iloc[kept]
+    found = score_images(
+        model,
+        images,
+        list(rows["path"]),
+        rows["pred"].tolist(),
+        rows["true"].tolist(),
+        result.classes,
+        method,
+        args.layer,
+    )
+    if args.json:
+        print(json.dumps([f.to_dict() for f in found], indent=1))
+        return 0
+    print(
+        f"{len(found)} image(s), {method}: score = share of the class's probability lost when the "
+        "map's region is removed (higher = more faithful); random = the map's cells shuffled"
+    )
+    frame = pd.DataFrame(
+        {
+            "path": [f.path for f in found],
+            "pred": [f.pred["class"] for f in found],
+            "pred score": [round(f.pred["score"], 3) for f in found],
+            "true": [f.true["class"] for f in found],
+            "true score": [round(f.true["score"], 3) for f in found],
+            "random score": [round(f.random["score"], 3) for f in found],
+        }
+    )
+    if len(frame):
+        print(frame.to_string(index=False))
+        print(
+            f"median: pred {frame['pred score'].median():.3f}, true "
+            f"{frame['true score'].median():.3f}, random {frame['random score'].median():.3f}"
+        )
+    return 0
+
+
+def _dataset_of(config: ProjectConfig, model: str, name: str | None) -> str:
+    """The dataset asked for, else the model's first (its ``datasets`` list, else the config's)."""
+    if name is not None:
+        return config.dataset(name).name
+    return (config.datasets_for(model) or [config.dataset().name])[0]
+
+
+def _cell(text: str, classes: Sequence[str]) -> tuple[int, int]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2:
+        raise UserFacingError(f"--cell takes TRUE,PRED, got {text!r}")
+    found = []
+    for part in parts:
+        if part in classes:
+            found.append(list(classes).index(part))
+        elif part.isdigit() and int(part) < len(classes):
+            found.append(int(part))
+        else:
+            raise UserFacingError(f"unknown class {part!r}; classes: {', '.join(classes)}")
+    return found[0], found[1]
+
+
+def _sanity(args: argparse.Namespace) -> int:
+    import json
+
+    from core.analysis.trust import method_name, model_sanity
+    from core.data.models import load_model
+
+    config = load_config(args.config)
+    spec = config.model(args.model)
+    dataset = open_dataset(
+        config.dataset(_dataset_of(config, spec.name, args.dataset)), spec.classes
+    )
+    model = load_model(spec)
+    report = model_sanity(model, dataset, method_name(args.method), args.layer, args.images)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    print(
+        f"{report.method} at {report.layer or 'the input'}: Spearman rank correlation of the maps "
+        "with the original model's, as the weights are randomised from the head down"
+    )
+    for stage in report.stages:
+        print(f"  {stage.spearman:+.3f}  up to {stage.randomised}")
+    verdict = "passes" if report.passes else "FAILS"
+    print(
+        f"{verdict}: with every weight random the correlation is "
+        f"{report.stages[-1].spearman:+.3f} (passes below {report.threshold})"
+    )
+    return 0
+
+
+def _print_progress(done: int, total: int, what: str = "predicting") -> None:
+    print(f"\r{what}: {done}/{total}", end="", file=sys.stderr, flush=True)

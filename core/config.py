@@ -59,6 +59,7 @@ _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
     "datasets", "maps", "results", "timm", "interpolation", "crop_pct", "description",
+    "faithfulness",
 }  # fmt: skip
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -94,6 +95,7 @@ class ModelSpec:
     layer: str | None = None
     datasets: tuple[str, ...] | None = None  # the datasets it is evaluated on (None: all)
     maps: bool = True  # store the predicted/true-class Grad-CAM of every image while evaluating
+    faithfulness: bool = False  # also score those maps' faithfulness (saved beside the result)
     results: tuple[Path, ...] = ()  # result folders made elsewhere (python -m core evaluate --out)
     base_dir: Path = Path(".")
     timm: str | None = None  # a timm model name (built with pretrained=False)
@@ -285,6 +287,11 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
     maps = entry.get("maps", True)
     if not isinstance(maps, bool):
         raise ConfigError(f"{where}: maps must be true or false (unquoted), got {maps!r}")
+    faithfulness = entry.get("faithfulness", False)
+    if not isinstance(faithfulness, bool):
+        raise ConfigError(
+            f"{where}: faithfulness must be true or false (unquoted), got {faithfulness!r}"
+        )
     results = entry.get("results", [])
     results = [results] if isinstance(results, str) else results
     interpolation = str(entry.get("interpolation", "bilinear"))
@@ -315,6 +322,7 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         layer=entry.get("layer"),
         datasets=tuple(str(d) for d in entry["datasets"]) if "datasets" in entry else None,
         maps=maps,
+        faithfulness=faithfulness,
         results=tuple((base / str(r)).resolve() for r in results),
         base_dir=base,
         timm=str(entry["timm"]) if "timm" in entry else None,

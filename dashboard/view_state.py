@@ -27,6 +27,7 @@ SORTS = {
     "loss_desc": ("loss", False, "loss (highest first)"),
     "loss_asc": ("loss", True, "loss (lowest first)"),
     "label_quality_asc": ("label_quality", True, "label quality (most suspect label first)"),
+    "faithfulness_asc": ("faithfulness", True, "map faithfulness (least faithful maps first)"),
 }
 COLOR_MODES = {"count": "count", "row": "share of row (recall)", "col": "share of column"}
 METHODS = ("Grad-CAM", "Grad-CAM++", "CAM", "Saliency")

@@ -28,7 +28,7 @@ from core.config import ProjectConfig
 from core.data.datasets import dataset_key
 from core.errors import reason_of
 from core.notes import NotesStore, PathSummary
-from dashboard import analyses, pattern_views, resources
+from dashboard import analyses, pattern_views, resources, trust
 from dashboard.notes_ui import badge_text, editor
 from dashboard.settings import settings
 from dashboard.url import bind
@@ -136,7 +136,10 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
     with box:
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
         if layer is not None:
+            scores = trust.layer_labels(config_path, view)  # starts their pass if need be
+            labels = {name: text + scores.get(name, "") for name, text in labels.items()}
             bind(st.selectbox, "Target layer", "layer", layer, list(labels), format_func=labels.get)
+            trust.layer_caption(config_path, view, layer)
         bind(st.slider, "Overlay opacity", "opacity", view.opacity, min_value=0.0, max_value=1.0)
         cols = st.columns([3, 2])
         with cols[0]:
@@ -165,6 +168,8 @@ def cell_view(
     cell's elements in one burst and draws the page once, not once per slow step.
     """
     view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
+    if "inspect-path" not in st.session_state:  # no dialog opens in this run
+        st.session_state.pop(trust.DIALOG_OPEN, None)
     if view.cell is None:
         return
     true, pred = view.cell
@@ -202,7 +207,7 @@ def cell_view(
             return
     page = page_rows(rows, view.page, view.page_size)
     strip = pattern_views.cell_strip(config_path, view, result, of_cell)
-    gallery, problem = _gallery_html(
+    gallery, problem, badges = _gallery_html(
         config_path, view, result, page, layer, size, store, notes_key, heading
     )
     tags = store.all_tags(notes_key)
@@ -251,6 +256,7 @@ def cell_view(
     if problem:
         st.warning(problem)
     st.html(gallery)
+    badges.show()  # after the cards: scored in the background, filled in when ready
 
 
 def _waiting_for_model(config_path: str, model: str, subheading: str) -> DeltaGenerator | None:
@@ -267,7 +273,15 @@ def _waiting_for_model(config_path: str, model: str, subheading: str) -> DeltaGe
 
 
 def _with_scores(config_path: str, view: ViewState, result: Results) -> pd.DataFrame:
-    """The predictions, plus the label-quality score when the gallery is sorted by it."""
+    """The predictions, plus the label-quality or map-faithfulness score when the gallery is
+    sorted by it."""
+    if SORTS[view.sort][0] == "faithfulness":
+        try:
+            layer = _layer_choice(config_path, view)[1]
+        except UserFacingError:
+            return result.predictions.assign(faithfulness=np.nan)
+        scores = trust.faithfulness_column(config_path, view, result, layer)
+        return result.predictions.assign(faithfulness=scores)
     if SORTS[view.sort][0] != "label_quality":
         return result.predictions
     flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
@@ -308,8 +322,9 @@ def _gallery_html(
     store: NotesStore,
     notes_key: str,
     heading: str,
-) -> tuple[str, str | None]:
-    """The page of cards as one HTML string, and a message when the maps cannot be computed.
+) -> tuple[str, str | None, trust.PageBadges]:
+    """The page of cards as one HTML string, a message when the maps cannot be computed, and
+    the page's faithfulness badges (drawn in the cards when known, else filled in later).
 
     The grid carries its cell's ``heading`` (``data-heading``): the heading is its own element,
     drawn a frame or two before the cards, so a reader of the page (a test) can tell the new
@@ -330,12 +345,22 @@ def _gallery_html(
         problem = f"{view.method} cannot be computed for this model: {exc}"
         maps = [[None, None] for _ in range(len(rows))]
     summaries = store.counts_by_path(notes_key, rows["path"]) if len(rows) else {}
+    loading = resources.model_loading(config_path, view.model)  # badges wait for it, not the page
+    badges = trust.PageBadges.of(
+        lambda: loading.result().loaded,
+        dataset,
+        result,
+        view.method,
+        layer,
+        rows,
+        maps if problem is None else None,
+    )
     cards = [
-        _card(dataset, row, row_maps, result.classes, view, summaries.get(row["path"]))
-        for (_, row), row_maps in zip(rows.iterrows(), maps, strict=True)
+        _card(dataset, row, row_maps, result.classes, view, summaries.get(row["path"]), html)
+        for (_, row), row_maps, html in zip(rows.iterrows(), maps, badges.html, strict=True)
     ]
     grid = f'<div class="cam-gallery" data-heading="{escape(heading)}" style="{_GRID}">'
-    return f"{grid}{''.join(cards)}</div>", problem
+    return f"{grid}{''.join(cards)}</div>", problem, badges
 
 
 def _card(
@@ -345,8 +370,10 @@ def _card(
     names: tuple[str, ...],
     view: ViewState,
     summary: PathSummary | None,
+    map_badges: Sequence[str] = (),
 ) -> str:
-    """One card's HTML: file name, probabilities, image and both CAM panels, tags and notes.
+    """One card's HTML: file name, probabilities, image and both CAM panels (each with its
+    faithfulness badge), tags and notes.
 
     An image that cannot be read now (changed, deleted or refused since the evaluation) gets
     a short message in place of its panels; the other cards are unaffected.
@@ -375,7 +402,13 @@ def _card(
     name = dataset.display_name(row["path"])
     if problem:
         return card_html(name, caption, [], badge_text(summary), f"cannot be shown: {problem}")
-    return card_html(name, caption, zip(urls, labels, strict=True), badge_text(summary))
+    return card_html(
+        name,
+        caption,
+        zip(urls, labels, strict=True),
+        badge_text(summary),
+        panel_badges=["", *map_badges],
+    )
 
 
 def _inspect_picker(
@@ -400,6 +433,7 @@ def _inspect_picker(
 
 def _picked(key: str) -> None:
     st.session_state["inspect-path"] = st.session_state[key]
+    st.session_state[trust.DIALOG_OPEN] = True  # the badge polls must not rerun the page
     st.session_state[key] = None  # choosing the same image again opens it again
 
 
@@ -444,6 +478,7 @@ def _inspect(
             width="stretch",
             output_format="PNG",
         )
+        trust.curves_panel(model, x[0], cam_map[0], cls, method, layer, names[cls])
     except ValueError as exc:
         right.warning(str(exc))
     layers, _ = resources.layers(config_path, view.model)
@@ -489,21 +524,25 @@ def card_html(
     panels: Iterable[tuple[str, str]],
     badges: str = "",
     problem: str = "",
+    panel_badges: Sequence[str] = (),
 ) -> str:
     """One gallery card's file name, caption, panels (data URLs) and badges as escaped HTML;
-    ``problem``, when given, is shown in place of the panels.
+    ``problem``, when given, is shown in place of the panels. ``panel_badges`` are HTML made
+    here (faithfulness badges, :mod:`dashboard.trust`), shown under each panel's caption.
 
     The whole page of cards is one element, which keeps a click on a cell quick to render even
     with many people on one server. Every text is escaped: file and class names, tags come from
     the dataset and from users, never trusted as markup.
     """
+    extra = list(panel_badges)
     figures = "".join(
         f'<figure style="{_FIGURE}"><img src="{escape(url)}" alt="{escape(label)}" '
-        f'style="{_IMG}"><figcaption style="{_CAPTION}">{escape(label)}</figcaption></figure>'
+        f'style="{_IMG}"><figcaption style="{_CAPTION}">{escape(label)}</figcaption>'
+        f"{_badge_row(extra[i] if i < len(extra) else '')}</figure>"
         if url
         else f'<figure style="{_FIGURE}"><figcaption style="{_CAPTION}">no map</figcaption>'
         "</figure>"
-        for url, label in panels
+        for i, (url, label) in enumerate(panels)
     )
     bold, rest = caption
     return (
@@ -518,6 +557,10 @@ def card_html(
         + (f'<p style="{_CAPTION}">{escape(badges)}</p>' if badges else "")
         + "</div>"
     )
+
+
+def _badge_row(badge: str) -> str:
+    return f'<div class="cam-fb-row" style="{_CAPTION}">{badge}</div>' if badge else ""
 
 
 _GRID = "display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:1rem"

@@ -67,6 +67,7 @@ def test_every_sort_names_a_table_column() -> None:
         "true_prob",
         "loss",
         "label_quality",
+        "faithfulness",
     }
 
 

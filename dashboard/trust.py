@@ -1,0 +1,535 @@
+"""Faithfulness in the dashboard: badges on the gallery's maps, and the layer picker's scores.
+
+Badges never hold up a page: the cards go out first with empty badge slots, a background
+thread scores the page's maps (server-wide, once), and a small fragment polls every half
+second and fills the slots with a ``<style>`` element (``::after`` content keyed by a digest of
+map and scope), so the page of cards itself is never sent again. Once every badge of the page is
+there the gallery draws them inline, and the poll stops with the next rerun of the cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from html import escape
+from typing import TYPE_CHECKING
+
+import numpy as np
+import streamlit as st
+
+from core.analysis.badges import badge_text
+from core.errors import UserFacingError
+from dashboard import resources
+from dashboard.view_state import ViewState
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    import pandas as pd
+    import plotly.graph_objects as go
+    import torch
+
+    from core.analysis.badges import BadgeWorker, ScoreCache
+    from core.data.datasets import ImageDataset
+    from core.data.models import LoadedModel
+    from core.explain.faithfulness import Curves
+    from core.explain.layer_trust import LayerScore
+    from core.results import Results
+
+ModelLoader = Callable[[], "LoadedModel"]  # gives the loaded model, waiting for its load
+
+
+POLL_SECONDS = 0.5
+BADGE_TIP = (
+    "Faithfulness of this map for {cls}: the share of the model's probability for {cls} that is "
+    "lost when the highlighted region is removed (image × (1 − map), the rest kept). High "
+    "(drop 90 %): the model needs this region. Near 0: it does without it; a random map of the "
+    "same area scores about 0. Gain: the class is more likely without the region."
+)
+_BADGE = (
+    "display:inline-block;margin-left:.35rem;padding:0 .35rem;border-radius:.6rem;"
+    "font-size:.75rem;line-height:1.3;background:rgba(49,51,63,.08);color:rgba(49,51,63,.85);"
+    "cursor:help"
+)
+
+
+@st.cache_resource(show_spinner=False)
+def score_cache() -> ScoreCache:
+    """The server-wide store of map faithfulness scores."""
+    from core.analysis.badges import ScoreCache
+
+    return ScoreCache()
+
+
+@st.cache_resource(show_spinner=False)
+def badge_worker() -> BadgeWorker:
+    """The one background thread that scores gallery pages."""
+    from core.analysis.badges import BadgeWorker
+
+    return BadgeWorker()
+
+
+def scope(fingerprint: str, method: str, layer: str | None) -> tuple[str, str, str]:
+    """Badges are keyed like the maps: evaluation, method, layer."""
+    return (fingerprint, method, layer or "")
+
+
+def css_class(key: tuple[Hashable, str, int]) -> str:
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
+    return f"cam-fb-{digest}"
+
+
+def badge_html(key: tuple[Hashable, str, int], class_name: str, score: float | None) -> str:
+    """A badge slot: its text when the score is known, else empty (filled by the poll)."""
+    text = badge_text(score) if score is not None else ""
+    tip = BADGE_TIP.format(cls=class_name)
+    return (
+        f'<span class="cam-fb {css_class(key)}" title="{escape(tip)}" style="{_BADGE}'
+        f'{";display:none" if score is None else ""}">{escape(text)}</span>'
+    )
+
+
+def page_badges(
+    scope_key: Hashable,
+    paths: Sequence[str],
+    classes: Sequence[Sequence[int]],
+    names: Sequence[str],
+) -> tuple[list[list[str]], list[float | None]]:
+    """Badge HTML per image and map, and the scores known now (None: pending), in order."""
+    cache = score_cache()
+    html, known = [], []
+    for path, cls in zip(paths, classes, strict=True):
+        keys = [(scope_key, path, int(c)) for c in cls]
+        scores = cache.get_many(keys)
+        known += scores
+        html.append(
+            [badge_html(k, names[int(c)], s) for k, c, s in zip(keys, cls, scores, strict=True)]
+        )
+    return html, known
+
+
+def start_scoring(
+    model: ModelLoader,
+    dataset: ImageDataset,
+    scope_key: Hashable,
+    paths: Sequence[str],
+    classes: Sequence[Sequence[int]],
+    maps: Sequence[Sequence[np.ndarray] | None],
+) -> None:
+    """Score the page's maps in the background (once per page, whoever asks)."""
+    from core.analysis.badges import score_page
+
+    cache = score_cache()
+    owned = [list(m) if m is not None else None for m in maps]  # the page's own arrays
+
+    def job() -> int:
+        try:
+            return score_page(model(), dataset, scope_key, paths, classes, owned, cache)
+        except Exception:  # a badge that cannot be computed reads n/a; the page is unaffected
+            return 0
+        finally:  # every map of the page gets a value (NaN: n/a), so the poll always ends
+            for path, cls, found in zip(paths, classes, owned, strict=True):
+                for c in cls if found is not None else ():
+                    if cache.get((scope_key, path, int(c))) is None:
+                        cache.put((scope_key, path, int(c)), float("nan"))
+
+    badge_worker().submit((scope_key, tuple(paths)), job)
+
+
+_INLINE = "faithfulness-poll-inline"  # session state: the poll's first (inline) run
+#: Session state: an Inspect dialog was opened since the cell last reran. A page rerun would
+#: close it, so the polls then only fill in what they can and leave the page alone.
+DIALOG_OPEN = "inspect-dialog-open"
+
+
+def poll(scope_key: Hashable, paths: Sequence[str], classes: Sequence[Sequence[int]]) -> None:
+    """A fragment that reruns every half second and fills the badge slots that are ready,
+    and says the page's medians. Once all are there it reruns the page, which then draws
+    them in the cards and polls no more."""
+    st.session_state[_INLINE] = True
+    fill = st.fragment(run_every=POLL_SECONDS)(_fill)
+    fill(scope_key, tuple(paths), tuple(map(tuple, classes)))
+
+
+def _fill(
+    scope_key: Hashable, paths: tuple[str, ...], classes: tuple[tuple[int, ...], ...]
+) -> None:
+    inline = st.session_state.pop(_INLINE, False)  # run inside the page's own run
+    cache = score_cache()
+    rules: list[str] = []
+    firsts: list[float] = []
+    seconds: list[float] = []
+    for path, cls in zip(paths, classes, strict=True):
+        for k, c in enumerate(cls):
+            key = (scope_key, path, int(c))
+            score = cache.get(key)
+            if score is None:
+                continue
+            (firsts if k == 0 else seconds).append(score)
+            text = badge_text(score).replace('"', "")
+            rules.append(f".{css_class(key)}{{display:inline-block!important}}")
+            rules.append(f'.{css_class(key)}::after{{content:"{text}"}}')
+    if rules:
+        st.html(f"<style>{''.join(rules)}</style>")
+    total = sum(len(c) for c in classes)
+    done = len(firsts) + len(seconds)
+    if done >= total and not inline and not st.session_state.get(DIALOG_OPEN):
+        st.rerun()  # the page draws the badges in its cards; this poll is not made again
+    st.caption(
+        median_caption(firsts, seconds)
+        + ("" if done >= total else f" · scoring {done}/{total} maps…")
+    )
+
+
+def median_caption(firsts: Sequence[float], seconds: Sequence[float]) -> str:
+    """The page's median badges, one for each map column."""
+    if not firsts and not seconds:
+        return "Map faithfulness: scoring…"
+    parts = []
+    for label, values in (("predicted-class maps", firsts), ("other maps", seconds)):
+        if values:
+            parts.append(f"{label} {badge_text(float(np.nanmedian(values)))}")
+    return "Map faithfulness, median of this page: " + ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- layer picker
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _layer_pass(
+    config_path: str, model_name: str, dataset_name: str, fingerprint: str, method: str
+) -> Future[dict[str, LayerScore]]:
+    """Per-layer faithfulness of one evaluation and method, on its own thread, once per
+    server; read from (and saved to) the result folder when it can be."""
+    from concurrent.futures import Future
+
+    result = resources.evaluation(config_path, model_name, dataset_name)
+    loaded = resources.model(config_path, model_name)
+    data = resources.dataset(config_path, dataset_name, model_name)
+    future: Future[dict[str, LayerScore]] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(layer_scores(loaded, data, result, method))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="layer-faithfulness", daemon=True).start()
+    return future
+
+
+def layer_scores(
+    model: LoadedModel, dataset: ImageDataset, result: Results, method: str
+) -> dict[str, LayerScore]:
+    """Per-layer faithfulness: saved beside the result (``derived/layer_faithfulness_<method>``),
+    else computed on the fixed sample and saved."""
+    from core.analysis.trust import load_layer_scores, sample_layer_faithfulness, save_layer_scores
+
+    found = load_layer_scores(result, method)
+    if found is not None:
+        return found
+    table = result.predictions
+    scores = sample_layer_faithfulness(
+        model, dataset, list(table["path"]), table["pred"].tolist(), method
+    )
+    save_layer_scores(result, method, scores)
+    return {s.layer: s for s in scores}
+
+
+def layer_faithfulness(
+    config_path: str, model_name: str, dataset_name: str, fingerprint: str, method: str
+) -> dict[str, LayerScore] | None:
+    """The per-layer scores if known, else None (their pass is started)."""
+    future = _layer_pass(config_path, model_name, dataset_name, fingerprint, method)
+    if not future.done():
+        return None
+    try:
+        return future.result()
+    except Exception:
+        return {}
+
+
+class PageBadges:
+    """The faithfulness badges of one gallery page: their HTML for the cards, and, when some
+    are not known yet, the background scoring and the poll that fills them in."""
+
+    def __init__(
+        self,
+        html: list[list[str]],
+        pending: tuple[ModelLoader, ImageDataset, Hashable, list[str], list, list] | None,  # type: ignore[type-arg]
+        known: list[float],
+        firsts: list[float],
+        seconds: list[float],
+    ) -> None:
+        self.html = html
+        self.pending = pending
+        self.known = known
+        self.firsts, self.seconds = firsts, seconds
+
+    @classmethod
+    def of(
+        cls,
+        model: ModelLoader,
+        dataset: ImageDataset,
+        result: Results,
+        method: str,
+        layer: str | None,
+        rows: pd.DataFrame,
+        maps: Sequence[object] | None,
+    ) -> PageBadges:
+        """Badges of ``rows`` whose ``maps`` (per row: the maps, or Unavailable) are shown;
+        ``maps=None``: no maps could be made, so no badges. ``model`` gives the loaded model,
+        called only by the background scoring (it may wait for the model's load)."""
+        from core.analysis.gallery import compared_classes
+
+        if maps is None or rows.empty:
+            return cls([[] for _ in range(len(rows))], None, [], [], [])
+        scope_key = scope(result.fingerprint, method, layer)
+        paths = list(rows["path"])
+        pairs = [compared_classes(row) for _, row in rows.iterrows()]
+        shown = [m if isinstance(m, list) and all(x is not None for x in m) else None for m in maps]
+        html, known = page_badges(scope_key, paths, pairs, result.classes)
+        html = [h if s is not None else [] for h, s in zip(html, shown, strict=True)]
+        firsts: list[float] = []
+        seconds: list[float] = []
+        missing = False
+        for i, found in enumerate(shown):
+            if found is None:
+                continue
+            for k in range(len(pairs[i])):
+                score = known[2 * i + k]
+                if score is None:
+                    missing = True
+                else:
+                    (firsts if k == 0 else seconds).append(score)
+        pending = (model, dataset, scope_key, paths, pairs, shown) if missing else None
+        return cls(html, pending, [s for s in known if s is not None], firsts, seconds)
+
+    def show(self) -> None:
+        """After the cards: the page's medians, and the background scoring and poll of the
+        badges still missing."""
+        if self.pending is None:
+            if self.firsts or self.seconds:
+                st.caption(median_caption(self.firsts, self.seconds))
+            return
+        model, dataset, scope_key, paths, pairs, shown = self.pending
+        start_scoring(model, dataset, scope_key, paths, pairs, shown)
+        todo = [(p, c) for p, c, m in zip(paths, pairs, shown, strict=True) if m is not None]
+        poll(scope_key, [p for p, _ in todo], [c for _, c in todo])
+
+
+# ----------------------------------------------------------------------------- sorting
+
+#: A cell's maps are scored on the click that sorts it (when the evaluation did not store the
+#: scores) up to this many images; past it the rest sort last until their pages are visited.
+SORT_SCORES_UP_TO = 500
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _stored(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> object:
+    from core.analysis.trust import stored_faithfulness
+
+    found = stored_faithfulness(resources.evaluation(config_path, model_name, dataset_name))
+    return None if found is None else np.asarray(found)
+
+
+def faithfulness_column(
+    config_path: str, view: ViewState, result: Results, layer: str | None
+) -> np.ndarray:
+    """The faithfulness of each row's predicted-class map (NaN where unknown): the scores the
+    evaluation stored (``faithfulness = true``) when the gallery shows its maps, else those of
+    the selected cell, scored now (at most :data:`SORT_SCORES_UP_TO` images) and cached."""
+    from core.analysis.badges import score_page
+    from core.analysis.gallery import compared_classes, page_maps, stored_maps, uses_stored_maps
+
+    table = result.predictions
+    method = view.method
+    stored = _stored(config_path, view.model, view.dataset, result.fingerprint)
+    if stored is not None and uses_stored_maps(result, method, layer):
+        return np.asarray(stored)[table["index"].to_numpy(), 0]
+    column = np.full(len(table), np.nan, np.float32)
+    cell = view.cell
+    if cell is None:
+        return column
+    where = np.flatnonzero(
+        (table["true"].to_numpy() == cell[0]) & (table["pred"].to_numpy() == cell[1])
+    )
+    rows = table.iloc[where[:SORT_SCORES_UP_TO]]
+    scope_key = scope(result.fingerprint, method, layer)
+    cache = score_cache()
+    model = resources.model(config_path, view.model)
+    dataset = resources.dataset(config_path, view.dataset, view.model)
+    pairs = [compared_classes(row) for _, row in rows.iterrows()]
+    missing = [
+        i
+        for i, (p, c) in enumerate(zip(rows["path"], pairs, strict=True))
+        if cache.get((scope_key, p, c[0])) is None
+    ]
+    if missing:
+        with st.spinner(f"Scoring the faithfulness of {len(missing)} maps…"):
+            for start in range(0, len(missing), 64):
+                chunk = rows.iloc[missing[start : start + 64]]
+                try:
+                    if uses_stored_maps(result, method, layer):
+                        maps: list = stored_maps(result, chunk, model.spec.input_size)  # type: ignore[type-arg]
+                    else:
+                        maps = page_maps(
+                            model,
+                            dataset,
+                            chunk,
+                            method,
+                            layer,
+                            resources.map_cache(),
+                            result.fingerprint,
+                        )
+                except (ValueError, UserFacingError):
+                    return column
+                shown = [m if isinstance(m, list) else None for m in maps]
+                chunk_pairs = [pairs[i] for i in missing[start : start + 64]]
+                score_page(
+                    model, dataset, scope_key, list(chunk["path"]), chunk_pairs, shown, cache
+                )
+    for j, (path, pair) in enumerate(zip(rows["path"], pairs, strict=True)):
+        score = cache.get((scope_key, path, pair[0]))
+        column[where[j]] = np.nan if score is None else score
+    return column
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def curves_figure(curves: Curves, class_name: str) -> go.Figure:
+    """Deletion and insertion curves (solid) and those of a random order of the same cells
+    (dashed), AUCs in the legend."""
+    import plotly.graph_objects as go
+
+    x = curves.fraction * 100
+    fig = go.Figure()
+    lines = [
+        ("deletion", curves.deletion, curves.deletion_auc, "#d62728", "solid"),
+        ("insertion", curves.insertion, curves.insertion_auc, "#1f77b4", "solid"),
+        ("random deletion", curves.random_deletion, curves.random_deletion_auc, "#d62728", "dash"),
+        (
+            "random insertion",
+            curves.random_insertion,
+            curves.random_insertion_auc,
+            "#1f77b4",
+            "dash",
+        ),
+    ]
+    for name, y, auc, color, dash in lines:
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                name=f"{name} (AUC {auc:.3f})",
+                line={"color": color, "dash": dash, "width": 2 if dash == "solid" else 1.5},
+                hovertemplate=f"{name}: %{{x:.0f}} % of cells → p = %{{y:.3f}}<extra></extra>",
+            )
+        )
+    cells = f"{curves.grid[0]}×{curves.grid[1]}"
+    fig.update_layout(
+        height=320,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title={"text": f"p({class_name}) as the map's {cells} cells go, most important first"},
+        xaxis={"title": "cells removed (deletion) / inserted (insertion), %", "range": [0, 100]},
+        yaxis={"title": f"p({class_name})", "range": [0, 1.02]},
+        legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
+
+
+def curves_panel(
+    model: LoadedModel,
+    image: torch.Tensor,
+    cam_map: torch.Tensor,
+    cls: int,
+    method: str,
+    layer: str | None,
+    class_name: str,
+) -> None:
+    """Inspect: the deletion and insertion curves of the map shown, on demand."""
+    from core.analysis.trust import map_grid
+    from core.explain.faithfulness import deletion_insertion
+
+    if not st.toggle(
+        "Deletion and insertion curves",
+        key="inspect-curves",
+        help="Remove (deletion) or insert (into a blurred copy) the map's grid cells, most "
+        "important first, and follow the class probability. A faithful map falls fast on "
+        "deletion (low AUC) and rises fast on insertion (high AUC); the dashed lines are a "
+        "random order of the same cells (RISE, Petsiuk et al. 2018).",
+    ):
+        return
+    try:
+        grid = map_grid(model, method, layer)
+        with st.spinner("Computing the curves…"):
+            curves = deletion_insertion(
+                model.module, image.to(model.device), cam_map, cls, grid, seed=0
+            )
+    except (ValueError, UserFacingError) as exc:
+        st.warning(f"The curves cannot be computed: {exc}")
+        return
+    st.plotly_chart(curves_figure(curves, class_name), width="stretch", key="inspect-curves-fig")
+    better = (curves.deletion_auc < curves.random_deletion_auc) + (
+        curves.insertion_auc > curves.random_insertion_auc
+    )
+    st.caption(
+        f"Deletion AUC {curves.deletion_auc:.3f} (random {curves.random_deletion_auc:.3f}), "
+        f"insertion AUC {curves.insertion_auc:.3f} (random {curves.random_insertion_auc:.3f}): "
+        f"the map beats a random order of its cells on {better} of 2. Deleted cells become the "
+        "dataset mean; insertion starts from a blurred copy (Gaussian, sigma 5)."
+    )
+
+
+# ----------------------------------------------------------------------------- layer labels
+
+
+def _layer_state(config_path: str, view: ViewState) -> dict[str, LayerScore] | None:
+    if view.method == "Saliency":
+        return {}
+    fingerprint = resources.evaluation(config_path, view.model, view.dataset).fingerprint
+    return layer_faithfulness(config_path, view.model, view.dataset, fingerprint, view.method)
+
+
+def layer_labels(config_path: str, view: ViewState) -> dict[str, str]:
+    """`` · faithfulness 0.98`` per layer once its pass is done (started here if need be)."""
+    found = _layer_state(config_path, view)
+    return {name: f" · faithfulness {s.median:.2f}" for name, s in (found or {}).items()}
+
+
+def layer_caption(config_path: str, view: ViewState, layer: str) -> None:
+    """What the layer scores are; while they are computed, a poll that reruns the page when
+    they are ready."""
+    from core.analysis.trust import LAYER_SAMPLE
+
+    found = _layer_state(config_path, view)
+    if found is None:
+        st.session_state["layer-poll-inline"] = True
+        st.fragment(run_every=2.0)(_wait_for_layers)(config_path, view)
+        return
+    chosen = found.get(layer)
+    if chosen is None:
+        return
+    best = max(found.values(), key=lambda s: s.median)
+    st.caption(
+        f"Faithfulness of each layer's {view.method} maps: median share of the predicted "
+        f"class's probability lost when the map's region is removed, on a fixed sample of "
+        f"{LAYER_SAMPLE} images (random maps of the same cells: {chosen.random_median:.2f} at "
+        f"{layer}). Highest: {best.layer} ({best.median:.2f})."
+    )
+
+
+def _wait_for_layers(config_path: str, view: ViewState) -> None:
+    from core.analysis.trust import LAYER_SAMPLE
+
+    inline = st.session_state.pop("layer-poll-inline", False)  # inside the page's own run
+    ready = _layer_state(config_path, view) is not None
+    if ready and not inline and not st.session_state.get(DIALOG_OPEN):
+        st.rerun()  # the picker then shows every layer's score; this poll is not made again
+    st.caption(
+        f"Scoring the faithfulness of every layer's maps on {LAYER_SAMPLE} images in the "
+        "background (once per model and method)…"
+    )
