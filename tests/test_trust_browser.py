@@ -124,7 +124,7 @@ def test_layer_picker_shows_each_layers_faithfulness(tmp_path: Path) -> None:
         page = new_page(browser)
         page.goto(f"{url}/?model=digits-cnn&dataset=digits-test")
         wait_for_matrix(page)
-        page.get_by_text("Gallery settings").click()
+        page.get_by_text("Gallery settings", exact=True).click()
         page.get_by_text(re.compile("Faithfulness of each layer's Grad-CAM maps")).wait_for(
             timeout=400_000  # every layer on 64 images, in the background: slow on a busy machine
         )
