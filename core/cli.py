@@ -1,4 +1,4 @@
-"""Command line: ``python -m core evaluate | label-issues | compare --config FILE ...``."""
+"""Command line: ``python -m core evaluate | label-issues | compare | similar --config FILE``."""
 
 from __future__ import annotations
 
@@ -37,7 +37,12 @@ EXPORT_ROWS = 50_000  # rows per written block: the export's memory does not gro
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for a problem with the input)."""
     args = _parser().parse_args(argv)
-    commands = {"evaluate": _evaluate, "label-issues": _label_issues, "compare": _compare}
+    commands = {
+        "evaluate": _evaluate,
+        "label-issues": _label_issues,
+        "compare": _compare,
+        "similar": _similar,
+    }
     try:
         return commands[args.command](args)
     except UserFacingError as exc:
@@ -64,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
     run.add_argument("--no-cache", action="store_true", help="recompute, ignore the cache")
     run.add_argument("--no-maps", action="store_true", help="do not store Grad-CAM maps")
+    run.add_argument(
+        "--no-embeddings",
+        action="store_true",
+        help="do not store image embeddings (the Map page and similar images need them)",
+    )
     run.add_argument(
         "--engine",
         choices=("local", "ray"),
@@ -94,6 +104,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     pair.add_argument("--dataset", help="dataset name (default: the config's first)")
     pair.add_argument("--top", type=int, default=20, help="classes with the largest F1 change")
+    near = commands.add_parser("similar", help="the images nearest to one in embedding space")
+    near.add_argument("--config", required=True, type=Path, help="project config (TOML)")
+    near.add_argument("--model", help="model name (default: the config's first)")
+    near.add_argument("--dataset", help="dataset name (default: the config's first)")
+    near.add_argument(
+        "--image", required=True, help="the image's path as the export lists it (under the root)"
+    )
+    near.add_argument("--top", type=int, default=10, help="how many neighbours (default 10)")
+    near.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     return parser
 
 
@@ -112,6 +131,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         out=out if out is not None and not table_out else None,
         maps=not args.no_maps,
+        embeddings=not args.no_embeddings,
         engine=_engine(args),
         num_workers=args.workers,
         batch_size=args.batch_size,
@@ -219,13 +239,14 @@ def _results(
     cache: bool = True,
     out: Path | None = None,
     maps: bool = True,
+    embeddings: bool = True,
     **run: Any,
 ) -> Results:
     """The stored results of unchanged inputs (no model loaded), else a new evaluation."""
     spec = config.model(model_name)
     dataset = open_dataset(config.dataset(dataset_name), spec.classes)
     cache_dir = config.cache_dir if cache else None
-    found = lookup(spec, dataset, cache_dir, out, maps)
+    found = lookup(spec, dataset, cache_dir, out, maps, embeddings)
     if found.result is not None:
         print(f"stored results of unchanged inputs: {found.folder}", file=sys.stderr)
         return found.result
@@ -236,7 +257,15 @@ def _results(
         print(f"warning: {note}", file=sys.stderr)
     try:
         return evaluate(
-            model, dataset, cache_dir, _print_progress, out=out, maps=maps, found=found, **run
+            model,
+            dataset,
+            cache_dir,
+            _print_progress,
+            out=out,
+            maps=maps,
+            found=found,
+            embeddings=embeddings,
+            **run,
         )
     finally:
         print(file=sys.stderr)  # end the progress line, also before an error message
@@ -299,6 +328,25 @@ def _compare(args: argparse.Namespace) -> int:
     if len(changes):
         columns = ["class", "support", "recall_a", "recall_b", "recall_change", "f1_a"]
         print(changes[[*columns, "f1_b", "f1_change"]].round(3).to_string(index=False))
+    return 0
+
+
+def _similar(args: argparse.Namespace) -> int:
+    from core.analysis.similar import similar_images
+
+    config = load_config(args.config)
+    result = _results(config, args.model, args.dataset)
+    table = similar_images(result, args.image, args.top)
+    if args.json:
+        import json
+
+        rows = table[["path", "true", "pred", "distance"]].to_dict("records")
+        print(json.dumps([{**r, "distance": round(float(r["distance"]), 6)} for r in rows]))
+        return 0
+    print(f"{len(table)} images nearest to {args.image} (Euclidean distance of embeddings):")
+    if len(table):
+        shown = table[["distance", "path", "true", "pred"]].round({"distance": 4})
+        print(shown.to_string(index=False))
     return 0
 
 

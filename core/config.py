@@ -51,7 +51,7 @@ __all__ = [
 _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
-    "datasets", "maps", "results", "timm", "interpolation", "crop_pct",
+    "datasets", "maps", "results", "timm", "interpolation", "crop_pct", "embeddings",
 }  # fmt: skip
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -84,6 +84,7 @@ class ModelSpec:
     layer: str | None = None
     datasets: tuple[str, ...] | None = None  # the datasets it is evaluated on (None: all)
     maps: bool = True  # store the predicted/true-class Grad-CAM of every image while evaluating
+    embeddings: bool = True  # store every image's classifier-head input (the Map, similar images)
     results: tuple[Path, ...] = ()  # result folders made elsewhere (python -m core evaluate --out)
     base_dir: Path = Path(".")
     timm: str | None = None  # a timm model name (built with pretrained=False)
@@ -248,6 +249,11 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
     maps = entry.get("maps", True)
     if not isinstance(maps, bool):
         raise ConfigError(f"{where}: maps must be true or false (unquoted), got {maps!r}")
+    embeddings = entry.get("embeddings", True)
+    if not isinstance(embeddings, bool):
+        raise ConfigError(
+            f"{where}: embeddings must be true or false (unquoted), got {embeddings!r}"
+        )
     results = entry.get("results", [])
     results = [results] if isinstance(results, str) else results
     interpolation = str(entry.get("interpolation", "bilinear"))
@@ -278,6 +284,7 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         layer=entry.get("layer"),
         datasets=tuple(str(d) for d in entry["datasets"]) if "datasets" in entry else None,
         maps=maps,
+        embeddings=embeddings,
         results=tuple((base / str(r)).resolve() for r in results),
         base_dir=base,
         timm=str(entry["timm"]) if "timm" in entry else None,
