@@ -32,6 +32,7 @@ pages = [
         title="Compare models",
         url_path="compare-models",
     ),
+    st.Page(ROOT / "dashboard" / "views" / "map.py", title="Map", url_path="map"),
     st.Page(ROOT / "dashboard" / "views" / "notes.py", title="Tags & notes", url_path="notes"),
 ]
 st.navigation(pages).run()

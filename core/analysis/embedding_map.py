@@ -23,7 +23,11 @@ from core.results import Results, load_derived, save_derived
 
 __all__ = [
     "FIT_ROWS",
+    "MAX_POINTS",
     "MapLayout",
+    "Region",
+    "density",
+    "drawn_sample",
     "pca_layout",
     "pca_project",
     "quick_layout",
@@ -147,3 +151,76 @@ def _evaluated(result: Results) -> np.ndarray:
     if len(result.index) == len(vectors):
         return vectors
     return np.asarray(vectors[result.index])
+
+
+# ------------------------------------------------------------------------------ the drawn map
+
+MAX_POINTS = 100_000  # drawn as points; past this a sample keeps every error, a density the rest
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box or lasso drawn on the map, in map coordinates; lives in the URL as text."""
+
+    kind: str  # "box" or "lasso"
+    points: tuple[tuple[float, float], ...]  # box: two corners; lasso: the polygon's vertices
+
+    def to_param(self) -> str:
+        """``box:x0,y0;x1,y1`` or ``lasso:x,y;x,y;...`` (coordinates to 4 significant digits
+        past the point's scale, so a long lasso still fits in a URL)."""
+        return f"{self.kind}:" + ";".join(f"{x:.5g},{y:.5g}" for x, y in self.points)
+
+    @classmethod
+    def from_param(cls, text: str | None) -> Region | None:
+        """Inverse of :meth:`to_param`; None for anything malformed."""
+        if not text or ":" not in text:
+            return None
+        kind, _, body = text.partition(":")
+        try:
+            points = tuple(
+                (float(x), float(y)) for x, y in (pair.split(",") for pair in body.split(";"))
+            )
+        except ValueError:
+            return None
+        if not all(np.isfinite(points).ravel()):
+            return None
+        if (kind == "box" and len(points) == 2) or (kind == "lasso" and 3 <= len(points) <= 2000):
+            return cls(kind, points)
+        return None
+
+    def contains(self, xy: np.ndarray) -> np.ndarray:
+        """Bool mask [N] of the points ``xy`` [N, 2] inside the region (edges included for a
+        box; even-odd rule for a lasso, as Plotly selects)."""
+        x, y = xy[:, 0], xy[:, 1]
+        if self.kind == "box":
+            (x0, y0), (x1, y1) = self.points
+            return (x >= min(x0, x1)) & (x <= max(x0, x1)) & (y >= min(y0, y1)) & (y <= max(y0, y1))
+        poly = np.asarray(self.points, dtype=np.float64)
+        inside = np.zeros(len(xy), dtype=bool)
+        for (ax, ay), (bx, by) in zip(poly, np.roll(poly, -1, axis=0), strict=True):
+            crosses = (ay > y) != (by > y)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                at = ax + (y - ay) * (bx - ax) / (by - ay)
+            inside ^= crosses & (x < at)
+        return inside
+
+
+def drawn_sample(wrong: np.ndarray, limit: int = MAX_POINTS, seed: int = SEED) -> np.ndarray:
+    """Positions of the points drawn individually: all of them up to ``limit``; past it every
+    error (``wrong`` is a bool mask) and a seeded random sample of the right ones, ascending."""
+    n = len(wrong)
+    if n <= limit:
+        return np.arange(n)
+    errors = np.flatnonzero(wrong)
+    right = np.flatnonzero(~wrong)
+    take = max(0, min(len(right), limit - len(errors)))
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([errors, rng.choice(right, take, replace=False)]))
+
+
+def density(xy: np.ndarray, bins: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts [bins, bins] (rows: y) of ``xy`` on a regular grid, and the x and y bin centres."""
+    if not len(xy):
+        return np.zeros((bins, bins)), np.zeros(bins), np.zeros(bins)
+    counts, xe, ye = np.histogram2d(xy[:, 0], xy[:, 1], bins=bins)
+    return counts.T, (xe[:-1] + xe[1:]) / 2, (ye[:-1] + ye[1:]) / 2
