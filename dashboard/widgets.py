@@ -401,6 +401,9 @@ def _inspect(
         )
     except ValueError as exc:
         right.warning(str(exc))
+    from dashboard.similar_ui import similar_section
+
+    similar_section(config_path, view, row, layer)
     layers, _ = resources.layers(config_path, view.model)
     layer_names = [info.name for info in layers]
     if layer_names:

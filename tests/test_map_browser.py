@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 from core.analysis.embedding_map import Region, result_layout
-from tests.browser import chromium, new_page, screenshot, streamlit_server, wait_idle
+from core.analysis.similar import similar_images
+from dashboard.similar_ui import SIMILAR
+from tests.browser import (
+    chromium,
+    new_page,
+    open_inspect,
+    screenshot,
+    streamlit_server,
+    wait_for_gallery,
+    wait_idle,
+)
 from tests.projects import expected, write_config
 
 pytestmark = pytest.mark.browser
@@ -72,3 +82,24 @@ def test_box_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None:
         other.locator(".cam-card").first.wait_for(timeout=120_000)
         wait_idle(other)
         assert sorted(other.evaluate(PATHS)) == sorted(shown)
+
+
+def test_inspect_shows_the_nearest_images(tmp_path: Path) -> None:
+    """An error's large view lists its nearest images (by the stored embeddings) as cards."""
+    config = write_config(tmp_path)
+    result = expected(config)
+    in_cell = result.predictions.query("true == 3 and pred == 9")
+    assert len(in_cell)
+    with streamlit_server("--config", str(config)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/?model=digits-cnn&dataset=digits-test&cell=3,9")
+        wait_for_gallery(page, "3", "9")
+        first = page.evaluate(PATHS)[0]
+        dialog = open_inspect(page)
+        dialog.locator(".cam-similar .cam-card").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        shown = dialog.locator(".cam-similar .cam-card strong").all_inner_texts()
+        assert shown == list(similar_images(result, first, SIMILAR)["path"])
+        assert first not in shown
+        dialog.get_by_text("share its true class").wait_for()
+        screenshot(page, "inspect_similar")
