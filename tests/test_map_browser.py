@@ -8,14 +8,18 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
+from core.analysis.calibration import reliability
 from core.analysis.embedding_map import Region, result_layout
+from core.analysis.metrics import per_class_metrics
 from core.analysis.similar import similar_images
+from dashboard.calibration_ui import RELIABILITY_BINS, chart_rows
 from dashboard.similar_ui import SIMILAR
 from tests.browser import (
     chromium,
     new_page,
     open_inspect,
     screenshot,
+    settled_box,
     streamlit_server,
     wait_for_gallery,
     wait_idle,
@@ -103,3 +107,57 @@ def test_inspect_shows_the_nearest_images(tmp_path: Path) -> None:
         assert first not in shown
         dialog.get_by_text("share its true class").wait_for()
         screenshot(page, "inspect_similar")
+
+
+CHART = "new URLSearchParams(location.search).get('chart')"
+BAR_AT = """([plot, x, y]) => {
+    const gd = document.querySelectorAll('.js-plotly-plot')[plot];
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+    const px = xa.type === 'category' ? xa.l2p(xa.d2l(x)) : xa.l2p(x);
+    return [box.left + px, box.top + ya.l2p(y)];
+}"""
+
+
+def test_clicking_a_reliability_bin_or_a_recall_bar_lists_its_images(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = expected(config)
+    table = result.predictions
+    confidence = table["confidence"].to_numpy()
+    correct = (table["true"] == table["pred"]).to_numpy()
+    rel = reliability(confidence, correct, RELIABILITY_BINS).table
+    b = int(rel[(rel["count"] > 0) & (rel["count"] <= 96)]["bin"].max())  # a bin that fits a page
+    metrics = per_class_metrics(table, result.classes)
+    worst = int(metrics.sort_values(["recall", "precision", "class"]).index[0])
+    with streamlit_server("--config", str(config)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/?model=digits-cnn&dataset=digits-test&page_size=96")
+        page.get_by_text("Calibration and per-class precision/recall").click()
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 3")
+        page.get_by_text("ECE").first.wait_for()
+        wait_idle(page)
+        x = float((rel["lo"][b] + rel["hi"][b]) / 2)
+        settled_box(page, page.locator(".js-plotly-plot").nth(0))  # scrolled into view
+        page.mouse.click(*page.evaluate(BAR_AT, [0, x, float(rel["accuracy"][b]) / 2]))
+        page.wait_for_function(f"() => {CHART} === 'rel:{b}'")
+        page.locator(".cam-chart .cam-card").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        rows, _ = chart_rows(result, f"rel:{b}")
+        in_bin = (confidence >= rel["lo"][b]) & (confidence < rel["hi"][b] + (b == 9))
+        assert sorted(rows["path"]) == sorted(table["path"][in_bin])
+        shown = page.locator(".cam-chart .cam-card strong").all_inner_texts()
+        assert shown == list(rows["path"])  # wrong first, then most confident
+        screenshot(page, "calibration_bin")
+        recall = float(metrics["recall"][worst])
+        name = str(result.classes[worst])
+        settled_box(page, page.locator(".js-plotly-plot").nth(2))
+        page.mouse.click(*page.evaluate(BAR_AT, [2, name, max(recall / 2, 0.05)]))
+        page.wait_for_function(f"() => {CHART} === 'recall:{worst}'")
+        page.get_by_text(f"images true class {name} (recall)").wait_for(timeout=120_000)
+        page.wait_for_function(
+            f"() => [...document.querySelectorAll('.cam-chart .cam-card strong')]"
+            f".every(s => s.innerText.startsWith('{name}/'))"
+        )
+        wait_idle(page)
+        shown = page.locator(".cam-chart .cam-card strong").all_inner_texts()
+        assert sorted(shown) == sorted(table["path"][table["true"] == worst])
