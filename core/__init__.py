@@ -11,6 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from core.analysis.calibration import reliability
+    from core.analysis.embedding_map import result_layout
     from core.analysis.metrics import (
         accuracy,
         block_classes,
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
         per_class_metrics,
         top_confused_pairs,
     )
+    from core.analysis.similar import similar_images
     from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
     from core.data.datasets import ImageDataset, dataset_key, open_dataset
     from core.data.images import load_image, load_tensor
@@ -76,6 +79,9 @@ _EXPORTS = {
     "open_results": "core.results",
     "per_class_metrics": "core.analysis.metrics",
     "predict": "core.results.local_engine",
+    "reliability": "core.analysis.calibration",
+    "result_layout": "core.analysis.embedding_map",
+    "similar_images": "core.analysis.similar",
     "top_confused_pairs": "core.analysis.metrics",
 }
 
@@ -116,6 +122,9 @@ __all__ = [
     "open_results",
     "per_class_metrics",
     "predict",
+    "reliability",
+    "result_layout",
+    "similar_images",
     "top_confused_pairs",
 ]  # the keys of _EXPORTS (tests/test_public_api.py)
 
