@@ -191,7 +191,7 @@ class Region:
     def contains(self, xy: np.ndarray) -> np.ndarray:
         """Bool mask [N] of the points ``xy`` [N, 2] inside the region (edges included for a
         box; even-odd rule for a lasso, as Plotly selects)."""
-        x, y = xy[:, 0], xy[:, 1]
+        x, y = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
         if self.kind == "box":
             (x0, y0), (x1, y1) = self.points
             return (x >= min(x0, x1)) & (x <= max(x0, x1)) & (y >= min(y0, y1)) & (y <= max(y0, y1))

@@ -81,7 +81,8 @@ def main() -> None:
     key = (config_path, view.model, view.dataset, result.fingerprint)
     layout, note = map_data.layout(*key)
     region = Region.from_param(params.get("sel"))
-    cell = view.cell
+    n = result.num_classes
+    cell = view.cell if view.cell is not None and max(view.cell) < n else None
     figure = _figure(key, result, layout.xy, layout.method, colour, region, cell)
     chart_key = f"map-{result.fingerprint[:8]}-{layout.method}"
     st.plotly_chart(
@@ -91,8 +92,10 @@ def main() -> None:
         selection_mode=("box", "lasso"),
         config={"displaylogo": False, "scrollZoom": True},
     )
-    n = len(result.index)
-    shown = f"all {n:,} images" if n <= MAX_POINTS else f"{MAX_POINTS:,} of {n:,} images"
+    count = len(result.index)
+    shown = (
+        f"all {count:,} images" if count <= MAX_POINTS else f"{MAX_POINTS:,} of {count:,} images"
+    )
     st.caption(
         f"{layout.method.upper()} of the classifier head's inputs · {shown} "
         "(past 100,000: every error, a sample of the rest, and a density of all) · drag a box "
