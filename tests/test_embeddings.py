@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.analysis.similar import nearest, similar_images
+from core.analysis.similar import nearest, search_vectors, similar_images
 from core.config import DatasetSpec, load_config
 from core.data.datasets import open_dataset
 from core.data.models import load_model
@@ -77,6 +77,11 @@ def test_nearest_equals_a_full_sort_and_skips_excluded_rows() -> None:
     np.testing.assert_array_equal(found.rows, expected)
     np.testing.assert_allclose(found.distances, dist[expected], rtol=1e-4)
     assert not exclude[found.rows].any()
+    wide = vectors.astype(np.float32)  # the search copy: float32 and squared norms
+    norms = np.einsum("ij,ij->i", wide, wide)
+    fast = nearest(wide, query, 7, exclude, block_rows=128, norms=norms)
+    np.testing.assert_array_equal(fast.rows, expected)
+    np.testing.assert_allclose(fast.distances, dist[expected], rtol=1e-4)
     assert len(nearest(vectors[:3], query, 10).rows) == 3  # fewer rows than asked: all of them
 
 
@@ -190,6 +195,7 @@ def test_cli_similar_json(tmp_path: Path, digits_subset, sample_config, capsys) 
     assert len(found) == 6
     assert all(set(item) == {"path", "true", "pred", "distance"} for item in found)
     assert query not in [item["path"] for item in found]
+    assert (tmp_path / "cache" / "results").is_dir()
     distances = [item["distance"] for item in found]
     assert distances == sorted(distances) and distances[0] > 0
     assert sum(item["true"] == "7" for item in found) >= 3  # the other three 7s come first
@@ -202,6 +208,10 @@ def test_cli_similar_json(tmp_path: Path, digits_subset, sample_config, capsys) 
     dist[row] = np.inf
     paths = result.manifest.column("path").to_pylist()
     assert [item["path"] for item in found] == [paths[i] for i in np.argsort(dist)[:6]]
+    wide, norms = search_vectors(result)  # saved beside the result by the first search
+    assert (result_folder / "derived" / "similar" / "vectors.npy").is_file()
+    np.testing.assert_array_equal(wide, result.embeddings.astype(np.float32))
+    np.testing.assert_allclose(norms, (wide.astype(np.float64) ** 2).sum(1), rtol=1e-5)
 
     assert main(["similar", "--config", str(config), "--image", "nope.png"]) == 2
     assert "not an image of this result" in capsys.readouterr().err
