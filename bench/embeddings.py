@@ -50,7 +50,8 @@ BOX = """([x0, y0, x1, y1]) => {
 DRAWN = """(n) => {
     const gd = document.querySelector('.js-plotly-plot');
     if (!gd || !gd._fullLayout || !gd.data) return false;
-    const points = gd.data.reduce((s, t) => s + (t.type === 'scattergl' ? t.x.length : 0), 0);
+    const full = gd._fullData || [];
+    const points = full.reduce((s, t) => s + (t.type === 'scattergl' ? t._length || 0 : 0), 0);
     return points >= n && !!gd.querySelector('canvas');
 }"""
 

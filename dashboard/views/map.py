@@ -22,24 +22,11 @@ from core.analysis.embedding_map import MAX_POINTS, Region
 from core.analysis.gallery import page_count, page_rows
 from core.data.datasets import dataset_key
 from dashboard import map_data, resources
+from dashboard.map_data import COLOURS
 from dashboard.notes_ui import author_input
 from dashboard.settings import settings
 from dashboard.url import bind, set_params
 from dashboard.widgets import _gallery_html, error_panel, project_view
-
-COLOURS = {
-    "outcome": "right / wrong",
-    "true": "true class",
-    "pred": "predicted class",
-    "label": "suspected label error",
-}
-_RIGHT, _WRONG = "#9aa5b1", "#d62728"
-_PALETTE = (
-    *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"),
-    *("#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"),
-    *("#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"),
-)
-_RING = {"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#000"}}
 
 
 def main() -> None:
@@ -83,7 +70,7 @@ def main() -> None:
     region = Region.from_param(params.get("sel"))
     n = result.num_classes
     cell = view.cell if view.cell is not None and max(view.cell) < n else None
-    figure = _figure(key, result, layout.xy, layout.method, colour, region, cell)
+    figure = map_data.figure(*key, layout.method, colour, cell)
     chart_key = f"map-{result.fingerprint[:8]}-{layout.method}"
     st.plotly_chart(
         figure,
@@ -109,90 +96,6 @@ def main() -> None:
         return
     inside = np.flatnonzero(region.contains(layout.xy))
     _selection_gallery(config_path, view, result, inside)
-
-
-def _figure(key, result, xy, method, colour, region, cell):  # type: ignore[no-untyped-def]
-    import plotly.graph_objects as go
-
-    drawn = map_data.drawn(*key, method, MAX_POINTS)
-    rows = drawn.rows
-    true, pred = result.true[rows], result.pred[rows]
-    names = np.asarray(result.classes, dtype=object)
-    paths = result.manifest.column("path").take(result.index[rows]).to_numpy(zero_copy_only=False)
-    hover = "%{customdata[1]}<br>true %{customdata[2]} · predicted %{customdata[3]}<extra></extra>"
-    custom = np.stack([rows, paths, names[true], names[pred]], axis=1)
-    fig = go.Figure()
-    if drawn.grid is not None:
-        counts, xs, ys = drawn.grid
-        fig.add_trace(
-            go.Heatmap(
-                z=np.log1p(counts), x=xs, y=ys, colorscale="Greys", showscale=False,
-                hoverinfo="skip", opacity=0.5, name="density",
-            )
-        )  # fmt: skip
-    groups = _groups(key, result, rows, true, pred, colour)
-    for label, mask, color in groups:
-        if not mask.any():
-            continue
-        fig.add_trace(
-            go.Scattergl(
-                x=xy[rows[mask], 0],
-                y=xy[rows[mask], 1],
-                mode="markers",
-                name=label,
-                marker={"size": 5, "color": color, "opacity": 0.8},
-                customdata=custom[mask],
-                hovertemplate=hover,
-            )
-        )
-    if cell is not None:
-        mask = (true == cell[0]) & (pred == cell[1])
-        fig.add_trace(
-            go.Scattergl(
-                x=xy[rows[mask], 0], y=xy[rows[mask], 1], mode="markers",
-                name=f"cell {names[cell[0]]} → {names[cell[1]]}", customdata=custom[mask],
-                hovertemplate=hover,
-                marker=_RING,
-            )
-        )  # fmt: skip
-    if region is not None:
-        fig.add_shape(_shape(region), line={"color": "#444", "dash": "dot"}, editable=False)
-    fig.update_layout(
-        height=620,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
-        dragmode="select",
-        uirevision=key[3],
-        legend={"itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top"},
-        xaxis={"showticklabels": False, "title": None},
-        yaxis={"showticklabels": False, "title": None},
-        plot_bgcolor="white",
-    )
-    return fig
-
-
-def _groups(key, result, rows, true, pred, colour):  # type: ignore[no-untyped-def]
-    """(legend label, mask over the drawn points, colour) per trace."""
-    if colour == "outcome":
-        return [("right", true == pred, _RIGHT), ("wrong", true != pred, _WRONG)]
-    if colour == "label":
-        from dashboard import analyses
-
-        flags = analyses.quality(*key).is_issue[rows]
-        return [("label looks right", ~flags, _RIGHT), ("suspected label error", flags, _WRONG)]
-    values = true if colour == "true" else pred
-    k = result.num_classes
-    if k <= len(_PALETTE):
-        return [(result.classes[c], values == c, _PALETTE[c]) for c in range(k)]
-    # many classes: one trace, classes spread over a colour scale (the hover names them)
-    return [(COLOURS[colour], np.ones(len(rows), bool), values.astype(float))]
-
-
-def _shape(region: Region) -> dict:  # type: ignore[type-arg]
-    if region.kind == "box":
-        (x0, y0), (x1, y1) = region.points
-        return {"type": "rect", "x0": x0, "y0": y0, "x1": x1, "y1": y1}
-    path = "M" + "L".join(f"{x},{y}" for x, y in region.points) + "Z"
-    return {"type": "path", "path": path}
 
 
 def _on_select(key: str) -> None:
