@@ -172,12 +172,33 @@ def layout_part(per_class: int) -> None:
 
 
 def chromium_pss_mb() -> float:
-    total = 0
+    """Proportional set size of the Chromium processes this bench started (descendants of this
+    process: other people's browsers on a shared machine are not counted)."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
-            if not proc.name.isdigit() or "chrom" not in (proc / "comm").read_text():
-                continue
-            for line in (proc / "smaps_rollup").read_text().splitlines():
+            stat = (proc / "stat").read_text()
+            parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            names[int(proc.name)] = (proc / "comm").read_text()
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    total = 0
+    for pid, name in names.items():
+        if "chrom" not in name or not ours(pid):
+            continue
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     total += int(line.split()[1])
         except OSError:
