@@ -15,6 +15,7 @@ browser  a fresh server on that project (layout stored): the Map page's first dr
          complete gallery page, and Chromium's memory (PSS, all processes) with the map open;
          targets ≤ 3 s, ≤ 1 s, ≤ 800 MB. The reference is a bare Streamlit page with a small
          Plotly chart (``bench/reference_app.py``), timed the same way in the same run.
+nn       the million part's nearest-neighbour queries only.
 million  a synthetic 1,000,000-row result with clustered embeddings written through the store's
          own writer: one nearest-neighbour query (median of 9; target ≤ 0.3 s; the reference is
          a plain NumPy full-sort search on the same float32 data), the PCA layout (what the page
@@ -372,7 +373,7 @@ def synthesise(folder: Path, rows: int, classes: int = 100, chunk: int = 100_000
         writer.finish()
 
 
-def million_part(rows: int) -> None:
+def million_part(rows: int, layout_too: bool = True) -> None:
     import numpy as np
 
     from core.analysis.embedding_map import quick_layout
@@ -401,6 +402,16 @@ def million_part(rows: int) -> None:
             np.argsort(np.linalg.norm(full - query, axis=1))[:10]
             reference.append(time.perf_counter() - start)
         del full
+        header(f"{rows:,} rows (synthetic, written through ResultWriter in {made:.0f} s)")
+        row(
+            "one nearest-neighbour query (top 10, exact), median of 9",
+            f"{statistics.median(times):.3f} s (max {max(times):.3f})",
+            "≤ 0.3 s",
+            f"NumPy full sort: {statistics.median(reference):.2f} s",
+        )
+        row("float32 search copy, made once per result (the first query)", f"{prepare:.1f} s", "-")
+        if not layout_too:
+            return
         start = time.perf_counter()
         background = subprocess.Popen(
             [sys.executable, "-c", LAYOUT, str(folder), str(REPO)],
@@ -421,14 +432,6 @@ def million_part(rows: int) -> None:
         layout = json.loads(out.strip().splitlines()[-1])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    header(f"{rows:,} rows (synthetic, written through ResultWriter in {made:.0f} s)")
-    row(
-        "one nearest-neighbour query (top 10, exact), median of 9",
-        f"{statistics.median(times):.3f} s (max {max(times):.3f})",
-        "≤ 0.3 s",
-        f"NumPy full sort: {statistics.median(reference):.2f} s",
-    )
-    row("float32 search copy, made once per result (the first query)", f"{prepare:.1f} s", "-")
     row(
         "UMAP layout in a background process (fit 100,000, transform the rest)",
         f"{total / 60:.1f} min (import {layout['import_s']:.0f} s, "
@@ -444,7 +447,7 @@ def million_part(rows: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", default="all")
+    parser.add_argument("--part", default="all", help="cost, layout, browser, million, nn")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--million", type=int, default=1_000_000)
     args = parser.parse_args()
@@ -462,6 +465,8 @@ def main() -> None:
             browser_part(args.per_class)
         elif part == "million":
             million_part(args.million)
+        elif part == "nn":
+            million_part(args.million, layout_too=False)
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 
