@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 FIT_ROWS = 100_000  # UMAP is fitted on at most this many images; the rest are transformed
+PCA_FIT_ROWS = 100_000  # the PCA axes come from at most this many images (all are projected)
 UMAP_INPUT_DIM = 32
 TRANSFORM_BLOCK = 50_000
 SEED = 0
@@ -62,14 +63,17 @@ def pca_project(vectors: np.ndarray, dims: int) -> np.ndarray:
     dims = min(dims, d)
     if n == 0:
         return np.zeros((0, dims), np.float32)
+    # the axes from at most PCA_FIT_ROWS rows (a seeded sample): at a million rows the
+    # covariance would otherwise cost more than the projection itself
+    rows = np.arange(n) if n <= PCA_FIT_ROWS else _sample(n, PCA_FIT_ROWS)
     total = np.zeros(d, np.float64)
     gram = np.zeros((d, d), np.float64)
-    for start in range(0, n, _CHUNK):
-        block = np.asarray(vectors[start : start + _CHUNK], dtype=np.float32)
+    for start in range(0, len(rows), _CHUNK):
+        block = np.asarray(vectors[rows[start : start + _CHUNK]], dtype=np.float32)
         total += block.sum(0, dtype=np.float64)
         gram += (block.T @ block).astype(np.float64)
-    mean = total / n
-    cov = gram / n - np.outer(mean, mean)
+    mean = total / len(rows)
+    cov = gram / len(rows) - np.outer(mean, mean)
     values, axes = np.linalg.eigh(cov)
     axes = axes[:, np.argsort(values)[::-1][:dims]]
     axes *= np.where(axes[np.abs(axes).argmax(0), np.arange(dims)] < 0, -1.0, 1.0)
@@ -80,6 +84,10 @@ def pca_project(vectors: np.ndarray, dims: int) -> np.ndarray:
         block = np.asarray(vectors[start : start + _CHUNK], dtype=np.float32)
         out[start : start + len(block)] = block @ proj - shift
     return out
+
+
+def _sample(n: int, k: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(SEED).choice(n, k, replace=False))
 
 
 def pca_layout(vectors: np.ndarray) -> np.ndarray:
