@@ -11,6 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from core.analysis.calibration import reliability
+    from core.analysis.embedding_map import result_layout
     from core.analysis.metrics import (
         accuracy,
         block_classes,
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
         top_confused_pairs,
     )
     from core.analysis.patterns import Pattern, Patterns, result_patterns
+    from core.analysis.similar import similar_images
     from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
     from core.data.datasets import ImageDataset, dataset_key, open_dataset
     from core.data.images import load_image, load_tensor
@@ -55,8 +58,8 @@ _EXPORTS = {
     "ClassCountMismatchError": "core.errors",
     "ConfigError": "core.errors",
     "DatasetError": "core.errors",
-    "DiskFullError": "core.results",
     "DatasetSpec": "core.config",
+    "DiskFullError": "core.results",
     "EvaluationJob": "core.results.evaluate",
     "ImageDataset": "core.data.datasets",
     "LoadedModel": "core.data.models",
@@ -101,9 +104,12 @@ _EXPORTS = {
     "per_class_metrics": "core.analysis.metrics",
     "predict": "core.results.local_engine",
     "random_maps": "core.explain.faithfulness",
-    "saliency": "core.explain.cam",
+    "reliability": "core.analysis.calibration",
+    "result_layout": "core.analysis.embedding_map",
     "result_patterns": "core.analysis.patterns",
+    "saliency": "core.explain.cam",
     "sanity_check": "core.explain.sanity",
+    "similar_images": "core.analysis.similar",
     "top_confused_pairs": "core.analysis.metrics",
 }
 
@@ -157,9 +163,12 @@ __all__ = [
     "per_class_metrics",
     "predict",
     "random_maps",
+    "reliability",
+    "result_layout",
     "result_patterns",
     "saliency",
     "sanity_check",
+    "similar_images",
     "top_confused_pairs",
 ]  # the keys of _EXPORTS (tests/test_public_api.py)
 

@@ -1,5 +1,5 @@
-"""Command line: ``python -m core evaluate | label-issues | compare | patterns | faithfulness
-| sanity --config FILE ...``."""
+"""Command line: ``python -m core evaluate | label-issues | compare | patterns | similar
+| faithfulness | sanity --config FILE ...``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "patterns": _patterns,
         "faithfulness": _faithfulness,
         "sanity": _sanity,
+        "similar": _similar,
     }
     try:
         return commands[args.command](args)
@@ -80,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also score the stored maps' faithfulness (saved beside the result; "
         "as faithfulness = true in the model entry)",
+    )
+    run.add_argument(
+        "--no-embeddings",
+        action="store_true",
+        help="do not store image embeddings (the Map page and similar images need them)",
     )
     run.add_argument(
         "--engine",
@@ -121,6 +127,15 @@ def _parser() -> argparse.ArgumentParser:
     found.add_argument("--top", type=int, default=20, help="patterns to print (default 20)")
     found.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     _trust_parsers(commands)
+    near = commands.add_parser("similar", help="the images nearest to one in embedding space")
+    near.add_argument("--config", required=True, type=Path, help="project config (TOML)")
+    near.add_argument("--model", help="model name (default: the config's first)")
+    near.add_argument("--dataset", help="dataset name (default: the config's first)")
+    near.add_argument(
+        "--image", required=True, help="the image's path as the export lists it (under the root)"
+    )
+    near.add_argument("--top", type=int, default=10, help="how many neighbours (default 10)")
+    near.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     return parser
 
 
@@ -169,6 +184,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         out=out if out is not None and not table_out else None,
         maps=not args.no_maps,
+        embeddings=not args.no_embeddings,
         engine=_engine(args),
         num_workers=args.workers,
         batch_size=args.batch_size,
@@ -312,6 +328,7 @@ def _results(
     cache: bool = True,
     out: Path | None = None,
     maps: bool = True,
+    embeddings: bool = True,
     **run: Any,
 ) -> Results:
     """The stored results of unchanged inputs (no model loaded), else a new evaluation."""
@@ -320,7 +337,7 @@ def _results(
         config.dataset(_dataset_of(config, spec.name, dataset_name)), spec.classes
     )
     cache_dir = config.cache_dir if cache else None
-    found = lookup(spec, dataset, cache_dir, out, maps)
+    found = lookup(spec, dataset, cache_dir, out, maps, embeddings)
     if found.result is not None:
         print(f"stored results of unchanged inputs: {found.folder}", file=sys.stderr)
         return found.result
@@ -331,7 +348,15 @@ def _results(
         print(f"warning: {note}", file=sys.stderr)
     try:
         return evaluate(
-            model, dataset, cache_dir, _print_progress, out=out, maps=maps, found=found, **run
+            model,
+            dataset,
+            cache_dir,
+            _print_progress,
+            out=out,
+            maps=maps,
+            found=found,
+            embeddings=embeddings,
+            **run,
         )
     finally:
         print(file=sys.stderr)  # end the progress line, also before an error message
@@ -563,3 +588,22 @@ def _sanity(args: argparse.Namespace) -> int:
 
 def _print_progress(done: int, total: int, what: str = "predicting") -> None:
     print(f"\r{what}: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+
+def _similar(args: argparse.Namespace) -> int:
+    from core.analysis.similar import similar_images
+
+    config = load_config(args.config)
+    result = _results(config, args.model, args.dataset)
+    table = similar_images(result, args.image, args.top)
+    if args.json:
+        import json
+
+        rows = table[["path", "true", "pred", "distance"]].to_dict("records")
+        print(json.dumps([{**r, "distance": round(float(r["distance"]), 6)} for r in rows]))
+        return 0
+    print(f"{len(table)} images nearest to {args.image} (Euclidean distance of embeddings):")
+    if len(table):
+        shown = table[["distance", "path", "true", "pred"]].round({"distance": 4})
+        print(shown.to_string(index=False))
+    return 0

@@ -59,7 +59,7 @@ _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
     "datasets", "maps", "results", "timm", "interpolation", "crop_pct", "description",
-    "faithfulness",
+    "faithfulness", "embeddings",
 }  # fmt: skip
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -96,6 +96,7 @@ class ModelSpec:
     datasets: tuple[str, ...] | None = None  # the datasets it is evaluated on (None: all)
     maps: bool = True  # store the predicted/true-class Grad-CAM of every image while evaluating
     faithfulness: bool = False  # also score those maps' faithfulness (saved beside the result)
+    embeddings: bool = True  # store every image's classifier-head input (the Map, similar images)
     results: tuple[Path, ...] = ()  # result folders made elsewhere (python -m core evaluate --out)
     base_dir: Path = Path(".")
     timm: str | None = None  # a timm model name (built with pretrained=False)
@@ -292,6 +293,11 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         raise ConfigError(
             f"{where}: faithfulness must be true or false (unquoted), got {faithfulness!r}"
         )
+    embeddings = entry.get("embeddings", True)
+    if not isinstance(embeddings, bool):
+        raise ConfigError(
+            f"{where}: embeddings must be true or false (unquoted), got {embeddings!r}"
+        )
     results = entry.get("results", [])
     results = [results] if isinstance(results, str) else results
     interpolation = str(entry.get("interpolation", "bilinear"))
@@ -323,6 +329,7 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         datasets=tuple(str(d) for d in entry["datasets"]) if "datasets" in entry else None,
         maps=maps,
         faithfulness=faithfulness,
+        embeddings=embeddings,
         results=tuple((base / str(r)).resolve() for r in results),
         base_dir=base,
         timm=str(entry["timm"]) if "timm" in entry else None,

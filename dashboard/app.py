@@ -35,6 +35,7 @@ pages = [
         url_path="compare-models",
     ),
     st.Page(ROOT / "dashboard" / "views" / "patterns.py", title="Patterns", url_path="patterns"),
+    st.Page(ROOT / "dashboard" / "views" / "map.py", title="Map", url_path="map"),
     st.Page(ROOT / "dashboard" / "views" / "notes.py", title="Tags & notes", url_path="notes"),
 ]
 st.navigation(pages).run()

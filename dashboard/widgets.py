@@ -481,6 +481,9 @@ def _inspect(
         trust.curves_panel(model, x[0], cam_map[0], cls, method, layer, names[cls])
     except ValueError as exc:
         right.warning(str(exc))
+    from dashboard.similar_ui import similar_section
+
+    similar_section(config_path, view, row, layer)
     layers, _ = resources.layers(config_path, view.model)
     layer_names = [info.name for info in layers]
     if layer_names:

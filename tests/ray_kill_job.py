@@ -31,9 +31,14 @@ class KillOnce(ray_engine.ModelActor):
     """The engine's actor, but the first one to reach its second batch dies (SIGKILL)."""
 
     def __init__(
-        self, spec: ModelSpec, layer: str | None, map_shape: tuple[int, int] | None, threads: int
+        self,
+        spec: ModelSpec,
+        layer: str | None,
+        map_shape: tuple[int, int] | None,
+        threads: int,
+        embeddings: bool = False,
     ) -> None:
-        super().__init__(spec, layer, map_shape, threads)
+        super().__init__(spec, layer, map_shape, threads, embeddings)
         with (MARKERS / "starts").open("a") as file:
             file.write(f"{os.getpid()}\n")
         self.calls = 0

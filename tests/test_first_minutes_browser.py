@@ -117,7 +117,9 @@ def test_a_first_click_on_stored_maps_does_not_wait_for_the_model(slow_project) 
         assert [c["path"] for c in gallery_cards(page)] == _first_page(result, 3, 9)
         assert page.get_by_text("shown once the model has loaded").count() == 1
         gate.touch()
-        page.get_by_text("Gallery settings", exact=True).wait_for(timeout=120_000)  # the sidebar follows
+        page.get_by_text("Gallery settings", exact=True).wait_for(
+            timeout=120_000
+        )  # the sidebar follows
         page.context.close()
 
 

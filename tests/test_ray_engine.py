@@ -24,7 +24,7 @@ from core.config import load_config
 from core.data.datasets import ImageDataset, open_dataset
 from core.results import Results, open_results
 from core.results.evaluate import evaluate, map_layer
-from core.results.local_engine import _forward_with_maps
+from core.results.local_engine import _forward_with_maps, _with_embeddings
 from core.results.ray_engine import ModelActor, Placement, decode_batch
 from tests.conftest import REPO
 
@@ -111,6 +111,10 @@ def assert_same_results(ray: Results, local: Results) -> None:
         ray.maps(rows).astype(np.float32), local.maps(rows).astype(np.float32), rtol=2e-3, atol=1e-3
     )
     assert [s.path for s in ray.skipped] == [s.path for s in local.skipped]
+    assert ray.has_embeddings and local.has_embeddings
+    embedded = ray.embeddings[rows].astype(np.float32)
+    assert np.abs(embedded).max() > 0.1  # the head's input, not an empty column
+    np.testing.assert_allclose(embedded, local.embeddings[rows].astype(np.float32), atol=2e-3)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +160,7 @@ def test_actor_equals_the_in_process_forward_pass(sample_config, digits_model) -
     )
     decoded = decode_batch(manifest, str(dataset.root), spec.channels, spec.input_size)
     assert (decoded["error"] == "").all()
-    table = ModelActor(spec, layer, shape, threads=1)(decoded)
+    table = ModelActor(spec, layer, shape, threads=1, embeddings=True)(decoded)
     logits = np.stack(table["logits"].to_numpy(zero_copy_only=False))
     maps = np.stack(table["maps"].to_numpy(zero_copy_only=False)).reshape(len(rows), 2, *shape)
 
@@ -164,12 +168,16 @@ def test_actor_equals_the_in_process_forward_pass(sample_config, digits_model) -
     images = torch.stack([data[int(i)].image for i in rows[:32]])  # type: ignore[misc]
     inputs = digits_model.normalize(images.contiguous(memory_format=torch.channels_last))
     labels = torch.tensor([dataset.samples[i][1] for i in rows[:32]])
-    ref_logits, ref_maps = _forward_with_maps(digits_model, layer)(inputs, labels)
+    forward = _with_embeddings(digits_model, _forward_with_maps(digits_model, layer))
+    ref_logits, ref_maps, ref_embeddings = forward(inputs, labels)
     assert ref_maps is not None and float(ref_maps.abs().max()) > 0.1
     np.testing.assert_array_equal(logits[:32].argmax(1), ref_logits.argmax(1).numpy())
     probs = torch.from_numpy(logits[:32]).softmax(1).numpy()
     np.testing.assert_allclose(probs, ref_logits.softmax(1).numpy(), atol=1e-5)
     np.testing.assert_allclose(maps[:32], ref_maps.numpy(), atol=1e-3)
+    embeddings = np.stack(table["embeddings"].to_numpy(zero_copy_only=False))
+    assert ref_embeddings is not None and embeddings.shape == (len(rows), 128)
+    np.testing.assert_allclose(embeddings[:32], ref_embeddings.float().numpy(), atol=2e-3)
 
 
 def test_an_unreadable_file_becomes_a_row_with_its_reason(tmp_path: Path, digits_subset) -> None:

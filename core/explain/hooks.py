@@ -96,13 +96,17 @@ class Tap:
 
 
 @contextmanager
-def hooked(modules: Sequence[nn.Module], hooks: Sequence[Callable[..., Any]]) -> Iterator[None]:
-    """Register forward hooks for the duration of a block; always removed, also on errors."""
+def hooked(
+    modules: Sequence[nn.Module], hooks: Sequence[Callable[..., Any]], pre: bool = False
+) -> Iterator[None]:
+    """Register forward hooks (``pre``: forward pre-hooks, which see a module's input) for the
+    duration of a block; always removed, also on errors."""
     handles = []
     try:
         for module, hook in zip(modules, hooks, strict=True):
             with _REGISTER_LOCK:
-                handles.append(module.register_forward_hook(hook))
+                register = module.register_forward_pre_hook if pre else module.register_forward_hook
+                handles.append(register(hook))
         yield
     finally:
         for handle in handles:

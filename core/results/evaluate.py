@@ -63,6 +63,16 @@ def map_layer(model: LoadedModel) -> tuple[str, tuple[int, int]] | None:
     return None
 
 
+def _embedding_dim(model: LoadedModel) -> int | None:
+    """Width of the stored embeddings; None if they are off (``embeddings = false``) or the
+    model has no Linear head to take them from."""
+    from core.explain.embeddings import EMBEDDING_DIM, head_module
+
+    if not model.spec.embeddings or head_module(model.module) is None:
+        return None
+    return EMBEDDING_DIM
+
+
 @dataclass(frozen=True)
 class Lookup:
     """Where the results of some inputs live, and whether they are complete there."""
@@ -78,6 +88,7 @@ def lookup(
     cache_dir: Path | None = None,
     out: Path | None = None,
     maps: bool = True,
+    embeddings: bool = True,
 ) -> Lookup:
     """Find the result folder of model entry ``spec`` on ``dataset`` (see :func:`evaluate` for
     where it is looked for). Loads no model; costs a stat of every file and a hash of the
@@ -88,7 +99,7 @@ def lookup(
         made = find_result(spec.results, dataset)
         if made is not None:
             return Lookup(made.fingerprint, made.folder, made)
-    key = evaluation_key(spec, dataset, maps)
+    key = evaluation_key(spec, dataset, maps, embeddings)
     folder = out or (cache_dir / "results" / key if cache_dir is not None else None)
     if folder is None:
         return Lookup(key, None, None)
@@ -105,10 +116,11 @@ def stored_result(
     cache_dir: Path | None = None,
     out: Path | None = None,
     maps: bool = True,
+    embeddings: bool = True,
 ) -> Results | None:
     """The stored results of model entry ``spec`` on ``dataset`` if unchanged inputs made
     them, else None (:func:`lookup`'s result)."""
-    return lookup(spec, dataset, cache_dir, out, maps).result
+    return lookup(spec, dataset, cache_dir, out, maps, embeddings).result
 
 
 def evaluate(
@@ -123,6 +135,7 @@ def evaluate(
     commit_seconds: float = 2.0,
     engine: Callable[..., None] | None = None,
     found: Lookup | None = None,
+    embeddings: bool = True,
 ) -> Results:
     """``model``'s results on ``dataset``: read from disk when nothing changed, else computed.
 
@@ -131,9 +144,11 @@ def evaluate(
     folder left half-way by a killed run is resumed. ``engine`` fills the writer:
     :func:`core.results.local_engine.predict`, or the same signature elsewhere (Ray).
     ``found`` is a :func:`lookup` of the same inputs made just before (not repeated).
+    With ``embeddings`` (and the entry's ``embeddings`` on) each image's classifier-head input
+    is stored too (:mod:`core.explain.embeddings`).
     """
     check_classes(model, dataset)
-    found = found or lookup(model.spec, dataset, cache_dir, out, maps)
+    found = found or lookup(model.spec, dataset, cache_dir, out, maps, embeddings)
     key, folder, hit = found.key, found.folder, found.result
     if hit is not None:
         if progress is not None:
@@ -144,6 +159,7 @@ def evaluate(
 
         engine = predict
     layer = map_layer(model) if maps else None
+    embedding_dim = _embedding_dim(model) if embeddings else None
     scratch = folder is None
     try:
         folder = Path(tempfile.mkdtemp(prefix="cam-results-")) if folder is None else folder
@@ -166,6 +182,7 @@ def evaluate(
             map_shape=layer[1] if layer else None,
             commit_seconds=commit_seconds,
             durable=not scratch,
+            embedding_dim=embedding_dim,
         ) as writer:
             engine(
                 model,

@@ -2,9 +2,10 @@
 
 It covers the weights file's bytes, the dataset's file list with sizes and mtimes, the classes,
 how the model entry builds and preprocesses (as configured), whether maps are stored and at
-which configured layer, and the versions of the libraries that turn that configuration into a
-transform and a model. Any change gives a new result folder; a second start on unchanged
-inputs opens the stored one. Computing it imports neither torch nor the model.
+which configured layer, whether embeddings are stored, and the versions of the libraries that
+turn that configuration into a transform and a model. Any change gives a new result folder; a
+second start on unchanged inputs opens the stored one. Computing it imports neither torch nor
+the model.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def evaluation_key(spec: ModelSpec, dataset: ImageDataset, maps: bool = True) -> str:
+def evaluation_key(
+    spec: ModelSpec, dataset: ImageDataset, maps: bool = True, embeddings: bool = True
+) -> str:
     """The cache key of model entry ``spec``'s results on ``dataset``.
 
     ``spec`` may be the entry as configured or as loaded (timm fills in the preprocessing the
@@ -54,6 +57,7 @@ def evaluation_key(spec: ModelSpec, dataset: ImageDataset, maps: bool = True) ->
         repr((spec.architecture, spec.factory, spec.timm, sorted(spec.factory_kwargs.items()))),
         repr((spec.channels, sorted(configured.items()))),
         f"maps:{maps and spec.maps}:{spec.layer}",
+        f"embeddings:{embeddings and spec.embeddings}",
         repr([(name, metadata.version(name)) for name in libraries]),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

@@ -1,7 +1,8 @@
 """The in-process evaluation engine: batched inference streamed into a result folder.
 
 Each batch is decoded, run through the model (with the predicted- and true-class Grad-CAM at
-the target layer when maps are on: one forward pass serves both) and written to a
+the target layer when maps are on, and the classifier head's input as the image's embedding
+when the writer has an embeddings column: one forward pass serves all three) and written to a
 :class:`~core.results.store.ResultWriter` before the next one, so memory does not grow with the
 size of the set, and a killed run resumes where it stopped.
 """
@@ -55,6 +56,8 @@ def predict(
         pin_memory=model.device.type == "cuda",
     )
     forward = _forward_with_maps(model, maps_layer) if maps_layer else _forward(model)
+    if writer.embedding_dim is not None:
+        forward = _with_embeddings(model, forward)
     done, total = writer.done_count, len(data)
     for batch_indices, batch_labels, images, failed in loader:
         for sample in failed:
@@ -62,20 +65,23 @@ def predict(
         if batch_indices:
             labels = torch.tensor(batch_labels)
             inputs = model.normalize(_to_device(images, model.device))
-            logits, maps = forward(inputs, labels)
-            writer.write(scores_from_logits(np.asarray(batch_indices), labels, logits, maps))
+            logits, maps, embeddings = forward(inputs, labels)
+            rows = np.asarray(batch_indices)
+            writer.write(scores_from_logits(rows, labels, logits, maps, embeddings))
         done += len(batch_indices) + len(failed)
         if progress is not None:
             progress(done, total)
 
 
-Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+Outputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+Forward = Callable[[torch.Tensor, torch.Tensor], Outputs]
+"""(inputs, labels) → logits, raw maps or None, embeddings or None (all on the CPU)."""
 
 
 def _forward(model: LoadedModel) -> Forward:
-    def run(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def run(inputs: torch.Tensor, labels: torch.Tensor) -> Outputs:
         with torch.inference_mode():
-            return model.module(inputs).float().cpu(), None
+            return model.module(inputs).float().cpu(), None, None
 
     return run
 
@@ -83,9 +89,23 @@ def _forward(model: LoadedModel) -> Forward:
 def _forward_with_maps(model: LoadedModel, layer: str) -> Forward:
     from core.explain.cam import evaluation_maps
 
-    def run(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(inputs: torch.Tensor, labels: torch.Tensor) -> Outputs:
         logits, maps = evaluation_maps(model.module, inputs, labels.to(inputs.device), layer)
-        return logits.float().cpu(), maps.cpu()
+        return logits.float().cpu(), maps.cpu(), None
+
+    return run
+
+
+def _with_embeddings(model: LoadedModel, forward: Forward) -> Forward:
+    """``forward`` that also returns the head's input of the same pass, projected (None where
+    the model has no Linear head: then the column stays zeros)."""
+    from core.explain.embeddings import tapped_head
+
+    def run(inputs: torch.Tensor, labels: torch.Tensor) -> Outputs:
+        with tapped_head(model.module) as tap:
+            logits, maps, _ = forward(inputs, labels)
+        embeddings = None if tap is None or tap.value is None else tap.embeddings().cpu()
+        return logits, maps, embeddings
 
     return run
 

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +32,7 @@ from core.config import ModelSpec
 from core.data.datasets import ImageDataset
 from core.data.models import LoadedModel, ResizeTo, load_model
 from core.data.parquet import TableDataset, TableReader
+from core.explain.embeddings import EMBEDDING_DIM, EmbeddingTap, tapped_head
 from core.results.local_engine import Progress
 from core.results.scores import scores_from_logits
 from core.results.store import ResultWriter
@@ -101,8 +103,11 @@ def predict(
         print(placement.describe(), file=sys.stderr)
         size = batch_size or model.spec.batch_size
         shape = writer.map_shape if maps_layer else None
+        embed = writer.embedding_dim is not None
         todo = writer.todo()
-        stream = _pipeline(model.spec, dataset, todo, size, maps_layer, shape, placement, actor)
+        stream = _pipeline(
+            model.spec, dataset, todo, size, maps_layer, shape, placement, actor, embed
+        )
         done, total = writer.done_count, len(dataset)
         for table in stream:
             done += _write(writer, dataset, table, shape)
@@ -146,6 +151,7 @@ def _pipeline(
     map_shape: tuple[int, int] | None,
     placement: Placement,
     actor: type[ModelActor] | None,
+    embeddings: bool = False,
 ) -> Iterable[pa.Table]:
     import ray.data
 
@@ -175,6 +181,7 @@ def _pipeline(
             "layer": layer,
             "map_shape": map_shape,
             "threads": placement.threads,
+            "embeddings": embeddings,
         },
         compute=ray.data.ActorPoolStrategy(size=placement.actors),
         num_gpus=placement.gpus_per_actor,
@@ -231,27 +238,38 @@ def decode_batch(
 
 
 class ModelActor:
-    """Holds the model (loaded once per actor); a batch of images → logits and raw maps."""
+    """Holds the model (loaded once per actor); a batch of images → logits, raw maps and
+    embeddings (the classifier head's input of the same forward pass)."""
 
     def __init__(
-        self, spec: ModelSpec, layer: str | None, map_shape: tuple[int, int] | None, threads: int
+        self,
+        spec: ModelSpec,
+        layer: str | None,
+        map_shape: tuple[int, int] | None,
+        threads: int,
+        embeddings: bool = False,
     ) -> None:
         self.model = load_model(spec)
         if self.model.device.type == "cpu":
             torch.set_num_threads(threads)
         self.layer = layer
         self.map_shape = map_shape if layer else None
+        self.embeddings = embeddings
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ok = batch["error"] == ""
         n, classes = len(ok), self.model.num_classes
         logits = np.zeros((n, classes), dtype=np.float32)
         maps = None if self.map_shape is None else np.zeros((n, 2, *self.map_shape), np.float32)
+        embedded = np.zeros((n, EMBEDDING_DIM), np.float32) if self.embeddings else None
         if ok.any():
-            good_logits, good_maps = self.run(batch["image"][ok], batch["label"][ok])
+            with self._tapped() as tap:
+                good_logits, good_maps = self.run(batch["image"][ok], batch["label"][ok])
             logits[ok] = good_logits
             if maps is not None and good_maps is not None:
                 maps[ok] = good_maps
+            if embedded is not None and tap is not None and tap.value is not None:
+                embedded[ok] = tap.embeddings().float().cpu().numpy()
         columns = {
             "row": pa.array(batch["row"], type=pa.int64()),
             "label": pa.array(batch["label"], type=pa.int64()),
@@ -260,7 +278,12 @@ class ModelActor:
         }
         if maps is not None:
             columns["maps"] = _fixed_lists(maps.reshape(n, -1))
+        if embedded is not None:
+            columns["embeddings"] = _fixed_lists(embedded)
         return pa.table(columns)
+
+    def _tapped(self) -> AbstractContextManager[EmbeddingTap | None]:
+        return tapped_head(self.model.module) if self.embeddings else nullcontext(None)
 
     def run(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The in-process engine's forward pass on decoded uint8 images."""
@@ -297,11 +320,13 @@ def _write(
         writer.skip(int(row), dataset.samples[int(row)][0], str(reason))
     if ok.any():
         logits = _unflatten(table["logits"], (-1,))[ok]
-        maps = None
+        maps = embeddings = None
         if map_shape is not None:
             maps = torch.from_numpy(_unflatten(table["maps"], (2, *map_shape))[ok])
+        if writer.embedding_dim is not None and "embeddings" in table.column_names:
+            embeddings = torch.from_numpy(_unflatten(table["embeddings"], (-1,))[ok])
         scores = scores_from_logits(
-            rows[ok], torch.from_numpy(labels[ok]), torch.from_numpy(logits), maps
+            rows[ok], torch.from_numpy(labels[ok]), torch.from_numpy(logits), maps, embeddings
         )
         writer.write(scores)
     return len(rows)

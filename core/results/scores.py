@@ -12,7 +12,11 @@ __all__ = ["scores_from_logits"]
 
 
 def scores_from_logits(
-    rows: np.ndarray, labels: torch.Tensor, logits: torch.Tensor, maps: torch.Tensor | None = None
+    rows: np.ndarray,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    maps: torch.Tensor | None = None,
+    embeddings: torch.Tensor | None = None,
 ) -> BatchScores:
     """Softmax, predicted and runner-up class, true-class probability and loss, in float32."""
     log_probs = F.log_softmax(logits.float(), dim=1)
@@ -29,4 +33,5 @@ def scores_from_logits(
         runner_up_prob=top.values[:, -1].numpy(),
         probs=probs.half().numpy(),
         maps=None if maps is None else maps.half().cpu().numpy(),
+        embeddings=None if embeddings is None else embeddings.half().cpu().numpy(),
     )

@@ -7,7 +7,8 @@ Layout of a result folder::
     pred.npy ...      one NumPy file per column, a row per image of the manifest:
                       pred, runner_up (int32), confidence, true_prob, loss, runner_up_prob
                       (float32),
-                      probs (float16 [N, K]), maps (float16 [N, 2, h, w], optional)
+                      probs (float16 [N, K]), maps (float16 [N, 2, h, w], optional),
+                      embeddings (float16 [N, 128], optional: the classifier head's input)
     done.log          committed rows, a line "start stop" per batch (append-only)
     skipped.jsonl     images that could not be read, with the reason
 
@@ -149,6 +150,7 @@ class BatchScores:
     runner_up_prob: np.ndarray  # float32 [n]
     probs: np.ndarray  # float16 [n, K]
     maps: np.ndarray | None = None  # float16 [n, 2, h, w] raw maps (predicted, true/runner-up)
+    embeddings: np.ndarray | None = None  # float16 [n, D] (core.explain.embeddings)
 
 
 @dataclass(frozen=True)
@@ -242,10 +244,12 @@ class ResultWriter:
         map_shape: tuple[int, int] | None = None,
         commit_seconds: float = 2.0,
         durable: bool = True,
+        embedding_dim: int | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.n, self.k = len(manifest), len(classes)
         self.map_shape = map_shape
+        self.embedding_dim = embedding_dim  # None: no embeddings column
         self.commit_seconds = commit_seconds
         self.durable = durable  # False: no fsync (a scratch folder that no crash must survive)
         self._header = {
@@ -254,6 +258,7 @@ class ResultWriter:
             "classes": list(classes),
             "rows": self.n,
             "maps": list(map_shape) if map_shape else None,
+            "embeddings": embedding_dim,
             "meta": dict(meta or {}),
         }
         self._columns: dict[str, _Column] = {}
@@ -280,6 +285,8 @@ class ResultWriter:
         dtypes: dict[str, Any] = {**_SCALARS, "probs": np.float16}
         if self.map_shape is not None:
             dtypes["maps"] = np.float16
+        if self.embedding_dim is not None:
+            dtypes["embeddings"] = np.float16
         return dtypes
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
@@ -287,6 +294,8 @@ class ResultWriter:
         shapes["probs"] = (self.n, self.k)
         if self.map_shape is not None:
             shapes["maps"] = (self.n, 2, *self.map_shape)
+        if self.embedding_dim is not None:
+            shapes["embeddings"] = (self.n, self.embedding_dim)
         return shapes
 
     def _can_resume(self) -> bool:
@@ -331,7 +340,7 @@ class ResultWriter:
 
     def _create(self, manifest: Sequence[tuple[str, int]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in ("done.log", "skipped.jsonl", "maps.npy", "manifest.arrow"):
+        for stale in ("done.log", "skipped.jsonl", "maps.npy", "embeddings.npy", "manifest.arrow"):
             (self.folder / stale).unlink(missing_ok=True)  # new files: readers may map old ones
         paths = pa.array([p for p, _ in manifest], type=pa.string())
         labels = pa.array(np.fromiter((lab for _, lab in manifest), np.int32, len(manifest)))
@@ -373,6 +382,8 @@ class ResultWriter:
             self._columns["probs"].write(start, scores.probs)
             if "maps" in self._columns and scores.maps is not None:
                 self._columns["maps"].write(start, scores.maps)
+            if "embeddings" in self._columns and scores.embeddings is not None:
+                self._columns["embeddings"].write(start, scores.embeddings)
         except OSError as exc:
             raise self._failed(exc) from None
         self._pending.append((start, start + len(rows)))
@@ -569,6 +580,18 @@ class Results:
     def has_maps(self) -> bool:
         return "maps" in self.columns
 
+    @property
+    def has_embeddings(self) -> bool:
+        return "embeddings" in self.columns
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """Embeddings [N, D] float16 of every manifest row, memory-mapped (skipped rows hold
+        zeros; use :attr:`index`). Raises if none were stored."""
+        if not self.has_embeddings:
+            raise StoreError(f"{self.folder} holds no embeddings")
+        return self.columns["embeddings"]
+
     @cached_property
     def index(self) -> np.ndarray:
         """Manifest rows that were evaluated (not skipped), ascending."""
@@ -650,6 +673,8 @@ def open_results(folder: str | Path) -> Results:
     shapes["probs"] = (n, k)
     if maps:
         shapes["maps"] = (n, 2, *maps)
+    if header.get("embeddings"):
+        shapes["embeddings"] = (n, int(header["embeddings"]))
     files: dict[str, _Mapped] = {}
     try:
         path = folder / "manifest.arrow"

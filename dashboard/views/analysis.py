@@ -21,6 +21,7 @@ from core import (
 )
 from core.results import StoreWriteError
 from dashboard import analyses, resources
+from dashboard.calibration_ui import calibration_section
 from dashboard.matrix_figure import (
     PARAM,
     MatrixChart,
@@ -91,6 +92,7 @@ def main() -> None:
     # do not depend on the order): a new visitor's browser starts loading the chart's
     # JavaScript, the largest part of a first page, while it draws the rest.
     explorer(config_path, models, datasets, result)
+    calibration_section(config_path, models, datasets, result)
     with tables:
         _tables(config_path, view)
     sidebar_summary(result)

@@ -1,0 +1,207 @@
+"""The Map page's server-wide data: layouts (PCA now, UMAP in the background) and the figure.
+
+Everything is keyed by the evaluation's fingerprint and kept in ``st.cache_resource`` (shared,
+never copied per rerun). The UMAP pass runs once per server and evaluation on a thread of its
+own; the page shows the PCA layout until it is done and never waits for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import streamlit as st
+
+from core.analysis.embedding_map import (
+    MAX_POINTS,
+    MapLayout,
+    density,
+    drawn_sample,
+    quick_layout,
+    result_layout,
+    stored_layout,
+)
+from core.results import Results
+from dashboard import resources
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+COLOURS = {
+    "outcome": "right / wrong",
+    "true": "true class",
+    "pred": "predicted class",
+    "label": "suspected label error",
+}
+_RIGHT, _WRONG = "#9aa5b1", "#d62728"
+_PALETTE = (
+    *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"),
+    *("#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"),
+    *("#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"),
+)
+_RING = {"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#000"}}
+
+
+@dataclass
+class LayoutJob:
+    """The UMAP pass of one evaluation: its future and where it is."""
+
+    future: Future[MapLayout] = field(default_factory=Future)
+    stage: str = "starting"
+    fraction: float = 0.0
+
+    def progress(self, stage: str, fraction: float) -> None:
+        self.stage, self.fraction = stage, fraction
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def layout_job(config_path: str, model: str, dataset: str, fingerprint: str) -> LayoutJob:
+    """Start (once per server and evaluation) the UMAP layout on a background thread."""
+    result = resources.evaluation(config_path, model, dataset)
+    job = LayoutJob()
+    stored = stored_layout(result)
+    if stored is not None:
+        job.future.set_result(stored)
+        return job
+
+    def run() -> None:
+        try:
+            job.future.set_result(result_layout(result, job.progress))
+        except BaseException as exc:  # shown on the page; a rerun after clearing retries
+            job.future.set_exception(exc)
+
+    threading.Thread(target=run, name="embedding-map", daemon=True).start()
+    return job
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def pca(config_path: str, model: str, dataset: str, fingerprint: str) -> MapLayout:
+    """The PCA layout shown until the UMAP one is ready."""
+    return quick_layout(resources.evaluation(config_path, model, dataset))
+
+
+def layout(config_path: str, model: str, dataset: str, fingerprint: str) -> tuple[MapLayout, str]:
+    """The best layout there is now, and a note on it ("" once UMAP is shown)."""
+    job = layout_job(config_path, model, dataset, fingerprint)
+    if job.future.done():
+        error = job.future.exception()
+        if error is None:
+            return job.future.result(), ""
+        layout_job.clear(config_path, model, dataset, fingerprint)
+        note = f"The UMAP layout failed ({error}); the PCA layout is shown."
+        return pca(config_path, model, dataset, fingerprint), note
+    note = f"Computing the UMAP layout ({job.stage}, {job.fraction:.0%}); PCA shown meanwhile."
+    return pca(config_path, model, dataset, fingerprint), note
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """What the figure draws: a sample of positions (all up to the limit) and a density."""
+
+    rows: np.ndarray  # positions into the evaluated rows
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # density of all points, when sampled
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def drawn(
+    config_path: str, model: str, dataset: str, fingerprint: str, method: str, limit: int
+) -> Drawn:
+    """Positions drawn as points (every error kept past ``limit``) and, past it, a density."""
+    result = resources.evaluation(config_path, model, dataset)
+    wrong = result.true != result.pred
+    rows = drawn_sample(wrong, limit)
+    if len(rows) == len(wrong):
+        return Drawn(rows, None)
+    current = layout(config_path, model, dataset, fingerprint)[0]
+    if current.method != method:
+        current = pca(config_path, model, dataset, fingerprint)
+    return Drawn(rows, density(current.xy))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def figure(
+    config_path: str,
+    model: str,
+    dataset: str,
+    fingerprint: str,
+    method: str,
+    colour: str,
+    cell: tuple[int, int] | None,
+) -> go.Figure:
+    """The map's Plotly figure, built once per view and shared (never mutated afterwards).
+
+    Points carry only their row (an int32 typed array) and a short hover text, so a 100,000-
+    point figure serialises in tens of milliseconds on every rerun; a selection is resolved on
+    the server from its shape, not from the points the browser sends back.
+    """
+    import plotly.graph_objects as go
+
+    key = (config_path, model, dataset, fingerprint)
+    result = resources.evaluation(config_path, model, dataset)
+    current = layout(*key)[0]
+    xy = current.xy if current.method == method else pca(*key).xy  # the layout asked for
+    shown = drawn(*key, method, MAX_POINTS)
+    rows = shown.rows
+    true, pred = result.true[rows], result.pred[rows]
+    names = np.asarray(result.classes, dtype=str)
+    text = np.char.add(np.char.add(names[true], " → "), names[pred]) if len(rows) else names[:0]
+    fig = go.Figure()
+    if shown.grid is not None:
+        counts, xs, ys = shown.grid
+        fig.add_trace(
+            go.Heatmap(
+                z=np.log1p(counts), x=xs, y=ys, colorscale="Greys", showscale=False,
+                hoverinfo="skip", opacity=0.5, name="density",
+            )
+        )  # fmt: skip
+    hover = "true → predicted: %{text}<extra></extra>"
+    for label, mask, color in _groups(key, result, rows, true, pred, colour):
+        if not mask.any():
+            continue
+        fig.add_trace(
+            go.Scattergl(
+                x=xy[rows[mask], 0], y=xy[rows[mask], 1], mode="markers", name=label,
+                marker={"size": 5, "color": color, "opacity": 0.8},
+                customdata=rows[mask].astype(np.int32), text=text[mask], hovertemplate=hover,
+            )
+        )  # fmt: skip
+    if cell is not None:
+        mask = (true == cell[0]) & (pred == cell[1])
+        fig.add_trace(
+            go.Scattergl(
+                x=xy[rows[mask], 0], y=xy[rows[mask], 1], mode="markers",
+                name=f"cell {names[cell[0]]} → {names[cell[1]]}", marker=_RING,
+                customdata=rows[mask].astype(np.int32), text=text[mask], hovertemplate=hover,
+            )
+        )  # fmt: skip
+    fig.update_layout(
+        height=620,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        dragmode="select",
+        uirevision=fingerprint,
+        legend={"itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top"},
+        xaxis={"showticklabels": False, "title": None},
+        yaxis={"showticklabels": False, "title": None},
+        plot_bgcolor="white",
+    )
+    return fig
+
+
+def _groups(key, result: Results, rows, true, pred, colour: str):  # type: ignore[no-untyped-def]
+    """(legend label, mask over the drawn points, colour) per trace."""
+    if colour == "outcome":
+        return [("right", true == pred, _RIGHT), ("wrong", true != pred, _WRONG)]
+    if colour == "label":
+        from dashboard import analyses
+
+        flags = analyses.quality(*key).is_issue[rows]
+        return [("label looks right", ~flags, _RIGHT), ("suspected label error", flags, _WRONG)]
+    values = true if colour == "true" else pred
+    k = result.num_classes
+    if k <= len(_PALETTE):
+        return [(result.classes[c], values == c, _PALETTE[c]) for c in range(k)]
+    # many classes: one trace, classes spread over a colour scale (the hover names them)
+    return [(COLOURS[colour], np.ones(len(rows), bool), values.astype(float))]

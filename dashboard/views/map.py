@@ -1,0 +1,184 @@
+"""Map: every test image as a point of its embedding's 2-D layout; a box or lasso shows them.
+
+The layout is UMAP of the classifier head's inputs (computed once per result in the background;
+PCA is shown until it is ready). Up to 100,000 points are drawn with WebGL; past that every
+error and a sample of the rest, over a density of all points. A box or lasso selection is
+stored in the URL as its shape (``sel=box:...`` / ``sel=lasso:...``) and the gallery below shows
+every image whose coordinates fall in it (sampled-out points included), paged, with the same
+cards as the error-analysis cell view. The URL's ``cell`` (a confusion-matrix cell) highlights
+that cell's points.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import UserFacingError
+from core.analysis.embedding_map import MAX_POINTS, Region
+from core.analysis.gallery import page_count, page_rows
+from core.data.datasets import dataset_key
+from dashboard import map_data, resources
+from dashboard.map_data import COLOURS
+from dashboard.notes_ui import author_input
+from dashboard.settings import settings
+from dashboard.url import bind, set_params
+from dashboard.widgets import _gallery_html, error_panel, project_view
+
+
+def main() -> None:
+    server = settings()
+    project = project_view()
+    config_path, view = project.config_path, project.view
+    params = st.query_params
+    with st.sidebar:
+        bind(st.selectbox, "Model", "model", view.model, project.models, reset=("sel", "page"))
+        bind(st.selectbox, "Dataset", "dataset", view.dataset, project.datasets, ("sel", "page"))
+        colour = params.get("mapcolor", "outcome")
+        colour = colour if colour in COLOURS else "outcome"
+        bind(
+            st.selectbox,
+            "Colour by",
+            "mapcolor",
+            colour,
+            list(COLOURS),
+            format_func=COLOURS.get,
+        )
+    author_input(server)
+    st.title("Map of the test set")
+    try:
+        with st.spinner("Evaluating…"):
+            result = resources.evaluation(config_path, view.model, view.dataset)
+    except UserFacingError as exc:
+        error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
+        st.stop()
+    if not result.has_embeddings:
+        st.info(
+            "These results hold no embeddings (evaluated with `embeddings = false`, "
+            "`--no-embeddings`, by an older version, or the model has no Linear head). "
+            "Evaluate again with embeddings on to see the map."
+        )
+        st.stop()
+    if not len(result.index):
+        st.info("No image could be evaluated, so there is nothing to map.")
+        st.stop()
+    key = (config_path, view.model, view.dataset, result.fingerprint)
+    layout, note = map_data.layout(*key)
+    region = Region.from_param(params.get("sel"))
+    n = result.num_classes
+    cell = view.cell if view.cell is not None and max(view.cell) < n else None
+    figure = map_data.figure(*key, layout.method, colour, cell)
+    chart_key = f"map-{result.fingerprint[:8]}-{layout.method}"
+    st.plotly_chart(
+        figure,
+        key=chart_key,
+        on_select=partial(_on_select, chart_key),
+        selection_mode=("box", "lasso"),
+        config={"displaylogo": False, "scrollZoom": True},
+    )
+    count = len(result.index)
+    shown = (
+        f"all {count:,} images" if count <= MAX_POINTS else f"{MAX_POINTS:,} of {count:,} images"
+    )
+    st.caption(
+        f"{layout.method.upper()} of the classifier head's inputs · {shown} "
+        "(past 100,000: every error, a sample of the rest, and a density of all) · drag a box "
+        "(or pick the lasso in the chart's toolbar) to see those images"
+        + (f" · {note}" if note else "")
+    )
+    if note:
+        _redraw_when_ready(*key)
+    if region is None:
+        st.info("Select a region of the map to see its images and their maps.")
+        # the map is out: load the model now, so the first selection's cards do not wait (a
+        # model that cannot be loaded is reported by the gallery when a region is selected)
+        with suppress(UserFacingError):
+            resources.layers(config_path, view.model)
+        return
+    inside = np.flatnonzero(region.contains(layout.xy))
+    _selection_gallery(config_path, view, result, inside)
+
+
+def _on_select(key: str) -> None:
+    selection = st.session_state[key].selection
+    region = region_of_selection(selection)
+    if region is None:
+        set_params({}, reset=("sel", "page"))
+    else:
+        set_params({"sel": region.to_param()}, reset=("page",))
+
+
+def region_of_selection(selection) -> Region | None:  # type: ignore[no-untyped-def]
+    """The last box or lasso of a Plotly selection event, or None (cleared)."""
+    for item in reversed(list(selection.get("lasso") or [])):
+        xs, ys = item.get("x") or [], item.get("y") or []
+        if len(xs) >= 3 and len(xs) == len(ys):
+            return Region("lasso", tuple(zip(map(float, xs), map(float, ys), strict=True)))
+    for item in reversed(list(selection.get("box") or [])):
+        xs, ys = item.get("x") or [], item.get("y") or []
+        if len(xs) == 2 and len(ys) == 2:
+            return Region("box", ((float(xs[0]), float(ys[0])), (float(xs[1]), float(ys[1]))))
+    return None
+
+
+@st.fragment(run_every=3.0)
+def _redraw_when_ready(config_path: str, model: str, dataset: str, fingerprint: str) -> None:
+    """Every 3 s until the UMAP layout is done, then the page again with it."""
+    if map_data.layout_job(config_path, model, dataset, fingerprint).future.done():
+        st.rerun(scope="app")
+
+
+def _selection_gallery(config_path, view, result, inside: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """The selected images, errors first then by confidence, paged, with both maps."""
+    table = result.predictions
+    rows = table.iloc[inside]
+    order = np.lexsort((-rows["confidence"].to_numpy(), rows["true"] == rows["pred"]))
+    rows = rows.iloc[order]
+    wrong = int((rows["true"] != rows["pred"]).sum())
+    heading = f"{len(rows):,} images in the selection ({wrong:,} wrong)"
+    if rows.empty:
+        st.subheader(heading)
+        st.info("No image lies in the selected region.")
+        return
+    pages = page_count(len(rows), view.page_size)
+    page = page_rows(rows, min(view.page, pages), view.page_size)
+    store = resources.notes_store(config_path, settings().read_only)
+    notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
+    try:  # stored results open without the model: the gallery loads it
+        _, layer = resources.layers(config_path, view.model)
+        gallery, problem = _gallery_html(
+            config_path, view, result, page, layer, store, notes_key, heading
+        )
+    except UserFacingError as exc:
+        error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
+        return
+    st.subheader(heading)
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    if pages > 1:
+        with left:
+            bind(
+                st.number_input, f"Page (of {pages})", "page", min(view.page, pages),
+                min_value=1, max_value=pages, step=1,
+            )  # fmt: skip
+    with right:
+        st.download_button(
+            "Download the selection (CSV)",
+            partial(_csv, rows, result.classes),
+            file_name="map_selection.csv",
+            mime="text/csv",
+        )
+    if problem:
+        st.warning(problem)
+    st.html(gallery)
+
+
+def _csv(rows: pd.DataFrame, names: tuple[str, ...]) -> bytes:
+    out = rows.assign(true=[names[i] for i in rows["true"]], pred=[names[i] for i in rows["pred"]])
+    return out.to_csv(index=False).encode()
+
+
+main()

@@ -1,0 +1,119 @@
+"""The Map page and the calibration charts with AppTest, driven by the URL (no browser)."""
+
+from __future__ import annotations
+
+import html
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.analysis.embedding_map import Region, result_layout
+from tests.projects import ROOT, expected, write_config
+
+MAP = str(ROOT / "dashboard" / "views" / "map.py")
+APP = str(ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_config(tmp_path_factory.mktemp("map"))
+    result_layout(expected(path))  # evaluated, and its UMAP layout stored
+    return path
+
+
+def run(script: str, config: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
+    monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(config))
+    at = AppTest.from_file(script, default_timeout=120)
+    for name, value in params.items():
+        at.query_params[name] = value
+    return at.run()
+
+
+def card_paths(at: AppTest) -> list[str]:
+    return [
+        html.unescape(name)
+        for h in at.html
+        for name in re.findall(r'class="cam-card".*?<strong>(.*?)</strong>', h.value)
+    ]
+
+
+def test_a_region_in_the_url_lists_its_images(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    result = expected(project)
+    xy = result_layout(result).xy
+    centre = np.median(xy, axis=0)
+    region = Region("box", (tuple(centre - 3), tuple(centre + 3)))  # type: ignore[arg-type]
+    inside = region.contains(xy)
+    assert inside.sum() > 12  # more than one page of 12
+    at = run(MAP, project, monkeypatch, sel=region.to_param(), page_size="12", page="2")
+    assert not at.exception
+    assert any(f"{int(inside.sum())} images in the selection" in s.value for s in at.subheader)
+    paths = set(result.predictions["path"][inside])
+    shown = card_paths(at)
+    assert len(shown) == min(12, int(inside.sum()) - 12) and set(shown) <= paths
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"sel": "box:junk"},
+        {"sel": "lasso:1,2;3,4"},
+        {"sel": "box:1e308,1e308;-1e308,-1e308", "page": "999"},
+        {"mapcolor": "nonsense", "cell": "99,99"},
+        {"mapcolor": "label", "cell": "3,9"},
+        {"mapcolor": "true"},
+    ],
+)
+def test_malformed_or_odd_map_urls_never_fail(project: Path, monkeypatch, params) -> None:  # type: ignore[no-untyped-def]
+    at = run(MAP, project, monkeypatch, **params)
+    assert not at.exception
+    assert at.title and at.title[0].value == "Map of the test set"
+
+
+def test_results_without_embeddings_say_so(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    text = config.read_text().replace(
+        'name = "digits-cnn"\n', 'name = "digits-cnn"\nembeddings = false\n', 1
+    )
+    config.write_text(text)
+    assert not expected(config).has_embeddings
+    at = run(MAP, config, monkeypatch)
+    assert not at.exception
+    assert any("hold no embeddings" in i.value for i in at.info)
+
+
+def test_a_clicked_bar_selects_exactly_its_images(project: Path) -> None:
+    from dashboard.calibration_ui import HISTOGRAM_BINS, chart_rows
+
+    result = expected(project)
+    table = result.predictions
+    right = table["true"] == table["pred"]
+    found = chart_rows(result, f"wrong:{HISTOGRAM_BINS - 1}")
+    assert found is not None
+    rows, heading = found
+    top = (table["confidence"] >= 0.95) & ~right
+    assert sorted(rows["path"]) == sorted(table["path"][top])
+    assert heading.startswith(f"{int(top.sum())} wrong predictions")
+    rows, _ = chart_rows(result, "precision:9") or pytest.fail("a class")
+    assert sorted(rows["path"]) == sorted(table["path"][table["pred"] == 9])
+    assert list(rows["true"] != rows["pred"])[: int((~right & (table["pred"] == 9)).sum())] == [
+        True
+    ] * int((~right & (table["pred"] == 9)).sum())  # errors first
+    for junk in ("rel:99", "precision:-1", "what:3", "rel:", "recall:10"):
+        assert chart_rows(result, junk) is None
+
+
+def test_the_new_dashboard_modules_import_nothing_heavy() -> None:
+    heavy = ("torch", "torchvision", "scipy", "sklearn", "cleanlab", "umap", "numba")
+    code = (
+        "import sys; import dashboard.map_data, dashboard.similar_ui, dashboard.calibration_ui; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,163 @@
+"""In Chromium: the Map page; a box dragged over a region shows exactly the images inside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pytest
+
+from core.analysis.calibration import reliability
+from core.analysis.embedding_map import Region, result_layout
+from core.analysis.metrics import per_class_metrics
+from core.analysis.similar import similar_images
+from dashboard.calibration_ui import RELIABILITY_BINS, chart_rows
+from dashboard.similar_ui import SIMILAR
+from tests.browser import (
+    chromium,
+    new_page,
+    open_inspect,
+    screenshot,
+    settled_box,
+    streamlit_server,
+    wait_for_gallery,
+    wait_idle,
+)
+from tests.projects import expected, write_config
+
+pytestmark = pytest.mark.browser
+
+PATHS = "() => Array.from(document.querySelectorAll('.cam-card strong')).map(s => s.innerText)"
+# data → page pixels through Plotly's own axes (the figure's first subplot)
+TO_PIXELS = """([x, y]) => {
+    const gd = document.querySelector('.js-plotly-plot');
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+    return [box.left + xa.l2p(x), box.top + ya.l2p(y)];
+}"""
+DRAWN = """() => {
+    const gd = document.querySelector('.js-plotly-plot');
+    return !!(gd && gd._fullLayout && gd._fullLayout.xaxis && gd.querySelector('.nsewdrag')
+        && gd.data && gd.data.length >= 2);
+}"""
+
+
+def test_box_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = expected(config)  # evaluated with embeddings, stored in the project's cache
+    xy = result_layout(result).xy  # the UMAP layout, stored beside it: the page shows it at once
+    paths = np.asarray(result.predictions["path"], dtype=object)
+    # a region holding a few dozen images: a box around a quarter-span of the middle
+    (x0, x1), (y0, y1) = (np.quantile(xy[:, i], [0.35, 0.65]) for i in (0, 1))
+    query = "model=digits-cnn&dataset=digits-test&page_size=96"
+    with streamlit_server("--config", str(config)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/map?{query}")
+        page.wait_for_function(DRAWN, timeout=180_000)
+        page.get_by_text("UMAP of the classifier head's inputs").wait_for(timeout=60_000)
+        wait_idle(page)
+        screenshot(page, "map_page")
+        (px0, py0), (px1, py1) = (page.evaluate(TO_PIXELS, [x, y]) for x, y in ((x0, y0), (x1, y1)))
+        page.mouse.move(px0, py0)
+        page.mouse.down()
+        for step in range(1, 11):  # a person's drag: many small moves
+            t = step / 10
+            page.mouse.move(px0 + (px1 - px0) * t, py0 + (py1 - py0) * t)
+        page.mouse.up()
+        page.wait_for_function("() => location.search.includes('sel=box')", timeout=60_000)
+        page.locator(".cam-card").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        region = Region.from_param(parse_qs(urlparse(page.url).query)["sel"][0])
+        assert region is not None and region.kind == "box"
+        (rx0, ry0), (rx1, ry1) = region.points
+        span = (x1 - x0, y1 - y0)  # the URL holds the box that was dragged (to a pixel or so)
+        assert abs(min(rx0, rx1) - x0) < 0.03 * span[0] and abs(max(rx0, rx1) - x1) < 0.03 * span[0]
+        assert abs(min(ry0, ry1) - y0) < 0.03 * span[1] and abs(max(ry0, ry1) - y1) < 0.03 * span[1]
+        inside = region.contains(xy)
+        assert 5 <= inside.sum() <= 96, inside.sum()
+        page.get_by_text(f"{int(inside.sum())} images in the selection").wait_for()
+        shown = page.evaluate(PATHS)
+        assert sorted(shown) == sorted(paths[inside])
+        screenshot(page, "map_box_selection")
+        # the selection is in the URL: a fresh visitor's deep link shows the same images
+        other = new_page(browser)
+        other.goto(page.url)
+        other.locator(".cam-card").first.wait_for(timeout=120_000)
+        wait_idle(other)
+        assert sorted(other.evaluate(PATHS)) == sorted(shown)
+
+
+def test_inspect_shows_the_nearest_images(tmp_path: Path) -> None:
+    """An error's large view lists its nearest images (by the stored embeddings) as cards."""
+    config = write_config(tmp_path)
+    result = expected(config)
+    in_cell = result.predictions.query("true == 3 and pred == 9")
+    assert len(in_cell)
+    with streamlit_server("--config", str(config)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/?model=digits-cnn&dataset=digits-test&cell=3,9")
+        wait_for_gallery(page, "3", "9")
+        first = page.evaluate(PATHS)[0]
+        dialog = open_inspect(page)
+        dialog.locator(".cam-similar .cam-card").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        shown = dialog.locator(".cam-similar .cam-card strong").all_inner_texts()
+        assert shown == list(similar_images(result, first, SIMILAR)["path"])
+        assert first not in shown
+        dialog.get_by_text("share its true class").wait_for()
+        screenshot(page, "inspect_similar")
+
+
+CHART = "new URLSearchParams(location.search).get('chart')"
+BAR_AT = """([plot, x, y]) => {
+    const gd = document.querySelectorAll('.js-plotly-plot')[plot];
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+    const px = xa.type === 'category' ? xa.l2p(xa.d2l(x)) : xa.l2p(x);
+    return [box.left + px, box.top + ya.l2p(y)];
+}"""
+
+
+def test_clicking_a_reliability_bin_or_a_recall_bar_lists_its_images(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = expected(config)
+    table = result.predictions
+    confidence = table["confidence"].to_numpy()
+    correct = (table["true"] == table["pred"]).to_numpy()
+    rel = reliability(confidence, correct, RELIABILITY_BINS).table
+    b = int(rel[(rel["count"] > 0) & (rel["count"] <= 96)]["bin"].max())  # a bin that fits a page
+    metrics = per_class_metrics(table, result.classes)
+    worst = int(metrics.sort_values(["recall", "precision", "class"]).index[0])
+    with streamlit_server("--config", str(config)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/?model=digits-cnn&dataset=digits-test&page_size=96")
+        page.get_by_text("Calibration and per-class precision/recall").click()
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 3")
+        page.get_by_text("ECE").first.wait_for()
+        wait_idle(page)
+        x = float((rel["lo"][b] + rel["hi"][b]) / 2)
+        settled_box(page, page.locator(".js-plotly-plot").nth(0))  # scrolled into view
+        page.mouse.click(*page.evaluate(BAR_AT, [0, x, float(rel["accuracy"][b]) / 2]))
+        page.wait_for_function(f"() => {CHART} === 'rel:{b}'")
+        page.locator(".cam-chart .cam-card").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        rows, _ = chart_rows(result, f"rel:{b}")
+        in_bin = (confidence >= rel["lo"][b]) & (confidence < rel["hi"][b] + (b == 9))
+        assert sorted(rows["path"]) == sorted(table["path"][in_bin])
+        shown = page.locator(".cam-chart .cam-card strong").all_inner_texts()
+        assert shown == list(rows["path"])  # wrong first, then most confident
+        screenshot(page, "calibration_bin")
+        recall = float(metrics["recall"][worst])
+        name = str(result.classes[worst])
+        settled_box(page, page.locator(".js-plotly-plot").nth(2))
+        page.mouse.click(*page.evaluate(BAR_AT, [2, name, max(recall / 2, 0.05)]))
+        page.wait_for_function(f"() => {CHART} === 'recall:{worst}'")
+        page.get_by_text(f"images true class {name} (recall)").wait_for(timeout=120_000)
+        page.wait_for_function(
+            f"() => [...document.querySelectorAll('.cam-chart .cam-card strong')]"
+            f".every(s => s.innerText.startsWith('{name}/'))"
+        )
+        wait_idle(page)
+        shown = page.locator(".cam-chart .cam-card strong").all_inner_texts()
+        assert sorted(shown) == sorted(table["path"][table["true"] == worst])
