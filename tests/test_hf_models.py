@@ -349,14 +349,14 @@ def test_preprocessing_from_the_processor_unless_the_entry_sets_it(
     assert spec.interpolation == "bicubic" and spec.mean == tuple(IMAGENET["image_mean"])
     line = describe_preprocessing(spec)
     assert "shorter side to 73, center crop" in line
-    assert line.endswith("— from the folder's image processor (ConvNextImageProcessor)")
+    assert line.endswith("— from the folder's ConvNextImageProcessor")
     extra = 'mean = [0.1, 0.2, 0.3]\ncrop_pct = 1.0\ninterpolation = "bilinear"'
     config = write_config(tmp_path, folders["convnext"], images, extra)
     spec = load_model(load_config(config).model()).spec
     assert spec.mean == (0.1, 0.2, 0.3) and spec.std == tuple(IMAGENET["image_std"])
     assert (spec.interpolation, spec.crop_pct, spec.input_size) == ("bilinear", 1.0, (64, 64))
     assert describe_preprocessing(spec).endswith(
-        "from the folder's image processor (input_size, std, crop_mode), the rest from the config"
+        "from the folder's ConvNextImageProcessor (input_size, std, crop_mode), the rest from the config"
     )
     deit = load_model(load_config(write_config(tmp_path, folders["deit"], images)).model()).spec
     assert "resize to 36×36, center crop" in describe_preprocessing(deit)
@@ -465,13 +465,23 @@ def test_an_hf_entry_evaluates_end_to_end_in_the_dashboard(
     folders: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = write_config(tmp_path, folders["vit"], images)
-    at = run_app(config, monkeypatch, cell="0,0")
+    project = load_config(config)
+    dataset = open_dataset(project.dataset(), project.model().classes)
+    result = evaluate(load_model(project.model()), dataset, project.cache_dir)  # as the CLI
+    cells = result.predictions.groupby(["true", "pred"]).size()
+    true, pred = cells.idxmax()
+    at = run_app(config, monkeypatch, cell=f"{true},{pred}")
     assert not at.exception and not at.error
     captions = [c.value for c in at.caption]
-    assert any("from the folder's image processor (ViTImageProcessor)" in c for c in captions)
+    assert any("from the folder's ViTImageProcessor" in c for c in captions)
     assert any("Accuracy" in m.label for m in at.metric)
     assert any("at layer model.vit.layers.1.layernorm_before" in c for c in captions)
-    assert any("cam-card" in h.value for h in at.html)  # the cell's gallery with its maps
+    heading = f"true *{CLASSES[true]}* → predicted *{CLASSES[pred]}*: {cells.max()} images"
+    assert any(heading in h.value for h in at.subheader)
+    cards = [h.value for h in at.html if "cam-card" in h.value]
+    assert cards and cards[0].count('class="cam-card"') == cells.max()
+    assert cards[0].count("<img ") == 3 * cells.max()  # the image, predicted and true maps
+    assert "cannot be shown" not in cards[0]
 
 
 def test_a_missing_folder_is_an_error_panel(

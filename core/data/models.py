@@ -267,7 +267,7 @@ def describe_preprocessing(spec: ModelSpec) -> str:
     )
     taken, source = spec.from_timm, "timm"
     if spec.from_processor:
-        taken, source = spec.from_processor, f"the folder's image processor ({spec.processor})"
+        taken, source = spec.from_processor, f"the folder's {spec.processor}"
     if not taken:
         return f"{line} — from the config"
     if len(taken) == len(PREPROCESSING_KEYS):
@@ -416,8 +416,8 @@ class ResizeTo:
         self.crop_offset = crop_offset
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if list(image.shape[-2:]) == self.size:
-            return image
+        if list(image.shape[-2:]) == self.size and self.crop_pct in (None, 1.0):
+            return image  # (with a crop, an image at the input size is still scaled and cut)
         mode = v2.InterpolationMode(self.interpolation)
         if self.crop_pct is None:
             return v2.functional.resize(image, self.size, interpolation=mode, antialias=True)
