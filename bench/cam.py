@@ -18,6 +18,12 @@ to its own targets (≥ 4× pytorch-grad-cam, ≤ 1.3× a bare forward); pytorch
 documented ``reshape_transform`` (class token dropped, 14×14 grid); captum's ``LayerGradCam``
 has no token reshape, so that column is empty.
 
+``hf ViT-B/16 @224`` is transformers' ``ViTForImageClassification(ViTConfig(num_labels=1000))``
+(random init, nothing downloaded) as an ``hf = ...`` entry loads it (``HfClassifier``, which
+returns ``.logits``), held to the same targets at the same batch size; pytorch-grad-cam gets the
+same wrapper (its tutorial's ``.logits`` wrapper) and the same ``reshape_transform`` at the same
+layer, ``vit.layers[-1].layernorm_before``.
+
 The two ratio columns are medians of per-round ratios (the contenders of one round ran
 back to back, in an order that rotates from round to round).
 """
@@ -68,6 +74,17 @@ def vit_b_16() -> nn.Module:
     model = torchvision.models.vit_b_16(weights=None)
     nn.init.normal_(model.heads.head.weight, std=0.02)
     return model
+
+
+def hf_vit_b_16() -> nn.Module:
+    """transformers' ViT-B/16 (random init) wrapped as an ``hf = ...`` entry loads it."""
+    import transformers
+
+    from core.data.hf_models import HfClassifier
+
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(transformers.ViTConfig(num_labels=1000))
+    return HfClassifier(model.eval(), patch_size=(16, 16))
 
 
 def vit_tokens(t: Tensor) -> Tensor:
@@ -176,7 +193,7 @@ def run_case(case: Case, batch: int) -> dict[str, float]:
 
 
 def cases(quick: bool, vit_batch: int = 8) -> list[Case]:
-    """The five models; small models get more rounds (each round takes milliseconds)."""
+    """The six models; small models get more rounds (each round takes milliseconds)."""
     torch.manual_seed(0)
     big = 64 if quick else 224
 
@@ -198,6 +215,16 @@ def cases(quick: bool, vit_batch: int = 8) -> list[Case]:
         Case(
             "vit_b_16 @224",
             vit_b_16(),
+            (3, 224, 224),
+            rounds(3),
+            reshape=vit_tokens,
+            batch=2 if quick else vit_batch,
+            speed_up_target=4.0,
+            ratio_target=1.3,
+        ),
+        Case(
+            "hf ViT-B/16 @224",
+            hf_vit_b_16(),
             (3, 224, 224),
             rounds(3),
             reshape=vit_tokens,

@@ -355,8 +355,9 @@ def test_preprocessing_from_the_processor_unless_the_entry_sets_it(
     spec = load_model(load_config(config).model()).spec
     assert spec.mean == (0.1, 0.2, 0.3) and spec.std == tuple(IMAGENET["image_std"])
     assert (spec.interpolation, spec.crop_pct, spec.input_size) == ("bilinear", 1.0, (64, 64))
+    taken = "(input_size, std, crop_mode), the rest from the config"
     assert describe_preprocessing(spec).endswith(
-        "from the folder's ConvNextImageProcessor (input_size, std, crop_mode), the rest from the config"
+        f"from the folder's ConvNextImageProcessor {taken}"
     )
     deit = load_model(load_config(write_config(tmp_path, folders["deit"], images)).model()).spec
     assert "resize to 36×36, center crop" in describe_preprocessing(deit)
@@ -419,6 +420,7 @@ def test_the_key_follows_the_folder_not_the_loading(
         ("other-weights", "lack"),
         ("no-processor", "no image processor could be read"),
         ("remote-code", "cannot load"),
+        ("layer-name", 'write layer = "model.vit.layers.1.layernorm_before"'),
     ],
 )
 def test_bad_folders_are_clear_errors(
@@ -427,7 +429,7 @@ def test_bad_folders_are_clear_errors(
     folder = tmp_path / "model"
     if setup != "missing" and setup != "hub-id":
         folder.mkdir()
-    if setup in ("garbage-config", "no-weights", "other-weights", "no-processor", "remote-code"):
+    if setup not in ("missing", "hub-id", "empty"):
         save("vit", folder)
     if setup == "garbage-config":
         (folder / "config.json").write_text("{not json")
@@ -439,14 +441,22 @@ def test_bad_folders_are_clear_errors(
         )
     if setup == "no-processor":
         (folder / "preprocessor_config.json").unlink()
-    if setup == "remote-code":
+    if setup == "remote-code":  # code in the folder is never run
         config = json.loads((folder / "config.json").read_text())
-        config["auto_map"] = {"AutoModelForImageClassification": "evil.Model"}
+        config["auto_map"] = {
+            "AutoConfig": "evil.Config",
+            "AutoModelForImageClassification": "evil.Model",
+        }
         config["model_type"] = "evil"
         (folder / "config.json").write_text(json.dumps(config))
+        marker = tmp_path / "ran"
+        (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     hf = "google/vit-base-patch16-224" if setup == "hub-id" else folder
+    # transformers' own layer name, without the wrapper's "model."
+    extra = 'layer = "vit.layers.1.layernorm_before"' if setup == "layer-name" else ""
     with pytest.raises(ModelLoadError, match=message):
-        load_model(load_config(write_config(tmp_path, hf, images)).model())
+        load_model(load_config(write_config(tmp_path, hf, images, extra)).model())
+    assert not (tmp_path / "ran").exists()
     if setup == "no-processor":  # the entry can say what the processor would have
         extra = "input_size = [32, 32]\nmean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]"
         model = load_model(load_config(write_config(tmp_path, hf, images, extra)).model())

@@ -103,7 +103,25 @@ def load_hf(spec: ModelSpec) -> tuple[HfClassifier, ModelSpec]:
             f"tensors ({', '.join(sorted(missing)[:5])}), so they are not this model's weights"
         )
     module = HfClassifier(model.eval(), *_token_grid_hints(model))
-    return module, _preprocessing(spec, folder, transformers)
+    _check_layer(spec, module)
+    # transformers' processors floor a center crop's offset; timm's transform (TimmWrapper) rounds
+    offset = "round" if hasattr(model, "timm_model") else "floor"
+    return module, _preprocessing(replace(spec, crop_offset=offset), folder, transformers)
+
+
+def _check_layer(spec: ModelSpec, module: HfClassifier) -> None:
+    """A configured ``layer`` written with transformers' own name (without ``model.``) gets a
+    message that gives the name to use."""
+    if spec.layer is None or spec.layer.startswith("model."):
+        return
+    try:
+        module.model.get_submodule(spec.layer)
+    except AttributeError:
+        return  # not a transformers name either: reported where layers are resolved
+    raise ModelLoadError(
+        f"model {spec.name!r}: layer {spec.layer!r}: the layers of an hf entry are named "
+        f'model.<transformers name>; write layer = "model.{spec.layer}"'
+    )
 
 
 def _checked_folder(spec: ModelSpec) -> Path:
@@ -184,14 +202,7 @@ def _preprocessing(spec: ModelSpec, folder: Path, transformers: Any) -> ModelSpe
             f"model {spec.name!r}: the image processor's mean/std have {len(values['mean'])} "
             f"values but the entry says channels = {spec.channels}; set mean and std in the entry"
         )
-    offset = "round" if name == "TimmWrapperImageProcessor" else "floor"
-    return replace(
-        spec,
-        from_processor=taken,
-        processor=name,
-        crop_offset=offset,
-        **{k: values[k] for k in taken},
-    )
+    return replace(spec, from_processor=taken, processor=name, **{k: values[k] for k in taken})
 
 
 def processor_values(processor: Any) -> tuple[dict[str, Any], dict[str, str]]:
