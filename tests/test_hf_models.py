@@ -512,3 +512,19 @@ def test_transformers_is_imported_only_for_hf_entries(
         f"load_config({str(config)!r}); sys.exit('transformers' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_the_cli_evaluates_an_hf_entry_and_names_a_missing_folder(
+    folders: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.cli import main
+
+    config = write_config(tmp_path, folders["resnet"], images)
+    assert main(["evaluate", "--config", str(config), "--out", str(tmp_path / "p.csv")]) == 0
+    table = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(table) == 1 + len(files(images)) and "prob_yak" in table[0]
+    capsys.readouterr()
+    config = write_config(tmp_path, "no-such-folder", images)
+    assert main(["evaluate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "hf folder not found" in err and "Traceback" not in err

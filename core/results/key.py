@@ -21,7 +21,7 @@ __all__ = ["evaluation_key", "file_digest", "hf_files"]
 
 #: Bump when the stored results change meaning (or the default map layer rule changes), so
 #: old folders are not reused.
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
