@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from core.config import CROP_MODES, INTERPOLATIONS, PREPROCESSING_KEYS, ModelSpec
 from core.errors import ModelLoadError
 
-__all__ = ["HfClassifier", "load_hf"]
+__all__ = ["HfClassifier", "load_hf", "processor_values"]
 
 #: Model types whose encoders output a class token (and DeiT's distillation token) followed by a
 #: row-major grid of patch tokens: their patch size fixes the grid of a token layer.
