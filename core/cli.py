@@ -337,8 +337,11 @@ def _results(
         config.dataset(_dataset_of(config, spec.name, dataset_name)), spec.classes
     )
     cache_dir = config.cache_dir if cache else None
-    found = lookup(spec, dataset, cache_dir, out, maps, embeddings)
-    if found.result is not None:
+    try:
+        found = lookup(spec, dataset, cache_dir, out, maps, embeddings)
+    except OSError:  # e.g. missing weights or hf folder: loading the model says so clearly
+        found = None
+    if found is not None and found.result is not None:
         print(f"stored results of unchanged inputs: {found.folder}", file=sys.stderr)
         return found.result
     from core.data.models import load_model  # torch: only when there is something to compute

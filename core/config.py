@@ -19,6 +19,13 @@ Paths in the file are relative to the file's folder. Example::
     weights = "vit.safetensors"       # size, interpolation, crop, mean, std: from timm unless set
     # interpolation = "bicubic"       # nearest | bilinear | bicubic (default bilinear)
     # crop_pct = 0.9                  # resize to size / crop_pct, then center-crop (default none)
+    # crop_mode = "squash"            # center (shorter side to size / crop_pct) | squash (both)
+
+    [[models]]
+    name = "finetuned-vit"
+    hf = "vit-finetuned"              # a transformers save_pretrained folder (local files only);
+                                      # classes from its id2label, preprocessing from its image
+                                      # processor unless set here
 
     [[datasets]]
     name = "digits-test"
@@ -36,6 +43,7 @@ Paths in the file are relative to the file's folder. Example::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,7 @@ import tomllib
 from core.errors import ConfigError
 
 __all__ = [
+    "CROP_MODES",
     "DEFAULT_MAX_PIXELS",
     "INTERPOLATIONS",
     "MAX_PIXELS_CAP",
@@ -59,10 +68,11 @@ _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
     "datasets", "maps", "results", "timm", "interpolation", "crop_pct", "description",
-    "faithfulness", "embeddings",
+    "faithfulness", "embeddings", "hf", "crop_mode",
 }  # fmt: skip
-PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+CROP_MODES = ("center", "squash")
 _DATASET_KEYS = {
     "name", "root", "csv", "classes", "link_roots", "max_pixels", "parquet", "arrow",
     "image_column", "label_column",
@@ -102,9 +112,14 @@ class ModelSpec:
     timm: str | None = None  # a timm model name (built with pretrained=False)
     interpolation: str = "bilinear"
     crop_pct: float | None = None  # None: resize straight to input_size (no crop)
+    crop_mode: str = "center"  # with crop_pct: center (shorter side scaled) or squash (both sides)
     explicit: frozenset[str] = frozenset()  # the PREPROCESSING_KEYS the entry sets itself
     from_timm: tuple[str, ...] = ()  # the PREPROCESSING_KEYS taken from timm (set when loaded)
     description: str = ""  # shown above the model's confusion matrix (Markdown)
+    hf: Path | None = None  # a transformers save_pretrained folder
+    from_processor: tuple[str, ...] = ()  # the PREPROCESSING_KEYS taken from its image processor
+    processor: str | None = None  # that image processor's class name (set when loaded)
+    crop_offset: str = "round"  # center-crop offset rule: torchvision's (round) or HF's (floor)
 
 
 @dataclass(frozen=True)
@@ -252,14 +267,15 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
     name = _name(entry, "models", path)
     where = f"{path}: model {name!r}"
     _check_keys(entry, _MODEL_KEYS, where)
-    sources = [k for k in ("architecture", "factory", "module", "timm") if k in entry]
+    sources = [k for k in ("architecture", "factory", "module", "timm", "hf") if k in entry]
     if len(sources) != 1:
         raise ConfigError(
             f"{where}: give exactly one of architecture (a torchvision builder), "
-            "factory (package.module:function), timm (a timm model name) or module (a whole "
-            f"pickled model); got {sources}"
+            "factory (package.module:function), timm (a timm model name), hf (a transformers "
+            f"save_pretrained folder) or module (a whole pickled model); got {sources}"
         )
-    if "module" not in entry and "weights" not in entry:
+    hf = _hf_folder(entry, base, where)
+    if hf is None and "module" not in entry and "weights" not in entry:
         raise ConfigError(
             f"{where}: needs weights = <state_dict checkpoint (.pt/.pth/.safetensors)>"
         )
@@ -309,7 +325,14 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
     crop_pct = float(entry["crop_pct"]) if "crop_pct" in entry else None
     if crop_pct is not None and not 0 < crop_pct <= 1:
         raise ConfigError(f"{where}: crop_pct must be in (0, 1], got {crop_pct}")
+    crop_mode = str(entry.get("crop_mode", "center"))
+    if crop_mode not in CROP_MODES:
+        raise ConfigError(
+            f"{where}: crop_mode must be one of {', '.join(CROP_MODES)}, got {crop_mode!r}"
+        )
     classes = entry.get("classes")
+    if classes is None and hf is not None:
+        classes = _hf_class_names(hf)
     return ModelSpec(
         name=name,
         weights=base / entry["weights"] if "weights" in entry else None,
@@ -335,9 +358,40 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         timm=str(entry["timm"]) if "timm" in entry else None,
         interpolation=interpolation,
         crop_pct=crop_pct,
+        crop_mode=crop_mode,
         explicit=frozenset(k for k in PREPROCESSING_KEYS if k in entry),
         description=str(entry.get("description", "")),
+        hf=hf,
     )
+
+
+def _hf_folder(entry: dict[str, Any], base: Path, where: str) -> Path | None:
+    """The ``hf`` folder of an entry (a path, never a hub id; its contents are checked when the
+    model is loaded, so a missing folder does not stop the other entries)."""
+    if "hf" not in entry:
+        return None
+    if not isinstance(entry["hf"], str) or not entry["hf"]:
+        raise ConfigError(f"{where}: hf must be the path of a save_pretrained folder")
+    if "weights" in entry:
+        raise ConfigError(
+            f"{where}: an hf folder holds its own weights; remove weights = ... from the entry"
+        )
+    return (base / entry["hf"]).resolve()
+
+
+def _hf_class_names(folder: Path) -> list[str] | None:
+    """Class names from a save_pretrained folder's ``config.json`` ``id2label`` (string keys
+    ``"0"``, ``"1"``, ...), or None when there are none to read or they are transformers'
+    placeholders ``LABEL_0``, ``LABEL_1``, ... (the dataset's folder names then give the order).
+    A missing or broken file is reported when the model is loaded."""
+    try:
+        labels = json.loads((folder / "config.json").read_text(encoding="utf-8"))["id2label"]
+        names = [str(labels[str(i)]) for i in range(len(labels))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not names or names == [f"LABEL_{i}" for i in range(len(names))]:
+        return None
+    return names
 
 
 def _dataset_spec(entry: dict[str, Any], base: Path, path: Path) -> DatasetSpec:

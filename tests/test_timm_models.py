@@ -89,7 +89,8 @@ def test_preprocessing_from_timm_unless_the_entry_sets_it(tmp_path: Path) -> Non
     assert spec.mean == (0.1, 0.2, 0.3) and spec.std == tuple(cfg["std"])
     assert (spec.interpolation, spec.crop_pct) == ("bilinear", 1.0)
     line = describe_preprocessing(spec)
-    assert "bilinear" in line and "from timm (input_size, std), the rest from the config" in line
+    assert "bilinear" in line
+    assert "from timm (input_size, std, crop_mode), the rest from the config" in line
 
 
 def test_the_cache_key_is_the_same_before_and_after_timm_fills_in(tmp_path: Path) -> None:

@@ -1,13 +1,14 @@
 """Build a trained classifier from a config entry.
 
-Four ways in, as the config says: a torchvision architecture by name plus a state_dict; a
+Five ways in, as the config says: a torchvision architecture by name plus a state_dict; a
 timm model name (``timm = ...``, built with ``pretrained=False``, nothing downloaded) plus a
 checkpoint read as timm reads it (EMA weights preferred, ``module.`` prefixes removed), with input
 size, interpolation, crop, mean and std from ``timm.data.resolve_model_data_config`` unless the
 entry sets them; a user factory ``package.module:function`` (importable from the config's folder)
-plus a state_dict; or a whole pickled module, only when the entry says ``trusted = true`` because
-unpickling runs arbitrary code. The returned model is in eval mode on its device. timm is
-imported only when a timm entry is loaded.
+plus a state_dict; a transformers ``save_pretrained`` folder (``hf = ...``, see
+:mod:`core.data.hf_models`); or a whole pickled module, only when the entry says ``trusted = true``
+because unpickling runs arbitrary code. The returned model is in eval mode on its device. timm and
+transformers are imported only when an entry needs them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torchvision
 from torch import nn
 from torchvision.transforms import v2
 
-from core.config import PREPROCESSING_KEYS, ModelSpec
+from core.config import CROP_MODES, PREPROCESSING_KEYS, ModelSpec
 from core.errors import ModelLoadError
 
 __all__ = [
@@ -64,7 +65,10 @@ class LoadedModel:
     @property
     def resize(self) -> ResizeTo:
         """uint8 tensor [C, H, W] → the same at the input size (cheap; runs in loader workers)."""
-        return ResizeTo(self.spec.input_size, self.spec.interpolation, self.spec.crop_pct)
+        spec = self.spec
+        return ResizeTo(
+            spec.input_size, spec.interpolation, spec.crop_pct, spec.crop_mode, spec.crop_offset
+        )
 
     @property
     def normalize(self) -> v2.Compose:
@@ -86,6 +90,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """Build, load and check the model ``spec`` describes; raises :class:`ModelLoadError`."""
     if spec.module is not None:
         module = _load_pickled(spec)
+    elif spec.hf is not None:
+        from core.data.hf_models import load_hf  # transformers: only for hf entries
+
+        module, spec = load_hf(spec)
     else:
         assert spec.weights is not None  # guaranteed by load_config
         state = _read_timm_state(spec.weights) if spec.timm else read_state_dict(spec.weights)
@@ -103,7 +111,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             f"model {spec.name!r}: config lists {len(spec.classes)} classes but the model "
             f"outputs {num_classes}"
         )
-    transform = v2.Compose([*_resize(spec).transforms, *_normalize(spec).transforms])
+    if spec.hf is not None:  # as transformers' processors: on the uint8 tensor
+        resize = ResizeTo(
+            spec.input_size, spec.interpolation, spec.crop_pct, spec.crop_mode, spec.crop_offset
+        )
+        transform = v2.Compose([v2.PILToTensor(), resize, *_normalize(spec).transforms])
+    else:
+        transform = v2.Compose([*_resize(spec).transforms, *_normalize(spec).transforms])
     return LoadedModel(spec, module, num_classes, device, transform, tuple(notes))
 
 
@@ -222,7 +236,10 @@ def _timm_preprocessing(spec: ModelSpec, module: nn.Module) -> ModelSpec:
         "std": tuple(float(v) for v in cfg["std"]),
         "interpolation": str(cfg["interpolation"]),
         "crop_pct": float(cfg["crop_pct"]),
+        "crop_mode": str(cfg.get("crop_mode", "center")),
     }
+    if values["crop_mode"] not in CROP_MODES:
+        values["crop_mode"] = "center"  # timm's "border" mode is not supported: its default
     taken = tuple(k for k in PREPROCESSING_KEYS if k not in spec.explicit)
     if len(values["mean"]) != spec.channels and {"mean", "std"} & set(taken):
         raise ModelLoadError(
@@ -237,18 +254,25 @@ def describe_preprocessing(spec: ModelSpec) -> str:
     crop = "no crop"
     if spec.crop_pct is not None:
         scale = _scale_size(spec.input_size, spec.crop_pct)
-        crop = f"shorter side to {scale if isinstance(scale, int) else scale[0]}, center crop"
+        if spec.crop_mode == "squash":
+            sides = [scale, scale] if isinstance(scale, int) else scale
+            crop = f"resize to {sides[0]}×{sides[1]}, center crop"
+        else:
+            crop = f"shorter side to {scale if isinstance(scale, int) else scale[0]}, center crop"
     mean = ", ".join(f"{v:.3g}" for v in spec.mean)
     std = ", ".join(f"{v:.3g}" for v in spec.std)
     line = (
         f"{spec.input_size[0]}×{spec.input_size[1]} · {spec.interpolation} · {crop} · "
         f"mean ({mean}) · std ({std})"
     )
-    if not spec.from_timm:
+    taken, source = spec.from_timm, "timm"
+    if spec.from_processor:
+        taken, source = spec.from_processor, f"the folder's {spec.processor}"
+    if not taken:
         return f"{line} — from the config"
-    if len(spec.from_timm) == len(PREPROCESSING_KEYS):
-        return f"{line} — from timm"
-    return f"{line} — from timm ({', '.join(spec.from_timm)}), the rest from the config"
+    if len(taken) == len(PREPROCESSING_KEYS):
+        return f"{line} — from {source}"
+    return f"{line} — from {source} ({', '.join(taken)}), the rest from the config"
 
 
 def _classes_in_state(
@@ -368,7 +392,9 @@ def _scale_size(size: Sequence[int], crop_pct: float) -> int | list[int]:
 class ResizeTo:
     """uint8 image tensor → the input size (antialiased, with ``interpolation``), as the model's
     eval transform does it: straight to ``size``, or, with ``crop_pct``, timm's resize of the
-    shorter edge to ``size / crop_pct`` then a center crop.
+    shorter edge (``crop_mode="center"``) or of both sides (``"squash"``) to ``size / crop_pct``
+    then a center crop. The crop's offset is rounded as torchvision does it (``crop_offset=
+    "round"``) or floored as transformers' image processors do it (``"floor"``).
 
     A plain picklable callable: a ``v2.Compose`` costs more per call than the resize itself on
     small images. On tensors the antialiased resize can differ from PIL's (``transform``'s) by a
@@ -376,28 +402,44 @@ class ResizeTo:
     """
 
     def __init__(
-        self, size: Sequence[int], interpolation: str = "bilinear", crop_pct: float | None = None
+        self,
+        size: Sequence[int],
+        interpolation: str = "bilinear",
+        crop_pct: float | None = None,
+        crop_mode: str = "center",
+        crop_offset: str = "round",
     ) -> None:
         self.size = [int(s) for s in size]
         self.interpolation = interpolation
         self.crop_pct = crop_pct
+        self.crop_mode = crop_mode
+        self.crop_offset = crop_offset
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if list(image.shape[-2:]) == self.size:
-            return image
+        if list(image.shape[-2:]) == self.size and self.crop_pct in (None, 1.0):
+            return image  # (with a crop, an image at the input size is still scaled and cut)
         mode = v2.InterpolationMode(self.interpolation)
         if self.crop_pct is None:
             return v2.functional.resize(image, self.size, interpolation=mode, antialias=True)
         scale = _scale_size(self.size, self.crop_pct)
-        if isinstance(scale, list):  # timm's ResizeKeepRatio: the shorter side fits
+        if self.crop_mode == "squash":
+            scale = [scale, scale] if isinstance(scale, int) else scale
+        elif isinstance(scale, list):  # timm's ResizeKeepRatio: the shorter side fits
             ratio = min(image.shape[-2] / scale[0], image.shape[-1] / scale[1])
             scale = [round(image.shape[-2] / ratio), round(image.shape[-1] / ratio)]
         image = v2.functional.resize(image, scale, interpolation=mode, antialias=True)
+        if self.crop_offset == "floor":
+            (height, width), (h, w) = image.shape[-2:], self.size
+            if height >= h and width >= w:  # transformers' center_crop: int((H - h) / 2)
+                top, left = (height - h) // 2, (width - w) // 2
+                return image[..., top : top + h, left : left + w]
         return v2.functional.center_crop(image, self.size)
 
     def __repr__(self) -> str:
         extra = f", {self.interpolation!r}" if self.interpolation != "bilinear" else ""
         extra += f", crop_pct={self.crop_pct}" if self.crop_pct is not None else ""
+        extra += f", {self.crop_mode!r}" if self.crop_mode != "center" else ""
+        extra += f", crop_offset={self.crop_offset!r}" if self.crop_offset != "round" else ""
         return f"ResizeTo({self.size}{extra})"
 
 
@@ -411,6 +453,8 @@ def _resize(spec: ModelSpec) -> v2.Compose:
         raise ModelLoadError(
             f"model {spec.name!r}: crop_pct needs a square input_size here, got {spec.input_size}"
         )
+    if spec.crop_mode == "squash":
+        scale = [scale, scale]
     return v2.Compose(
         [
             v2.Resize(scale, mode, antialias=True),  # on the PIL image, as timm does

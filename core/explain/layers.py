@@ -216,7 +216,9 @@ def candidate_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Layer
     return found
 
 
-_FIRST_NORMS = ("ln_1", "norm1")  # torchvision EncoderBlock, timm Block / torchvision Swin block
+# torchvision EncoderBlock; timm Block / torchvision Swin block; transformers' ViT, DeiT, BEiT and
+# Swin layers
+_FIRST_NORMS = ("ln_1", "norm1", "layernorm_before")
 
 
 def find_target_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
@@ -224,11 +226,13 @@ def find_target_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
 
     Transformers (token or channels-last outputs): the last block's first norm,
     ``encoder.layers[-1].ln_1`` (torchvision ViT), ``blocks[-1].norm1`` (timm ViT / DeiT), the
-    last Swin block's ``norm1``. After it the class token reaches the patch tokens only through
-    attention, so later layers get no gradient on patch tokens. Otherwise: the last module to
-    finish whose map has H > 1 and W > 1, skipping pooling and identity layers and modules that
-    run more than once per forward (e.g. ResNet's shared ``relu``): ``layer4`` for ResNets,
-    ``features`` for VGG, MobileNet, EfficientNet, DenseNet and ConvNeXt.
+    last Swin block's ``norm1``, transformers' ``vit.layers[-1].layernorm_before`` (ViT, DeiT,
+    BEiT) and the last Swin block's ``layernorm_before``. After it the class token reaches the
+    patch tokens only through attention, so later layers get no gradient on patch tokens.
+    Otherwise: the last module to finish whose map has H > 1 and W > 1, skipping pooling and
+    identity layers and modules that run more than once per forward (e.g. ResNet's shared
+    ``relu``): ``layer4`` for ResNets, ``features`` for VGG, MobileNet, EfficientNet, DenseNet
+    and ConvNeXt, the last stage (``encoder.stages[-1]``) of transformers' ConvNeXt and ResNet.
     """
     layers = candidate_layers(model, input_shape)
     norms = [i for i in layers if i.layout != "map" and i.name.rsplit(".", 1)[-1] in _FIRST_NORMS]
