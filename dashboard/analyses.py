@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future, wait
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,16 +46,7 @@ def _quality_pass(
 ) -> Future[LabelQuality]:
     """Label quality of one evaluation, computed once per server on a thread of its own."""
     result = resources.evaluation(config_path, model_name, dataset_name)
-    future: Future[LabelQuality] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(result_label_quality(result))
-        except BaseException as exc:  # handed to whoever waits for it
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="label-quality", daemon=True).start()
-    return future
+    return resources.in_background("label-quality", partial(result_label_quality, result))
 
 
 def quality(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> LabelQuality:

@@ -17,11 +17,9 @@ import streamlit as st
 
 from core.analysis.calibration import confidence_histogram, in_bin, reliability
 from core.analysis.gallery import page_count, page_rows
-from core.data.datasets import dataset_key
 from core.errors import UserFacingError
 from core.results import Results
 from dashboard import resources
-from dashboard.settings import settings
 from dashboard.url import bind, set_params
 from dashboard.view_state import ViewState, parse_view
 
@@ -118,7 +116,7 @@ def chart_rows(result: Results, picked: str) -> tuple[pd.DataFrame, str] | None:
 
 
 def _chart_gallery(config_path: str, view: ViewState, result: Results, picked: str) -> None:
-    from dashboard.widgets import _gallery_html, error_panel
+    from dashboard.widgets import error_panel, gallery_page
 
     found = chart_rows(result, picked)
     if found is None:
@@ -134,13 +132,8 @@ def _chart_gallery(config_path: str, view: ViewState, result: Results, picked: s
         bpage = 1
     pages = page_count(len(rows), view.page_size)
     page = page_rows(rows, min(bpage, pages), view.page_size)
-    store = resources.notes_store(config_path, settings().read_only)
-    notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
-    try:
-        _, layer = resources.layers(config_path, view.model)
-        gallery, problem = _gallery_html(
-            config_path, view, result, page, layer, store, notes_key, heading
-        )
+    try:  # stored maps are drawn without the model; others wait for its load
+        gallery, problem, _ = gallery_page(config_path, view, result, page, heading)
     except UserFacingError as exc:
         error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
         return

@@ -8,9 +8,9 @@ and says the patterns are being found.
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future, wait
 from dataclasses import replace
+from functools import partial
 from html import escape
 from urllib.parse import urlencode
 
@@ -49,16 +49,7 @@ CELL_WAITS_UP_TO = 50_000
 def _pass(config_path: str, model: str, dataset: str, fingerprint: str) -> Future[Patterns]:
     """The ranking of one evaluation, computed once per server on a thread of its own."""
     result = resources.evaluation(config_path, model, dataset)
-    future: Future[Patterns] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(result_patterns(result))
-        except BaseException as exc:  # handed to whoever asks for it
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="patterns", daemon=True).start()
-    return future
+    return resources.in_background("patterns", partial(result_patterns, result))
 
 
 def patterns(

@@ -9,9 +9,11 @@ configs never mix.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,25 @@ if TYPE_CHECKING:  # torch and the model load on first use: stored results need 
     from core.data.models import LoadedModel
     from core.explain.cam import LayerInfo
     from core.explain.map_cache import MapCache
+
+T = TypeVar("T")
+
+
+def in_background(name: str, compute: Callable[[], T]) -> Future[T]:
+    """``compute()`` on a daemon thread of its own; its value, or its exception, in the future
+    (handed to whoever waits: a message on a page, never a thread's traceback)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(compute())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
 
 WARM_UP_IMAGES = 2_000  # first pages of the most-clicked cells, computed before anyone clicks
 
@@ -79,17 +100,7 @@ def model_loading(config_path: str, name: str) -> Future[ModelReady]:
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _model_loading(config_path: str, name: str, stamp: tuple[object, ...]) -> Future[ModelReady]:
     spec = project(config_path).model(name)
-    future: Future[ModelReady] = Future()
-
-    def run() -> None:
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(_load(spec))
-        except BaseException as exc:  # handed to whoever waits, as a message (never raised here)
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name=f"load-model {name}", daemon=True).start()
-    return future
+    return in_background(f"load-model {name}", partial(_load, spec))
 
 
 def model_ready(config_path: str, name: str) -> bool:

@@ -12,9 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core.analysis.similar import neighbours_table
-from core.data.datasets import dataset_key
 from dashboard import resources
-from dashboard.settings import settings
 from dashboard.view_state import ViewState
 
 __all__ = ["SIMILAR", "similar_section"]
@@ -22,9 +20,9 @@ __all__ = ["SIMILAR", "similar_section"]
 SIMILAR = 6  # neighbours shown (three rows of the two-column grid)
 
 
-def similar_section(config_path: str, view: ViewState, row: pd.Series, layer: str | None) -> None:
+def similar_section(config_path: str, view: ViewState, row: pd.Series) -> None:
     """The ``SIMILAR`` images nearest to ``row`` (a row of ``Results.predictions``)."""
-    from dashboard.widgets import _gallery_html
+    from dashboard.widgets import gallery_page
 
     result = resources.evaluation(config_path, view.model, view.dataset)
     st.markdown("**Similar images** (nearest by the classifier head's input)")
@@ -44,12 +42,8 @@ def similar_section(config_path: str, view: ViewState, row: pd.Series, layer: st
         f"{names[int(row['pred'])]}). Distances: "
         + ", ".join(f"{d:.3g}" for d in found["distance"])
     )
-    store = resources.notes_store(config_path, settings().read_only)
-    notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
     heading = f"{len(rows)} images nearest to {row['path']}"
-    gallery, problem = _gallery_html(
-        config_path, view, result, rows, layer, store, notes_key, heading
-    )
+    gallery, problem, _ = gallery_page(config_path, view, result, rows, heading)
     if problem:
         st.warning(problem)
     st.html(gallery.replace('class="cam-gallery"', 'class="cam-gallery cam-similar"', 1))

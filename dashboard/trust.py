@@ -10,7 +10,6 @@ there the gallery draws them inline, and the poll stops with the next rerun of t
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Hashable, Sequence
 from html import escape
 from typing import TYPE_CHECKING
@@ -202,21 +201,13 @@ def _layer_pass(
 ) -> Future[dict[str, LayerScore]]:
     """Per-layer faithfulness of one evaluation and method, on its own thread, once per
     server; read from (and saved to) the result folder when it can be."""
-    from concurrent.futures import Future
 
     result = resources.evaluation(config_path, model_name, dataset_name)
     loaded = resources.model(config_path, model_name)
     data = resources.dataset(config_path, dataset_name, model_name)
-    future: Future[dict[str, LayerScore]] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(layer_scores(loaded, data, result, method))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="layer-faithfulness", daemon=True).start()
-    return future
+    return resources.in_background(
+        "layer-faithfulness", lambda: layer_scores(loaded, data, result, method)
+    )
 
 
 def layer_scores(

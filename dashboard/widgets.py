@@ -46,6 +46,16 @@ def error_panel(title: str, exc: BaseException) -> None:
     st.error(f"**{title}.** {exc}", icon=":material/error:")
 
 
+def evaluation_or_stop(config_path: str, view: ViewState) -> Results:
+    """The view's evaluation (a spinner while it runs), or its error panel and the page stops."""
+    try:
+        with st.spinner("Evaluating…"):
+            return resources.evaluation(config_path, view.model, view.dataset)
+    except UserFacingError as exc:
+        error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
+        st.stop()
+
+
 @dataclass(frozen=True)
 class ProjectView:
     """The server's project and the view a page's URL asks for."""
@@ -191,20 +201,15 @@ def cell_view(
         tagged += f" in pattern {chosen.cluster}"
     heading = f"true {names[true]} → predicted {names[pred]}: {count}{tagged}"
     subheading = f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}"
-    size = stored_size(result)
-    waiting = None
-    if size is not None and uses_stored_maps(result, view.method, view.layer or None):
-        layer = result.meta["map_layer"]  # the maps were made with the predictions: no model
-    else:
-        waiting = _waiting_for_model(config_path, view.model, subheading)
-        try:  # stored results open without the model: the gallery waits for its load
-            _, layer = _layer_choice(config_path, view)
-            size = resources.model(config_path, view.model).spec.input_size
-        except UserFacingError as exc:
-            if waiting is not None:
-                waiting.empty()
-            error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
-            return
+    stored = _stored_maps_at(result, view)
+    waiting = None if stored else _waiting_for_model(config_path, view.model, subheading)
+    try:  # stored results open without the model: maps to compute wait for its load
+        layer, size = stored or _model_maps_at(config_path, view)
+    except UserFacingError as exc:
+        if waiting is not None:
+            waiting.empty()
+        error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
+        return
     page = page_rows(rows, view.page, view.page_size)
     strip = pattern_views.cell_strip(config_path, view, result, of_cell)
     gallery, problem, badges = _gallery_html(
@@ -257,6 +262,34 @@ def cell_view(
         st.warning(problem)
     st.html(gallery)
     badges.show()  # after the cards: scored in the background, filled in when ready
+
+
+def _stored_maps_at(result: Results, view: ViewState) -> tuple[str, tuple[int, int]] | None:
+    """(layer, input size) when the view's maps are the result's own (drawn without the model),
+    else None."""
+    size = stored_size(result)
+    if size is None or not uses_stored_maps(result, view.method, view.layer or None):
+        return None
+    return result.meta["map_layer"], size
+
+
+def _model_maps_at(config_path: str, view: ViewState) -> tuple[str | None, tuple[int, int]]:
+    """(layer, input size) of maps the model computes; waits for the model's load."""
+    _, layer = _layer_choice(config_path, view)
+    return layer, resources.model(config_path, view.model).spec.input_size
+
+
+def gallery_page(
+    config_path: str, view: ViewState, result: Results, rows: pd.DataFrame, heading: str
+) -> tuple[str, str | None, trust.PageBadges]:
+    """Any page of cards (a selection, a chart's bar, similar images) as the cell view draws
+    them: the HTML, a message when the maps cannot be computed, and the page's badges (their
+    ``show()`` scores the missing ones in the background). Raises :class:`UserFacingError` when
+    the maps need a model that cannot be loaded."""
+    layer, size = _stored_maps_at(result, view) or _model_maps_at(config_path, view)
+    store = resources.notes_store(config_path, settings().read_only)
+    notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
+    return _gallery_html(config_path, view, result, rows, layer, size, store, notes_key, heading)
 
 
 def _waiting_for_model(config_path: str, model: str, subheading: str) -> DeltaGenerator | None:
@@ -483,7 +516,7 @@ def _inspect(
         right.warning(str(exc))
     from dashboard.similar_ui import similar_section
 
-    similar_section(config_path, view, row, layer)
+    similar_section(config_path, view, row)
     layers, _ = resources.layers(config_path, view.model)
     layer_names = [info.name for info in layers]
     if layer_names:

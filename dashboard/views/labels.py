@@ -19,7 +19,7 @@ from dashboard import analyses, resources
 from dashboard.notes_ui import author, author_input, badge_text
 from dashboard.settings import settings
 from dashboard.url import bind
-from dashboard.widgets import card_html, error_panel, project_view
+from dashboard.widgets import card_html, evaluation_or_stop, project_view
 
 PAGE_SIZE = 12
 TAGS = ("label error", "label ok")
@@ -36,12 +36,7 @@ def main() -> None:
         bind(st.selectbox, "Maps", "method", view.method, ["Grad-CAM", "Grad-CAM++", "Saliency"])
     author_input(server)
     st.title("Suspected label errors")
-    try:
-        with st.spinner("Evaluating…"):
-            result = resources.evaluation(config_path, view.model, view.dataset)
-    except UserFacingError as exc:
-        error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
-        st.stop()
+    result = evaluation_or_stop(config_path, view)
     with st.spinner(f"Finding suspected label errors in {len(result.index):,} images…"):
         flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
     rows = analyses.arrays(result)

@@ -21,13 +21,12 @@ import streamlit as st
 from core import UserFacingError
 from core.analysis.embedding_map import MAX_POINTS, Region
 from core.analysis.gallery import page_count, page_rows
-from core.data.datasets import dataset_key
 from dashboard import map_data, resources
 from dashboard.map_data import COLOURS
 from dashboard.notes_ui import author_input
 from dashboard.settings import settings
 from dashboard.url import bind, set_params
-from dashboard.widgets import _gallery_html, error_panel, project_view
+from dashboard.widgets import error_panel, evaluation_or_stop, gallery_page, project_view
 
 
 def main() -> None:
@@ -50,12 +49,7 @@ def main() -> None:
         )
     author_input(server)
     st.title("Map of the test set")
-    try:
-        with st.spinner("Evaluating…"):
-            result = resources.evaluation(config_path, view.model, view.dataset)
-    except UserFacingError as exc:
-        error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
-        st.stop()
+    result = evaluation_or_stop(config_path, view)
     if not result.has_embeddings:
         st.info(
             "These results hold no embeddings (evaluated with `embeddings = false`, "
@@ -146,13 +140,8 @@ def _selection_gallery(config_path, view, result, inside: np.ndarray) -> None:  
         return
     pages = page_count(len(rows), view.page_size)
     page = page_rows(rows, min(view.page, pages), view.page_size)
-    store = resources.notes_store(config_path, settings().read_only)
-    notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
-    try:  # stored results open without the model: the gallery loads it
-        _, layer = resources.layers(config_path, view.model)
-        gallery, problem = _gallery_html(
-            config_path, view, result, page, layer, store, notes_key, heading
-        )
+    try:  # stored maps are drawn without the model; others wait for its load
+        gallery, problem, _ = gallery_page(config_path, view, result, page, heading)
     except UserFacingError as exc:
         error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
         return

@@ -9,12 +9,11 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core import UserFacingError
 from core.analysis.patterns import FLAG_SCORE, Patterns
 from dashboard import resources
 from dashboard.pattern_views import cell_link, grid, panels, pattern_card, patterns_or_reason
 from dashboard.url import bind
-from dashboard.widgets import error_panel, project_view
+from dashboard.widgets import evaluation_or_stop, project_view
 
 PAGE_SIZE = 12
 SHOW = {
@@ -41,12 +40,7 @@ def main() -> None:
             on_change=_on_flagged,
         )
     st.title("Patterns: where many images made the model look at one place")
-    try:
-        with st.spinner("Evaluating…"):
-            result = resources.evaluation(config_path, view.model, view.dataset)
-    except UserFacingError as exc:
-        error_panel(f"Cannot evaluate {view.model!r} on {view.dataset!r}", exc)
-        st.stop()
+    result = evaluation_or_stop(config_path, view)
     with st.spinner(f"Finding patterns in {len(result.index):,} images…"):
         found, reason = patterns_or_reason(config_path, view.model, view.dataset, result)
     if reason:
