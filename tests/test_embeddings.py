@@ -117,7 +117,9 @@ def test_a_killed_evaluation_resumes_with_its_embeddings_intact(tmp_path: Path, 
     """Interrupted after 12 of 30 rows: the resumed result's embeddings equal an uninterrupted
     run's, row for row (none left zero, none recomputed from another batch)."""
     root = digits_subset(per_class=3)
-    spec = load_config(Path(__file__).parents[1] / "sample_models" / "config.toml").model("digits-cnn")
+    spec = load_config(Path(__file__).parents[1] / "sample_models" / "config.toml").model(
+        "digits-cnn"
+    )
     model = load_model(spec)
     dataset = open_dataset(DatasetSpec("d", root))
     whole = evaluate(model, dataset, out=tmp_path / "whole", num_workers=0, batch_size=4)

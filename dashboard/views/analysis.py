@@ -31,6 +31,7 @@ from dashboard.matrix_figure import (
 )
 from dashboard.notes_ui import author_input
 from dashboard.settings import settings
+from dashboard.trust import DIALOG_OPEN
 from dashboard.url import bind, set_params
 from dashboard.view_state import COLOR_MODES, ViewState, parse_view
 from dashboard.widgets import (
@@ -111,8 +112,9 @@ def main() -> None:
 
 @st.fragment(run_every=0.5)
 def _rerun_when_model_ready(config_path: str, model: str) -> None:
-    """Twice a second until the model has loaded, then the page again, with its settings."""
-    if resources.model_ready(config_path, model):
+    """Twice a second until the model has loaded, then the page again, with its settings (not
+    while an Inspect dialog is open: a rerun would close it; the next click's rerun follows)."""
+    if resources.model_ready(config_path, model) and not st.session_state.get(DIALOG_OPEN):
         st.rerun(scope="app")
 
 
@@ -304,8 +306,10 @@ def _matrix(config_path: str, view: ViewState, result: Results) -> list[int]:
 
 @st.fragment(run_every=2.0)
 def _mark_when_found(config_path: str, model: str, dataset: str, fingerprint: str) -> None:
-    """Every 2 s until the label-quality pass is done, then the matrix again, with its marks."""
-    if analyses.quality_ready(config_path, model, dataset, fingerprint):
+    """Every 2 s until the label-quality pass is done, then the matrix again, with its marks (not
+    while an Inspect dialog is open)."""
+    ready = analyses.quality_ready(config_path, model, dataset, fingerprint)
+    if ready and not st.session_state.get(DIALOG_OPEN):
         st.rerun(scope="app")
 
 
