@@ -51,7 +51,7 @@ def test_pick_the_vit_and_click_its_shortcut_cell(tmp_path: Path) -> None:
         page.get_by_text(f"{len(result.predictions)} images · rows: true class").wait_for()
         caption = page.get_by_text(re.compile(r"^Preprocessing: 64×64 · bicubic · "))
         caption.wait_for()
-        assert "from timm (input_size, mean, std, interpolation)" in caption.inner_text()
+        assert "from timm (input_size, mean, std, interpolation, crop_mode)" in caption.inner_text()
         click_cell(page, true, star)
         n = wait_for_gallery(page, names[true], MARKED)
         assert n == len(rows) > 0
