@@ -20,7 +20,7 @@ from tests.browser import (
     streamlit_server,
     wait_for_gallery,
     wait_for_matrix,
-    wait_idle,
+    wait_for_model_loaded,
 )
 from tests.large_project import make_large_project
 
@@ -64,7 +64,7 @@ def test_find_a_class_and_open_its_cell_at_1000_classes() -> None:
         ]
         assert all(needed <= width for _, needed, width in values), values
         page.get_by_text(f"{len(table):,} images · {errors:,} errors · 0 skipped").wait_for()
-        wait_idle(page)
+        wait_for_model_loaded(page)
         picker = page.get_by_test_id("stSelectbox").filter(has_text="Find a class").first
         picker.click()
         page.keyboard.type(name)

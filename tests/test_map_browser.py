@@ -22,6 +22,7 @@ from tests.browser import (
     settled_box,
     streamlit_server,
     wait_for_gallery,
+    wait_for_model_loaded,
     wait_idle,
 )
 from tests.projects import expected, write_config
@@ -132,9 +133,7 @@ def test_clicking_a_reliability_bin_or_a_recall_bar_lists_its_images(tmp_path: P
     with streamlit_server("--config", str(config)) as url, chromium() as browser:
         page = new_page(browser)
         page.goto(f"{url}/?model=digits-cnn&dataset=digits-test&page_size=96")
-        # the page reruns once when the model has loaded in the background: a click that lands
-        # in that rerun can be lost (seen once in eight runs), so the charts are used after it
-        page.get_by_text("Gallery settings", exact=True).wait_for(timeout=120_000)
+        wait_for_model_loaded(page)
         page.get_by_text("Calibration and per-class precision/recall").click()
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 3")
         page.get_by_text("ECE").first.wait_for()
