@@ -19,6 +19,7 @@ from tests.browser import (
     screenshot,
     streamlit_server,
     wait_for_gallery,
+    wait_for_idle_page,
     wait_for_matrix,
     wait_for_model_loaded,
 )
@@ -79,6 +80,10 @@ def test_find_a_class_and_open_its_cell_at_1000_classes() -> None:
         cards = gallery_cards(page)
         assert [c["path"] for c in cards] == list(page_rows(rows, 1, 24)["path"])
         assert all(all(c["loaded"]) and len(c["loaded"]) == 3 for c in cards)
+        # the page reruns once more when the cell's faithfulness badges are all in; a click
+        # that lands in that rerun can be lost, so the overview is used after it
+        page.get_by_text("Map faithfulness, median of this page").wait_for(timeout=120_000)
+        wait_for_idle_page(page)
 
         # the whole matrix as 40 × 40 blocks of 25 classes, opened by its expander: a click on
         # a block zooms the matrix into it
