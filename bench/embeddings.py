@@ -386,6 +386,12 @@ def million_part(rows: int, layout_too: bool = True) -> None:
         synthesise(folder, rows)
         made = time.perf_counter() - start
         result = open_results(folder)
+        direct = []  # before the float32 copy exists: the float16 embeddings read directly
+        for q in range(3):
+            query = np.asarray(result.embeddings[q * 7919], np.float32)
+            start = time.perf_counter()
+            nearest(result.embeddings, query, 10)
+            direct.append(time.perf_counter() - start)
         start = time.perf_counter()
         vectors, norms = search_vectors(result)  # once per result: saved beside it
         prepare = time.perf_counter() - start
@@ -409,7 +415,12 @@ def million_part(rows: int, layout_too: bool = True) -> None:
             "≤ 0.3 s",
             f"NumPy full sort: {statistics.median(reference):.2f} s",
         )
-        row("float32 search copy, made once per result (the first query)", f"{prepare:.1f} s", "-")
+        row(
+            "a query before the float32 copy exists (float16 read directly), 3 queries",
+            ", ".join(f"{t:.2f} s" for t in direct),
+            "≤ 0.3 s",
+        )
+        row("float32 search copy, made once per result in the background", f"{prepare:.1f} s", "-")
         if not layout_too:
             return
         start = time.perf_counter()

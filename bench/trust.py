@@ -120,7 +120,9 @@ def bench_layers(images: int, reference_layers: int) -> list[tuple[str, ...]]:
     )
 
     torch.manual_seed(0)
+    # channels-last, as core.data.models.load_model prepares every convolutional model
     model = torchvision.models.resnet18(weights=None).eval()
+    model = model.to(memory_format=torch.channels_last)
     config = load_config(CONFIG)
     spec = config.model("shapes-resnet (shortcut)")
     dataset = open_dataset(config.dataset("shapes-test"), spec.classes)

@@ -273,31 +273,36 @@ def notes_store(config_path: str, read_only: bool) -> NotesStore:
 @st.cache_resource(show_spinner=False, max_entries=32)
 def warm_up(
     config_path: str, model_name: str, dataset_name: str, fingerprint: str
-) -> threading.Thread | None:
+) -> threading.Thread:
     """Once per server and evaluation (``fingerprint``: changed weights or images warm again):
-    a background thread that computes and encodes page 1 of the cells in the default view,
-    errors first, so first clicks are as quick as later ones. None when the model has no layer
-    to map (the gallery says so when a cell is opened).
+    a background thread that waits for the model's background load, then computes and encodes
+    page 1 of the cells in the default view, errors first, so first clicks are as quick as
+    later ones. A model that fails to load or has no layer to map warms nothing (the page says
+    why when a cell is opened).
     """
-    layer = layers(config_path, model_name)[1]
-    if layer is None:
-        return None
+    loading = model_loading(config_path, model_name)
     default = ViewState()
     column, ascending, _ = SORTS[default.sort]
     result = evaluation(config_path, model_name, dataset_name)
-    loaded, data = model(config_path, model_name), dataset(config_path, dataset_name, model_name)
+    data = dataset(config_path, dataset_name, model_name)
     maps, panels = map_cache(), panel_cache()
 
     def warm() -> None:  # choosing the pages is work too: all of it off the page's first run
+        try:
+            ready = loading.result()
+        except Exception:  # the page that asks for the model shows why it did not load
+            return
+        if ready.default_layer is None:
+            return
         pages = first_pages(
             result.predictions, column, ascending, default.page_size, WARM_UP_IMAGES
         )
         warm_pages(
-            loaded,
+            ready.loaded,
             data,
             pages,
             default.method,
-            layer,
+            ready.default_layer,
             maps,
             panels,
             fingerprint,

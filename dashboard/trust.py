@@ -4,7 +4,8 @@ Badges never hold up a page: the cards go out first with empty badge slots, a ba
 thread scores the page's maps (server-wide, once), and a small fragment polls every half
 second and fills the slots with a ``<style>`` element (``::after`` content keyed by a digest of
 map and scope), so the page of cards itself is never sent again. Once every badge of the page is
-there the gallery draws them inline, and the poll stops with the next rerun of the cell.
+there the poll stops its own timer without rerunning the page (:mod:`dashboard.polling`); the
+cell's next rerun draws them in its cards.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import streamlit as st
 from core.analysis.badges import badge_text
 from core.errors import UserFacingError
 from dashboard import resources
+from dashboard.polling import stop_this_poll
 from dashboard.view_state import ViewState
 
 if TYPE_CHECKING:
@@ -144,8 +146,8 @@ DIALOG_OPEN = "inspect-dialog-open"
 
 def poll(scope_key: Hashable, paths: Sequence[str], classes: Sequence[Sequence[int]]) -> None:
     """A fragment that reruns every half second and fills the badge slots that are ready,
-    and says the page's medians. Once all are there it reruns the page, which then draws
-    them in the cards and polls no more."""
+    and says the page's medians. Once all are there it stops its timer (the page is not
+    rerun: that could swallow a click); the next rerun of the cell draws them in the cards."""
     st.session_state[_INLINE] = True
     fill = st.fragment(run_every=POLL_SECONDS)(_fill)
     fill(scope_key, tuple(paths), tuple(map(tuple, classes)))
@@ -173,12 +175,17 @@ def _fill(
         st.html(f"<style>{''.join(rules)}</style>")
     total = sum(len(c) for c in classes)
     done = len(firsts) + len(seconds)
-    if done >= total and not inline and not st.session_state.get(DIALOG_OPEN):
+    # stop_this_poll is False where this Streamlit cannot stop it: a page rerun ends it then
+    if done >= total and not stop_this_poll() and not inline and not _dialog_open():
         st.rerun()  # the page draws the badges in its cards; this poll is not made again
     st.caption(
         median_caption(firsts, seconds)
         + ("" if done >= total else f" · scoring {done}/{total} maps…")
     )
+
+
+def _dialog_open() -> bool:
+    return bool(st.session_state.get(DIALOG_OPEN))
 
 
 def median_caption(firsts: Sequence[float], seconds: Sequence[float]) -> str:

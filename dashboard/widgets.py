@@ -118,7 +118,7 @@ def compact_count(n: int) -> str:
 GALLERY_SETTINGS_OPEN = "gallery-settings-open"  # the folded settings' state (session state)
 
 
-def gallery_settings(config_path: str, view: ViewState) -> None:
+def gallery_settings(config_path: str, view: ViewState, result: Results) -> None:
     """Sidebar: how every cell's gallery is drawn (method, layer, opacity) and ordered.
 
     These live outside the matrix fragment: a click on a cell does not redraw them, which
@@ -126,13 +126,20 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
     (a caption says what is in use) and built only while open: a new visitor's first page
     then draws one expander instead of four selectboxes and a slider, whose code the browser
     would otherwise load and start (0.8 s of a page load on 2 cores; ``bench/scale.py``).
+    They are drawn while the model still loads (the layer the stored maps were made at stands
+    for its layer list until the next rerun), so the page never reruns by itself.
     """
-    layers, layer = _layer_choice(config_path, view)
-    spec = resources.model(config_path, view.model).spec
+    ready = resources.model_ready(config_path, view.model)
+    if ready:
+        layers, layer = _layer_choice(config_path, view)
+    else:
+        layers, layer = [], view.layer or result.meta.get("map_layer")
     with st.sidebar:
-        from core.data.models import describe_preprocessing
+        if ready:
+            from core.data.models import describe_preprocessing
 
-        st.caption(f"Preprocessing: {describe_preprocessing(spec)}")
+            spec = resources.model(config_path, view.model).spec
+            st.caption(f"Preprocessing: {describe_preprocessing(spec)}")
         st.header("Gallery")
         at = f" at layer {layer}" if layer is not None else ""
         st.caption(
@@ -145,11 +152,14 @@ def gallery_settings(config_path: str, view: ViewState) -> None:
     labels = {info.name: _layer_label(info) for info in layers}
     with box:
         bind(st.selectbox, "Method", "method", view.method, list(METHODS))
-        if layer is not None:
+        if layer is not None and ready:
             scores = trust.layer_labels(config_path, view)  # starts their pass if need be
             labels = {name: text + scores.get(name, "") for name, text in labels.items()}
             bind(st.selectbox, "Target layer", "layer", layer, list(labels), format_func=labels.get)
             trust.layer_caption(config_path, view, layer)
+        elif not ready:
+            st.selectbox("Target layer", [layer or "(default)"], disabled=True)
+            st.caption("The model is loading: its layers are listed at the next change.")
         bind(st.slider, "Overlay opacity", "opacity", view.opacity, min_value=0.0, max_value=1.0)
         cols = st.columns([3, 2])
         with cols[0]:

@@ -363,11 +363,3 @@ def wait_for_idle_page(page, timeout: float = 120_000) -> None:  # type: ignore[
             timeout=timeout,
         )
         page.wait_for_timeout(1_000)
-
-
-def wait_for_model_loaded(page, timeout: float = 120_000) -> None:  # type: ignore[no-untyped-def]
-    """Wait until the Error-analysis page has rerun with its model loaded (the sidebar's gallery
-    settings appear). That rerun comes once, when the background load ends; a click or a pick
-    that lands in it can be lost, so tests that interact on a fresh server wait for it."""
-    page.get_by_text("Gallery settings", exact=True).wait_for(timeout=timeout)
-    wait_idle(page)

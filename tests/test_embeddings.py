@@ -10,7 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from core.analysis.similar import nearest, search_vectors, similar_images
+from core.analysis.similar import (
+    nearest,
+    neighbours_table,
+    search_vectors,
+    similar_images,
+    stored_search_vectors,
+)
 from core.config import DatasetSpec, load_config
 from core.data.datasets import open_dataset
 from core.data.models import load_model
@@ -148,6 +154,25 @@ def test_a_killed_evaluation_resumes_with_its_embeddings_intact(tmp_path: Path, 
     np.testing.assert_array_equal(resumed.embeddings, whole.embeddings)
 
 
+def test_a_query_before_the_float32_copy_exists_finds_the_same_rows(
+    tmp_path: Path, digits_subset, digits_model
+) -> None:
+    """Until the search copy is made (in the background), queries read the float16 embeddings:
+    the same neighbours and distances as with the copy."""
+    dataset = open_dataset(DatasetSpec("d", digits_subset(per_class=6)))
+    result = evaluate(digits_model, dataset, out=tmp_path / "r", num_workers=0)
+    rows = result.index[:: max(1, len(result.index) // 7)]
+    before = [neighbours_table(result, int(r), 5) for r in rows]
+    assert stored_search_vectors(result) is None
+    prepared = search_vectors(result)
+    assert stored_search_vectors(result) is not None
+    for r, table in zip(rows, before, strict=True):
+        with_copy = neighbours_table(result, int(r), 5, prepared)
+        assert list(table["path"]) == list(with_copy["path"])
+        np.testing.assert_allclose(table["distance"], with_copy["distance"], rtol=1e-4, atol=1e-5)
+        assert int(r) not in set(table["index"])
+
+
 def test_embeddings_can_be_turned_off(tmp_path: Path, digits_subset, digits_model) -> None:
     from dataclasses import replace
 
@@ -210,7 +235,8 @@ def test_cli_similar_json(tmp_path: Path, digits_subset, sample_config, capsys) 
     dist[row] = np.inf
     paths = result.manifest.column("path").to_pylist()
     assert [item["path"] for item in found] == [paths[i] for i in np.argsort(dist)[:6]]
-    wide, norms = search_vectors(result)  # saved beside the result by the first search
+    assert stored_search_vectors(result) is None  # a query alone writes nothing
+    wide, norms = search_vectors(result)  # the float32 copy, saved beside the result
     assert (result_folder / "derived" / "similar" / "vectors.npy").is_file()
     np.testing.assert_array_equal(wide, result.embeddings.astype(np.float32))
     np.testing.assert_allclose(norms, (wide.astype(np.float64) ** 2).sum(1), rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -22,7 +23,7 @@ from tests.browser import (
     settled_box,
     streamlit_server,
     wait_for_gallery,
-    wait_for_model_loaded,
+    wait_for_matrix,
     wait_idle,
 )
 from tests.projects import expected, write_config
@@ -89,6 +90,48 @@ def test_box_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None:
         assert sorted(other.evaluate(PATHS)) == sorted(shown)
 
 
+def test_lasso_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None:
+    """The lasso, picked in the chart's toolbar and drawn as a triangle: the URL holds the
+    polygon and the gallery lists exactly the images inside it."""
+    config = write_config(tmp_path)
+    result = expected(config)
+    xy = result_layout(result).xy
+    paths = np.asarray(result.predictions["path"], dtype=object)
+    (x0, x1), (y0, y1) = (np.quantile(xy[:, i], [0.25, 0.75]) for i in (0, 1))
+    triangle = [(x0, y0), (x1, y0), ((x0 + x1) / 2, y1)]
+    query = "model=digits-cnn&dataset=digits-test&page_size=96"
+    with streamlit_server("--config", str(config)) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/map?{query}")
+        page.wait_for_function(DRAWN, timeout=180_000)
+        page.get_by_text("UMAP of the classifier head's inputs").wait_for(timeout=60_000)
+        wait_idle(page)
+        page.locator(".js-plotly-plot").hover()
+        page.locator('.js-plotly-plot .modebar-btn[data-title="Lasso Select"]').click()
+        corners = [page.evaluate(TO_PIXELS, list(p)) for p in [*triangle, triangle[0]]]
+        page.mouse.move(*corners[0])
+        page.mouse.down()
+        for (ax, ay), (bx, by) in pairwise(corners):
+            for step in range(1, 11):  # a person's stroke: many small moves along each side
+                t = step / 10
+                page.mouse.move(ax + (bx - ax) * t, ay + (by - ay) * t)
+        page.mouse.up()
+        page.wait_for_function("() => location.search.includes('sel=lasso')", timeout=60_000)
+        page.locator(".cam-card").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        region = Region.from_param(parse_qs(urlparse(page.url).query)["sel"][0])
+        assert region is not None and region.kind == "lasso" and len(region.points) >= 3
+        drawn = Region("lasso", tuple(triangle))
+        inside = region.contains(xy)
+        # the URL's polygon is the stroke that was drawn (to a pixel or so)...
+        assert (inside != drawn.contains(xy)).sum() <= max(2, 0.05 * drawn.contains(xy).sum())
+        assert 5 <= inside.sum() <= 96, inside.sum()
+        # ...and the gallery lists exactly the images inside it
+        page.get_by_text(f"{int(inside.sum())} images in the selection").wait_for()
+        assert sorted(page.evaluate(PATHS)) == sorted(paths[inside])
+        screenshot(page, "map_lasso_selection")
+
+
 def test_inspect_shows_the_nearest_images(tmp_path: Path) -> None:
     """An error's large view lists its nearest images (by the stored embeddings) as cards."""
     config = write_config(tmp_path)
@@ -133,7 +176,7 @@ def test_clicking_a_reliability_bin_or_a_recall_bar_lists_its_images(tmp_path: P
     with streamlit_server("--config", str(config)) as url, chromium() as browser:
         page = new_page(browser)
         page.goto(f"{url}/?model=digits-cnn&dataset=digits-test&page_size=96")
-        wait_for_model_loaded(page)
+        wait_for_matrix(page)
         page.get_by_text("Calibration and per-class precision/recall").click()
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 3")
         page.get_by_text("ECE").first.wait_for()

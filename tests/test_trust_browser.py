@@ -65,6 +65,11 @@ def test_badges_follow_the_cards(tmp_path: Path) -> None:
 
     with streamlit_server() as url, chromium() as browser:
         page = new_page(browser)
+        asked: list[object] = []  # what the browser sends that is more than a heartbeat
+        page.on(
+            "websocket",
+            lambda ws: ws.on("framesent", lambda m: asked.append(m) if len(m) > 40 else None),
+        )
         page.goto(f"{url}/?model={MODEL}&dataset={DATASET}".replace(" ", "+"))
         wait_for_matrix(page)
         click_cell(page, true, star)
@@ -80,6 +85,17 @@ def test_badges_follow_the_cards(tmp_path: Path) -> None:
             assert [b["text"] for b in card] == [badge_text(float(s)) for s in scores]
             assert all("removed" in b["title"] for b in card)
         page.get_by_text(re.compile(r"Map faithfulness, median of this page")).wait_for()
+        page.wait_for_function("() => !document.body.innerText.includes('scoring ')")
+        # Then the poll stops its timer and the page is not rerun (a rerun could swallow a
+        # click): the cards are the ones first sent, their slots filled by the poll's style...
+        slots = page.evaluate(
+            "() => Array.from(document.querySelectorAll('.cam-card .cam-fb'), b => b.innerText)"
+        )
+        assert slots == [""] * (2 * len(page_of))
+        page.wait_for_timeout(1_000)
+        before = len(asked)
+        page.wait_for_timeout(3_000)  # ...and the browser asks for no more reruns
+        assert len(asked) == before
         page.locator(".cam-card").first.scroll_into_view_if_needed()
         screenshot(page, "faithfulness_badges")
 

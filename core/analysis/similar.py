@@ -5,7 +5,10 @@ memory stays flat: squared Euclidean distance ``|x|² - 2 x·q + |q|²`` for a b
 matrix-vector product against a float32 copy and the squared norms, saved once beside the
 result as ``derived/similar``), ``argpartition`` keeps each block's best, and the few
 candidates are re-ranked with exact distances. At a million rows of 128 dimensions a query
-reads 512 MB of page cache; no index to build, keep fresh or approximate.
+reads 512 MB of page cache; no index to build, keep fresh or approximate. Until that copy
+exists (:func:`search_vectors` makes it; the dashboard in the background) a query reads the
+float16 embeddings themselves, block by block: the same rows, a little slower, and nobody
+waits for the copy.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import pandas as pd
 from core.errors import UserFacingError
 from core.results.store import Results, load_derived, save_derived
 
-__all__ = ["Neighbours", "nearest", "neighbours_table", "search_vectors", "similar_images"]
+__all__ = [
+    "Neighbours",
+    "nearest",
+    "neighbours_table",
+    "search_vectors",
+    "similar_images",
+    "stored_search_vectors",
+]
 
 BLOCK_ROWS = 131_072  # rows converted to float32 at a time (64 MB at 128 dimensions)
 
@@ -78,19 +88,28 @@ def nearest(
     return Neighbours(rows[order], np.sqrt(dist[order]).astype(np.float32))
 
 
+def stored_search_vectors(result: Results) -> tuple[np.ndarray, np.ndarray] | None:
+    """The float32 copy and squared norms of :func:`search_vectors`, memory-mapped, if they
+    are stored beside ``result``; else None."""
+    stored = load_derived(result, "similar")
+    if (
+        stored is not None
+        and {"vectors", "norms"} <= set(stored)
+        and stored["vectors"].shape == result.embeddings.shape
+        and stored["norms"].shape == (len(result.embeddings),)
+    ):
+        return stored["vectors"], stored["norms"]
+    return None
+
+
 def search_vectors(result: Results) -> tuple[np.ndarray, np.ndarray]:
     """``result``'s embeddings as float32 [N, D] and their squared norms [N], memory-mapped
     from ``derived/similar`` (written the first time: float16 → float32 conversion is most of
     a query's cost otherwise); kept in memory where the folder is read-only."""
     vectors = result.embeddings
-    stored = load_derived(result, "similar")
-    if (
-        stored is not None
-        and {"vectors", "norms"} <= set(stored)
-        and stored["vectors"].shape == vectors.shape
-        and stored["norms"].shape == (len(vectors),)
-    ):
-        return stored["vectors"], stored["norms"]
+    stored = stored_search_vectors(result)
+    if stored is not None:
+        return stored
     wide = np.empty(vectors.shape, np.float32)
     norms = np.empty(len(vectors), np.float32)
     for start in range(0, len(vectors), BLOCK_ROWS):
@@ -120,9 +139,20 @@ def similar_images(result: Results, path: str, top: int = 10) -> pd.DataFrame:
     return neighbours_table(result, row, top)
 
 
-def neighbours_table(result: Results, row: int, top: int) -> pd.DataFrame:
-    """:func:`similar_images` for manifest ``row`` (evaluated images only)."""
-    vectors, norms = search_vectors(result)
+def neighbours_table(
+    result: Results,
+    row: int,
+    top: int,
+    prepared: tuple[np.ndarray, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """:func:`similar_images` for manifest ``row`` (evaluated images only), searched in
+    ``prepared`` (:func:`search_vectors`) or the stored copy when there is one, else in the
+    float16 embeddings directly (the same rows; nothing is written)."""
+    found_vectors = prepared if prepared is not None else stored_search_vectors(result)
+    if found_vectors is not None:
+        vectors, norms = found_vectors
+    else:
+        vectors, norms = result.embeddings, None
     exclude = np.ones(len(vectors), dtype=bool)
     exclude[result.index] = False  # skipped images have no embedding
     exclude[row] = True

@@ -98,24 +98,14 @@ def main() -> None:
         _tables(config_path, view)
     sidebar_summary(result)
     matrix_settings(view, result.num_classes)
-    if resources.model_ready(config_path, view.model):
-        try:
-            gallery_settings(config_path, view)
-            resources.warm_up(config_path, view.model, view.dataset, result.fingerprint)
-        except UserFacingError as exc:
-            error_panel(f"{_failure_title(exc, view)}; its stored results are shown", exc)
-    else:  # the page is out without waiting for torch; the gallery's settings follow
-        st.sidebar.caption("Gallery settings: shown once the model has loaded…")
-        _rerun_when_model_ready(config_path, view.model)
+    # Drawn whether or not the model has loaded (its layer list follows at the next rerun), so
+    # the page never reruns by itself when the load ends: a rerun could swallow a click.
+    try:
+        gallery_settings(config_path, view, result)
+    except UserFacingError as exc:
+        error_panel(f"{_failure_title(exc, view)}; its stored results are shown", exc)
+    resources.warm_up(config_path, view.model, view.dataset, result.fingerprint)
     author_input(server)
-
-
-@st.fragment(run_every=0.5)
-def _rerun_when_model_ready(config_path: str, model: str) -> None:
-    """Twice a second until the model has loaded, then the page again, with its settings (not
-    while an Inspect dialog is open: a rerun would close it; the next click's rerun follows)."""
-    if resources.model_ready(config_path, model) and not st.session_state.get(DIALOG_OPEN):
-        st.rerun(scope="app")
 
 
 @st.fragment

@@ -11,7 +11,6 @@ that cell's points.
 
 from __future__ import annotations
 
-from contextlib import suppress
 from functools import partial
 
 import numpy as np
@@ -88,10 +87,10 @@ def main() -> None:
         _redraw_when_ready(*key)
     if region is None:
         st.info("Select a region of the map to see its images and their maps.")
-        # the map is out: load the model now, so the first selection's cards do not wait (a
-        # model that cannot be loaded is reported by the gallery when a region is selected)
-        with suppress(UserFacingError):
-            resources.layers(config_path, view.model)
+        # the map is out: the model loads in the background (not waited for here), so the
+        # first selection's cards do not wait for it; a model that cannot be loaded is
+        # reported by the gallery when a region is selected
+        resources.model_loading(config_path, view.model)
         return
     inside = np.flatnonzero(region.contains(layout.xy))
     _selection_gallery(config_path, view, result, inside)
