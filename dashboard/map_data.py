@@ -42,6 +42,10 @@ _PALETTE = (
     *("#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"),
     *("#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"),
 )
+#: Up to this many drawn points the hover names each point's classes (a string per point);
+#: past it, the hover names its group (right / wrong, or the class it is coloured by): at
+#: 100,000 points the strings held 70 MB of the browser's memory (bench/embeddings.py).
+HOVER_NAMES_MAX = 20_000
 _RING = {"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#000"}}
 
 
@@ -133,9 +137,10 @@ def figure(
 ) -> go.Figure:
     """The map's Plotly figure, built once per view and shared (never mutated afterwards).
 
-    Points carry only their row (an int32 typed array) and a short hover text, so a 100,000-
-    point figure serialises in tens of milliseconds on every rerun; a selection is resolved on
-    the server from its shape, not from the points the browser sends back.
+    Points carry their coordinates (float32 typed arrays) and, up to :data:`HOVER_NAMES_MAX`
+    points, a short hover text with the class names, so a 100,000-point figure serialises in
+    milliseconds on every rerun; a selection is resolved on the server from its shape, not from
+    the points the browser sends back.
     """
     import plotly.graph_objects as go
 
@@ -147,7 +152,11 @@ def figure(
     rows = shown.rows
     true, pred = result.true[rows], result.pred[rows]
     names = np.asarray(result.classes, dtype=str)
-    text = np.char.add(np.char.add(names[true], " → "), names[pred]) if len(rows) else names[:0]
+    if len(rows) <= HOVER_NAMES_MAX:
+        text = np.char.add(np.char.add(names[true], " → "), names[pred]) if len(rows) else None
+        hover = "true → predicted: %{text}<extra></extra>"
+    else:  # the trace's name: right / wrong, the class, ...
+        text, hover = None, "%{fullData.name}<extra></extra>"
     fig = go.Figure()
     if shown.grid is not None:
         counts, xs, ys = shown.grid
@@ -157,7 +166,6 @@ def figure(
                 hoverinfo="skip", opacity=0.5, name="density",
             )
         )  # fmt: skip
-    hover = "true → predicted: %{text}<extra></extra>"
     for label, mask, color in _groups(key, result, rows, true, pred, colour):
         if not mask.any():
             continue
@@ -165,7 +173,7 @@ def figure(
             go.Scattergl(
                 x=xy[rows[mask], 0], y=xy[rows[mask], 1], mode="markers", name=label,
                 marker={"size": 5, "color": color, "opacity": 0.8},
-                customdata=rows[mask].astype(np.int32), text=text[mask], hovertemplate=hover,
+                text=None if text is None else text[mask], hovertemplate=hover,
             )
         )  # fmt: skip
     if cell is not None:
@@ -174,7 +182,7 @@ def figure(
             go.Scattergl(
                 x=xy[rows[mask], 0], y=xy[rows[mask], 1], mode="markers",
                 name=f"cell {names[cell[0]]} → {names[cell[1]]}", marker=_RING,
-                customdata=rows[mask].astype(np.int32), text=text[mask], hovertemplate=hover,
+                text=None if text is None else text[mask], hovertemplate=hover,
             )
         )  # fmt: skip
     fig.update_layout(

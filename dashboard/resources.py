@@ -9,6 +9,7 @@ configs never mix.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -37,12 +38,14 @@ if TYPE_CHECKING:  # torch and the model load on first use: stored results need 
 T = TypeVar("T")
 
 
-def in_background(name: str, compute: Callable[[], T]) -> Future[T]:
-    """``compute()`` on a daemon thread of its own; its value, or its exception, in the future
-    (handed to whoever waits: a message on a page, never a thread's traceback)."""
+def in_background(name: str, compute: Callable[[], T], delay: float = 0.0) -> Future[T]:
+    """``compute()`` on a daemon thread of its own, ``delay`` seconds from now; its value, or
+    its exception, in the future (handed to whoever waits: a message on a page, never a
+    thread's traceback)."""
     future: Future[T] = Future()
 
     def run() -> None:
+        time.sleep(delay)
         future.set_running_or_notify_cancel()
         try:
             future.set_result(compute())
@@ -86,21 +89,24 @@ def _load(spec: ModelSpec) -> ModelReady:
     return ModelReady(loaded, found, default)
 
 
-def model_loading(config_path: str, name: str) -> Future[ModelReady]:
-    """The model and its layers, loading on a background thread from the first call on.
+def model_loading(config_path: str, name: str, start_in: float = 0.0) -> Future[ModelReady]:
+    """The model and its layers, loading on a background thread from the first call on
+    (``start_in`` seconds later, if that first call says so).
 
     A page starts it and does not wait: stored results are drawn without torch, and by the
     time someone clicks a cell the model (torch's import most of all) is loaded or on its way.
     Shared by all sessions (thread-safe for inference and CAMs); loaded again when its
     checkpoint file changes (e.g. copied over while the server runs).
     """
-    return _model_loading(config_path, name, weights_stamp(config_path, name))
+    return _model_loading(config_path, name, weights_stamp(config_path, name), start_in)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _model_loading(config_path: str, name: str, stamp: tuple[object, ...]) -> Future[ModelReady]:
+def _model_loading(
+    config_path: str, name: str, stamp: tuple[object, ...], _start_in: float = 0.0
+) -> Future[ModelReady]:
     spec = project(config_path).model(name)
-    return in_background(f"load-model {name}", partial(_load, spec))
+    return in_background(f"load-model {name}", partial(_load, spec), _start_in)
 
 
 def model_ready(config_path: str, name: str) -> bool:

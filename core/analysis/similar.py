@@ -117,9 +117,9 @@ def search_vectors(result: Results) -> tuple[np.ndarray, np.ndarray]:
         wide[start : start + len(block)] = block
         norms[start : start + len(block)] = np.einsum("ij,ij->i", block, block)
     if save_derived(result, "similar", {"vectors": wide, "norms": norms}):
-        stored = load_derived(result, "similar")
-        if stored is not None:
-            return stored["vectors"], stored["norms"]
+        saved = stored_search_vectors(result)  # memory-mapped: the copy in RAM is freed
+        if saved is not None:
+            return saved
     return wide, norms
 
 
