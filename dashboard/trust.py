@@ -332,6 +332,27 @@ def _stored(config_path: str, model_name: str, dataset_name: str, fingerprint: s
     return None if found is None else np.asarray(found)
 
 
+def cell_median(
+    config_path: str, view: ViewState, result: Results, rows: pd.DataFrame, layer: str | None
+) -> None:
+    """Under a cell of more than one page: the median over all of its images, from the scores
+    the evaluation stored (``faithfulness = true``) when the gallery shows its maps."""
+    from core.analysis.gallery import uses_stored_maps
+
+    stored = _stored(config_path, view.model, view.dataset, result.fingerprint)
+    if stored is None or rows.empty or not uses_stored_maps(result, view.method, layer):
+        return
+    scores = np.asarray(stored)[rows["index"].to_numpy()]
+    firsts, seconds = scores[:, 0], scores[:, 1]
+    caption = median_caption(
+        firsts[np.isfinite(firsts)].tolist(), seconds[np.isfinite(seconds)].tolist()
+    )
+    st.caption(
+        caption.replace("median of this page", f"median of all {len(rows):,} images of the cell")
+        + " (scored by the evaluation)"
+    )
+
+
 def faithfulness_column(
     config_path: str, view: ViewState, result: Results, layer: str | None
 ) -> np.ndarray:

@@ -159,7 +159,8 @@ def gallery_settings(config_path: str, view: ViewState, result: Results) -> None
             trust.layer_caption(config_path, view, layer)
         elif not ready:
             st.selectbox("Target layer", [layer or "(default)"], disabled=True)
-            st.caption("The model is loading: its layers are listed at the next change.")
+            st.caption("The model is loading: its layers are listed once it has loaded.")
+            _list_layers_when_loaded(config_path, view.model)
         bind(st.slider, "Overlay opacity", "opacity", view.opacity, min_value=0.0, max_value=1.0)
         cols = st.columns([3, 2])
         with cols[0]:
@@ -174,6 +175,15 @@ def gallery_settings(config_path: str, view: ViewState, result: Results) -> None
             )
         with cols[1]:
             bind(st.selectbox, "Per page", "page_size", view.page_size, list(PAGE_SIZES), ("page",))
+
+
+@st.fragment(run_every=1.0)
+def _list_layers_when_loaded(config_path: str, model: str) -> None:
+    """While the gallery settings are open and the model loads: every second, and once it has
+    loaded, the page again, with the layer list (the settings are only open when someone is
+    using them, so this rerun does not land on a click elsewhere; never with a dialog open)."""
+    if resources.model_ready(config_path, model) and not st.session_state.get(trust.DIALOG_OPEN):
+        st.rerun(scope="app")
 
 
 @st.fragment
@@ -272,6 +282,8 @@ def cell_view(
         st.warning(problem)
     st.html(gallery)
     badges.show()  # after the cards: scored in the background, filled in when ready
+    if pages > 1:
+        trust.cell_median(config_path, view, result, rows, layer)
 
 
 def _stored_maps_at(result: Results, view: ViewState) -> tuple[str, tuple[int, int]] | None:

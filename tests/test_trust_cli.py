@@ -116,3 +116,45 @@ def test_faithfulness_config_key(config: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="faithfulness must be true or false"):
         load_config(bad)
+
+
+def test_a_cell_of_several_pages_shows_the_median_of_all_its_stored_scores(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the scores stored by the evaluation, a cell longer than a page says the median of
+    all its images' badges, not only the page's."""
+    import numpy as np
+    from streamlit.testing.v1 import AppTest
+
+    from core import load_config, open_dataset
+    from core.analysis.badges import badge_text
+    from core.analysis.trust import stored_faithfulness
+    from core.results.evaluate import stored_result
+    from tests.projects import ROOT
+
+    assert main(["evaluate", "--config", str(config), "--faithfulness"]) == 0
+    project = load_config(config)
+    spec = project.model("digits-cnn")
+    dataset = open_dataset(project.dataset("digits-test"), spec.classes)
+    result = stored_result(spec, dataset, project.cache_dir)
+    assert result is not None
+    scores = stored_faithfulness(result)
+    assert scores is not None
+    table = result.predictions
+    diagonal = table[table["true"] == table["pred"]]
+    c = int(diagonal["true"].value_counts().idxmax())
+    rows = diagonal[diagonal["true"] == c]
+    assert len(rows) > 12  # more than the page of 12 asked for below
+    want = [float(np.nanmedian(scores[rows["index"].to_numpy(), k])) for k in (0, 1)]
+
+    monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(config))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
+    for name, value in {"model": "digits-cnn", "cell": f"{c},{c}", "page_size": "12"}.items():
+        at.query_params[name] = value
+    at.run()
+    assert not at.exception
+    captions = [x.value for x in at.caption if "images of the cell" in x.value]
+    assert captions == [
+        f"Map faithfulness, median of all {len(rows):,} images of the cell: predicted-class maps "
+        f"{badge_text(want[0])}, other maps {badge_text(want[1])} (scored by the evaluation)"
+    ]
