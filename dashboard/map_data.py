@@ -35,6 +35,7 @@ COLOURS = {
     "true": "true class",
     "pred": "predicted class",
     "label": "suspected label error",
+    "pattern": "pattern (the most suspicious)",
 }
 _RIGHT, _WRONG = "#9aa5b1", "#d62728"
 _PALETTE = (
@@ -207,9 +208,31 @@ def _groups(key, result: Results, rows, true, pred, colour: str):  # type: ignor
 
         flags = analyses.quality(*key).is_issue[rows]
         return [("label looks right", ~flags, _RIGHT), ("suspected label error", flags, _WRONG)]
+    if colour == "pattern":
+        return _pattern_groups(key, result, rows)
     values = true if colour == "true" else pred
     k = result.num_classes
     if k <= len(_PALETTE):
         return [(result.classes[c], values == c, _PALETTE[c]) for c in range(k)]
     # many classes: one trace, classes spread over a colour scale (the hover names them)
     return [(COLOURS[colour], np.ones(len(rows), bool), values.astype(float))]
+
+
+def _pattern_groups(key, result: Results, rows):  # type: ignore[no-untyped-def]
+    """One trace per pattern among the most suspicious (as many as the palette has colours,
+    less one), by rank, over the images in none of them."""
+    from dashboard import pattern_views
+
+    found, _ = pattern_views.patterns_or_reason(*key[:3], result)
+    if found is None:  # the page draws "pattern" only once they are found
+        return [("patterns not found", np.ones(len(rows), bool), _RIGHT)]
+    top = min(len(found), len(_PALETTE) - 1)
+    ranks = found.rank_of_rows(result.index[rows], top=top)
+    names = result.classes
+    groups = [("in none of these patterns", ranks == -1, _RIGHT)]
+    for i in range(top):
+        p = found[i]
+        number = f" ({p.cluster} of {p.clusters_in_cell})" if p.clusters_in_cell > 1 else ""
+        label = f"#{i + 1} {names[p.true]} → {names[p.pred]}{number}"
+        groups.append((label, ranks == i, _PALETTE[i]))
+    return groups

@@ -66,6 +66,7 @@ def test_a_region_in_the_url_lists_its_images(project: Path, monkeypatch) -> Non
         {"mapcolor": "nonsense", "cell": "99,99"},
         {"mapcolor": "label", "cell": "3,9"},
         {"mapcolor": "true"},
+        {"mapcolor": "pattern", "cell": "3,9"},  # digits has no pattern
     ],
 )
 def test_malformed_or_odd_map_urls_never_fail(project: Path, monkeypatch, params) -> None:  # type: ignore[no-untyped-def]

@@ -355,3 +355,57 @@ def test_no_cell_large_enough_gives_an_empty_ranking() -> None:
         found = find_patterns(np.arange(n) % 4, np.arange(n) % 4, _maps(rng, n, None))
         assert len(found) == 0 and list(found.offsets) == [0] and found.pred_map.shape == (0, 7, 7)
         assert found.to_records(("a", "b", "c", "d"), []) == []
+
+
+def test_rank_of_rows_names_each_rows_pattern(sample: Path) -> None:
+    """The Map's colour by pattern: each image coloured by the pattern it belongs to."""
+    found, result = _ranked(sample, "shapes-resnet (shortcut)")
+    assert len(found) >= 3
+    rows = np.arange(len(result.manifest))
+    ranks = found.rank_of_rows(rows)
+    for i in range(len(found)):
+        assert set(np.flatnonzero(ranks == i)) == set(found[i].rows.tolist())
+    assert set(np.flatnonzero(ranks == -1)).isdisjoint(
+        np.concatenate([found[i].rows for i in range(len(found))])
+    )
+    top = found.rank_of_rows(rows[::-1], top=2)[::-1]  # any order of rows; the top two only
+    assert set(np.unique(top)) <= {-1, 0, 1}
+    np.testing.assert_array_equal(top, np.where(ranks < 2, ranks, -1))
+
+
+def test_the_map_colours_images_by_their_pattern(sample: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Map → Colour by pattern: one trace per suspicious pattern, by rank, holding exactly
+    its images, over the images in none of them."""
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.projects import ROOT
+
+    found, result = _ranked(sample, "shapes-resnet (shortcut)")
+    monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(sample))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "map.py"), default_timeout=120)
+    params = {"model": "shapes-resnet (shortcut)", "dataset": SHAPES, "mapcolor": "pattern"}
+    for name, value in params.items():
+        at.query_params[name] = value
+    at.run()
+    assert not at.exception
+    (chart,) = at.get("plotly_chart")
+    traces = json.loads(chart.proto.spec)["data"]
+    names = result.classes
+    first = found[0]
+    label = f"#1 {names[first.true]} → {names[first.pred]}"
+    (trace,) = [t for t in traces if t["name"].startswith(label)]
+    assert _points(trace) == len(first.rows)
+    assert traces[0]["name"] == "in none of these patterns"
+    assert sum(_points(t) for t in traces) == len(result.index)
+
+
+def _points(trace: dict) -> int:  # type: ignore[type-arg]
+    """How many points a Plotly trace's JSON holds (a base64 typed array or a list)."""
+    import base64
+
+    x = trace["x"]
+    if isinstance(x, dict):
+        return len(np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"])))
+    return len(x)

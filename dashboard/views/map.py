@@ -20,7 +20,7 @@ import streamlit as st
 from core import UserFacingError
 from core.analysis.embedding_map import MAX_POINTS, Region
 from core.analysis.gallery import page_count, page_rows
-from dashboard import map_data, resources
+from dashboard import map_data, pattern_views, resources
 from dashboard.map_data import COLOURS, HOVER_NAMES_MAX
 from dashboard.notes_ui import author_input
 from dashboard.settings import settings
@@ -66,7 +66,16 @@ def main() -> None:
     region = Region.from_param(params.get("sel"))
     n = result.num_classes
     cell = view.cell if view.cell is not None and max(view.cell) < n else None
-    figure = map_data.figure(*key, layout.method, colour, cell)
+    drawn_colour = colour
+    if colour == "pattern":  # coloured by pattern once the ranking is there
+        found, reason = pattern_views.patterns_or_reason(*key[:3], result)
+        if found is None:
+            drawn_colour = "outcome"
+            st.caption(
+                (reason or "The patterns are still being found (see the Patterns page).")
+                + " Coloured right / wrong meanwhile."
+            )
+    figure = map_data.figure(*key, layout.method, drawn_colour, cell)
     chart_key = f"map-{result.fingerprint[:8]}-{layout.method}"
     st.plotly_chart(
         figure,
