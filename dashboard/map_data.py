@@ -47,6 +47,8 @@ _PALETTE = (
 #: past it, the hover names its group (right / wrong, or the class it is coloured by): at
 #: 100,000 points the strings held 70 MB of the browser's memory (bench/embeddings.py).
 HOVER_NAMES_MAX = 20_000
+MAP_PATTERNS = 10  # patterns coloured on the map: a legend people can still read
+_GREYS = ("#7f7f7f", "#636363")  # too close to the points in no pattern
 _RING = {"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#000"}}
 
 
@@ -219,14 +221,15 @@ def _groups(key, result: Results, rows, true, pred, colour: str):  # type: ignor
 
 
 def _pattern_groups(key, result: Results, rows):  # type: ignore[no-untyped-def]
-    """One trace per pattern among the most suspicious (as many as the palette has colours,
-    less one), by rank, over the images in none of them."""
+    """One trace per pattern among the :data:`MAP_PATTERNS` most suspicious, by rank, over
+    the images in none of them (grey, a colour no pattern gets)."""
     from dashboard import pattern_views
 
     found, _ = pattern_views.patterns_or_reason(*key[:3], result)
     if found is None:  # the page draws "pattern" only once they are found
         return [("patterns not found", np.ones(len(rows), bool), _RIGHT)]
-    top = min(len(found), len(_PALETTE) - 1)
+    top = min(len(found), MAP_PATTERNS)
+    palette = [c for c in _PALETTE if c not in _GREYS]
     ranks = found.rank_of_rows(result.index[rows], top=top)
     names = result.classes
     groups = [("in none of these patterns", ranks == -1, _RIGHT)]
@@ -234,5 +237,5 @@ def _pattern_groups(key, result: Results, rows):  # type: ignore[no-untyped-def]
         p = found[i]
         number = f" ({p.cluster} of {p.clusters_in_cell})" if p.clusters_in_cell > 1 else ""
         label = f"#{i + 1} {names[p.true]} → {names[p.pred]}{number}"
-        groups.append((label, ranks == i, _PALETTE[i]))
+        groups.append((label, ranks == i, palette[i]))
     return groups
