@@ -25,12 +25,12 @@ def stop_this_poll() -> bool:
         )
 
         fragment_id = ThreadState.get().fragment_id
-        ctx = get_script_run_ctx()
-        message = ForwardMsg()
-        message.stop_auto_rerun.fragment_ids.append(fragment_id or "")
-    except (ImportError, AttributeError, RuntimeError, ValueError):
+    except (ImportError, AttributeError, RuntimeError):
         return False
+    ctx = get_script_run_ctx()
     if ctx is None or not fragment_id:
         return False
+    message = ForwardMsg()
+    message.stop_auto_rerun.fragment_ids.append(fragment_id)
     ctx.enqueue(message)
     return True

@@ -175,17 +175,14 @@ def _fill(
         st.html(f"<style>{''.join(rules)}</style>")
     total = sum(len(c) for c in classes)
     done = len(firsts) + len(seconds)
-    # stop_this_poll is False where this Streamlit cannot stop it: a page rerun ends it then
-    if done >= total and not stop_this_poll() and not inline and not _dialog_open():
+    finished = done >= total
+    # stop_this_poll is False where this Streamlit cannot stop the poll: a page rerun ends it
+    if finished and not stop_this_poll() and not inline and not st.session_state.get(DIALOG_OPEN):
         st.rerun()  # the page draws the badges in its cards; this poll is not made again
     st.caption(
         median_caption(firsts, seconds)
         + ("" if done >= total else f" · scoring {done}/{total} maps…")
     )
-
-
-def _dialog_open() -> bool:
-    return bool(st.session_state.get(DIALOG_OPEN))
 
 
 def median_caption(firsts: Sequence[float], seconds: Sequence[float]) -> str:

@@ -45,6 +45,16 @@ DRAWN = """() => {
 }"""
 
 
+def open_map(browser, url: str):  # type: ignore[no-untyped-def]
+    """A new page on the Map at ``url``, once its points and its UMAP caption are drawn."""
+    page = new_page(browser)
+    page.goto(url)
+    page.wait_for_function(DRAWN, timeout=180_000)
+    page.get_by_text("UMAP of the classifier head's inputs").wait_for(timeout=60_000)
+    wait_idle(page)
+    return page
+
+
 def test_box_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     result = expected(config)  # evaluated with embeddings, stored in the project's cache
@@ -54,11 +64,7 @@ def test_box_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None:
     (x0, x1), (y0, y1) = (np.quantile(xy[:, i], [0.35, 0.65]) for i in (0, 1))
     query = "model=digits-cnn&dataset=digits-test&page_size=96"
     with streamlit_server("--config", str(config)) as url, chromium() as browser:
-        page = new_page(browser)
-        page.goto(f"{url}/map?{query}")
-        page.wait_for_function(DRAWN, timeout=180_000)
-        page.get_by_text("UMAP of the classifier head's inputs").wait_for(timeout=60_000)
-        wait_idle(page)
+        page = open_map(browser, f"{url}/map?{query}")
         screenshot(page, "map_page")
         (px0, py0), (px1, py1) = (page.evaluate(TO_PIXELS, [x, y]) for x, y in ((x0, y0), (x1, y1)))
         page.mouse.move(px0, py0)
@@ -101,11 +107,7 @@ def test_lasso_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None
     triangle = [(x0, y0), (x1, y0), ((x0 + x1) / 2, y1)]
     query = "model=digits-cnn&dataset=digits-test&page_size=96"
     with streamlit_server("--config", str(config)) as url, chromium() as browser:
-        page = new_page(browser)
-        page.goto(f"{url}/map?{query}")
-        page.wait_for_function(DRAWN, timeout=180_000)
-        page.get_by_text("UMAP of the classifier head's inputs").wait_for(timeout=60_000)
-        wait_idle(page)
+        page = open_map(browser, f"{url}/map?{query}")
         page.locator(".js-plotly-plot").hover()
         page.locator('.js-plotly-plot .modebar-btn[data-title="Lasso Select"]').click()
         corners = [page.evaluate(TO_PIXELS, list(p)) for p in [*triangle, triangle[0]]]

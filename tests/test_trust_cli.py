@@ -13,6 +13,19 @@ from tests.projects import write_config
 KEYS = {"score", "before", "keep", "remove", "keep_change", "remove_change", "class"}
 
 
+def _stored_digits(config: Path):  # type: ignore[no-untyped-def]
+    """The digits model's spec, dataset and stored result in ``config``'s cache."""
+    from core import load_config, open_dataset
+    from core.results.evaluate import stored_result
+
+    project = load_config(config)
+    spec = project.model("digits-cnn")
+    dataset = open_dataset(project.dataset("digits-test"), spec.classes)
+    result = stored_result(spec, dataset, project.cache_dir)
+    assert result is not None
+    return spec, dataset, result
+
+
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_config(tmp_path_factory.mktemp("trust"))
@@ -68,19 +81,14 @@ def test_evaluate_with_faithfulness_stores_the_scores(
     import pandas as pd
     import torch
 
-    from core import load_config, load_model, open_dataset
+    from core import load_model
     from core.analysis.trust import load_images, stored_faithfulness
     from core.explain.cam import finish_maps
     from core.explain.faithfulness import faithfulness
-    from core.results.evaluate import stored_result
 
     assert main(["evaluate", "--config", str(config), "--faithfulness"]) == 0
     assert "map faithfulness" in capsys.readouterr().out
-    project = load_config(config)
-    spec = project.model("digits-cnn")
-    dataset = open_dataset(project.dataset("digits-test"), spec.classes)
-    result = stored_result(spec, dataset, project.cache_dir)
-    assert result is not None
+    spec, dataset, result = _stored_digits(config)
     scores = stored_faithfulness(result)
     assert scores is not None and scores.shape == (len(result.manifest), 2)
     assert np.isfinite(scores[result.index]).all()
@@ -126,18 +134,12 @@ def test_a_cell_of_several_pages_shows_the_median_of_all_its_stored_scores(
     import numpy as np
     from streamlit.testing.v1 import AppTest
 
-    from core import load_config, open_dataset
     from core.analysis.badges import badge_text
     from core.analysis.trust import stored_faithfulness
-    from core.results.evaluate import stored_result
     from tests.projects import ROOT
 
     assert main(["evaluate", "--config", str(config), "--faithfulness"]) == 0
-    project = load_config(config)
-    spec = project.model("digits-cnn")
-    dataset = open_dataset(project.dataset("digits-test"), spec.classes)
-    result = stored_result(spec, dataset, project.cache_dir)
-    assert result is not None
+    _, _, result = _stored_digits(config)
     scores = stored_faithfulness(result)
     assert scores is not None
     table = result.predictions

@@ -143,15 +143,11 @@ class Patterns:
         """int32 [len(rows)]: the rank of the pattern each manifest row belongs to (among the
         ``top`` most suspicious, all by default), -1 for rows in none of them."""
         count = len(self) if top is None else min(top, len(self))
-        end = int(self.offsets[count])
-        members = np.asarray(self.rows[:end], dtype=np.int64)
-        ranks = np.repeat(np.arange(count, dtype=np.int32), np.diff(self.offsets[: count + 1]))
-        order = np.argsort(members, kind="stable")
-        members, ranks = members[order], ranks[order]
+        members = np.asarray(self.rows[: self.offsets[count]], dtype=np.int64)
         wanted = np.asarray(rows, dtype=np.int64)
-        at = np.clip(np.searchsorted(members, wanted), 0, max(len(members) - 1, 0))
-        hit = (members[at] == wanted) if len(members) else np.zeros(len(wanted), bool)
-        return np.where(hit, ranks[at] if len(members) else -1, -1).astype(np.int32)
+        lookup = np.full(max(members.max(initial=-1), wanted.max(initial=-1)) + 1, -1, np.int32)
+        lookup[members] = np.repeat(np.arange(count), np.diff(self.offsets[: count + 1]))
+        return lookup[wanted]
 
     def of_cell(self, true: int, pred: int) -> list[Pattern]:
         """The patterns of one cell, by their number in the cell."""
