@@ -5,7 +5,9 @@ logits about 60 % right, random 7×7 maps) and plants groups of maps with a fixe
 
 * one off-diagonal cell of 10,000 images, 3,000 of them planted;
 * three off-diagonal cells of 400 images, 200 planted, each at another place;
-* two diagonal cells, 200 of their images planted ("right for a wrong reason").
+* two diagonal cells, 200 of their images planted ("right for a wrong reason");
+* one off-diagonal cell of 400 images, 200 at one corner and 200 at the opposite one: two
+  places, which must stay two patterns.
 
 Then, each in a fresh process: the whole ranking (``result_patterns``: read, cluster, score,
 store), its time and peak memory above the memory-mapped store (the process's anonymous
@@ -45,7 +47,10 @@ GROUPS = [
     (7, 8, 400, 200, (5, 1)),
     (10, 10, 0, 200, (3, 3)),  # diagonal: planted among the cell's own images
     (11, 11, 0, 200, (0, 6)),
+    (12, 13, 200, 200, (0, 0)),  # two places in one cell: they must stay two patterns
+    (12, 13, 200, 200, (6, 6)),
 ]
+TWO_PLACES = (len(GROUPS) - 2, len(GROUPS) - 1)  # the groups that share cell 12→13
 
 
 def plan(rows: int, classes: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -180,7 +185,7 @@ def purity(folder: Path, groups: list[np.ndarray]) -> list[tuple[str, int, float
             if p is not None
             else "no pattern"
         )
-        out.append((f"{true}→{pred}", len(members), share, 0.0, where))
+        out.append((f"{true}→{pred}", len(members), share, float(best), where))
     return out
 
 
@@ -236,12 +241,19 @@ def main() -> None:
             f"{m['ref_s']:.2f} s, {m['ref_share']:.1%} of its planted group in one cluster",
             "-",
         )
-        for cell, size, share, _, where in purity(folder, groups):
+        found = purity(folder, groups)
+        for cell, size, share, _, where in found:
             row(
                 f"planted group {cell} ({size:,} images) in one pattern",
                 f"{share:.1%} ({where})",
                 "≥ 90 %",
             )
+        a, b = (found[i] for i in TWO_PLACES)
+        row(
+            f"two places in cell {a[0]}: two patterns",
+            "yes" if a[3] != b[3] and min(a[3], b[3]) >= 0 else "no (merged)",
+            "two",
+        )
 
 
 if __name__ == "__main__":

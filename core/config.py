@@ -68,7 +68,7 @@ _MODEL_KEYS = {
     "name", "architecture", "factory", "factory_kwargs", "weights", "module", "trusted",
     "input_size", "channels", "mean", "std", "classes", "device", "batch_size", "layer",
     "datasets", "maps", "results", "timm", "interpolation", "crop_pct", "description",
-    "faithfulness", "embeddings", "hf", "crop_mode",
+    "faithfulness", "embeddings", "hf", "crop_mode", "state_dict_prefix",
 }  # fmt: skip
 PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -120,6 +120,7 @@ class ModelSpec:
     from_processor: tuple[str, ...] = ()  # the PREPROCESSING_KEYS taken from its image processor
     processor: str | None = None  # that image processor's class name (set when loaded)
     crop_offset: str = "round"  # center-crop offset rule: torchvision's (round) or HF's (floor)
+    state_dict_prefix: str | None = None  # checkpoint key prefix to strip (e.g. "model.")
 
 
 @dataclass(frozen=True)
@@ -362,6 +363,9 @@ def _model_spec(entry: dict[str, Any], base: Path, path: Path) -> ModelSpec:
         explicit=frozenset(k for k in PREPROCESSING_KEYS if k in entry),
         description=str(entry.get("description", "")),
         hf=hf,
+        state_dict_prefix=(
+            str(entry["state_dict_prefix"]) if "state_dict_prefix" in entry else None
+        ),
     )
 
 

@@ -138,8 +138,10 @@ def gallery_settings(config_path: str, view: ViewState, result: Results) -> None
         if ready:
             from core.data.models import describe_preprocessing
 
-            spec = resources.model(config_path, view.model).spec
-            st.caption(f"Preprocessing: {describe_preprocessing(spec)}")
+            loaded = resources.model(config_path, view.model)
+            st.caption(f"Preprocessing: {describe_preprocessing(loaded.spec)}")
+            for note in loaded.warnings:
+                st.caption(note)
         st.header("Gallery")
         at = f" at layer {layer}" if layer is not None else ""
         st.caption(

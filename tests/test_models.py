@@ -95,6 +95,42 @@ def test_checkpoint_wrappers_and_data_parallel_prefix(sample_config, tmp_path: P
     assert_same_outputs(plain.module, loaded, channels=1)
 
 
+def test_lightning_checkpoint_prefix_is_stripped_and_said(sample_config, tmp_path: Path) -> None:
+    """``last.ckpt`` as PyTorch Lightning saves a LightningModule with ``self.model = ...``."""
+    digits = sample_config.model("digits-cnn")
+    state = read_state_dict(digits.weights)
+    ckpt = {
+        "state_dict": {
+            **{f"model.{k}": v for k, v in state.items()},
+            "loss_fn.weight": torch.ones(10),  # a Lightning module's own tensors, not the model's
+        },
+        "epoch": 12,
+        "global_step": 1200,
+        "hyper_parameters": {"lr": 0.01},
+    }
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    plain = load_model(digits)
+    loaded = load_model(replace(digits, weights=tmp_path / "last.ckpt"))
+    assert_same_outputs(plain.module, loaded, channels=1)
+    assert any("'model.'" in note and "stripped" in note for note in loaded.warnings)
+    assert not any("stripped" in note for note in plain.warnings)
+
+
+def test_state_dict_prefix_settles_an_ambiguous_checkpoint(sample_config, tmp_path: Path) -> None:
+    digits = sample_config.model("digits-cnn")
+    state = read_state_dict(digits.weights)
+    twice = {**{f"student.{k}": v for k, v in state.items()}}
+    twice.update({f"teacher.{k}": torch.zeros_like(v) for k, v in state.items()})
+    torch.save({"state_dict": twice}, tmp_path / "distil.ckpt")
+    ambiguous = replace(digits, weights=tmp_path / "distil.ckpt")
+    with pytest.raises(ModelLoadError, match=r"several prefixes \(student\., teacher\.\)"):
+        load_model(ambiguous)
+    loaded = load_model(replace(ambiguous, state_dict_prefix="student"))
+    assert_same_outputs(load_model(digits).module, loaded, channels=1)
+    with pytest.raises(ModelLoadError, match=r"no key .* starts with state_dict_prefix 'ema\.'"):
+        load_model(replace(ambiguous, state_dict_prefix="ema."))
+
+
 def test_unknown_architecture_lists_known_ones(resnet7) -> None:
     with pytest.raises(ModelLoadError, match="unknown architecture 'resnet19'") as info:
         load_model(spec(architecture="resnet19", weights=resnet7[1]))

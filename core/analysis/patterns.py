@@ -13,7 +13,10 @@ target layer's resolution), with no model call:
    more than ``landmarks`` images is clustered on a seeded sample of that many. Then three
    k-means steps: every map joins the cluster whose mean is nearest (this places the maps left
    out of the sample, and takes back the noisy maps that a k-nearest-neighbour graph ties to
-   tight groups). Clusters under ``min_images`` join the nearest larger one.
+   tight groups). Clusters under ``min_images`` join the nearest larger one. Finally, clusters
+   of the cell that look at **the same place** are one pattern: two clusters whose hot regions
+   (step 3) overlap with IoU ≥ ``MERGE_IOU`` are merged (transitively), so one shortcut is one
+   pattern however its maps' shapes vary; two different places stay two patterns.
 3. Each cluster's *hot region* is the smallest set of pixels holding half of its mean map's mass.
    An image *looks there* when its own map puts at least half the cluster's mean share there.
    The **score** is how unlikely it is that ``k`` of the cell's ``n`` images look there if they
@@ -52,7 +55,8 @@ __all__ = [
 
 FLAG_SCORE = 3.0  # a pattern at least this unlikely by chance (p ≤ 0.001) is flagged
 DERIVED = "patterns"
-VERSION = 1  # stored with the patterns: a change of method recomputes them
+MERGE_IOU = 0.5  # clusters of a cell whose hot regions overlap at least this much are merged
+VERSION = 2  # stored with the patterns: a change of method recomputes them
 _CHUNK_ROWS = 65_536
 _HOT_MASS = 0.5  # the hot region holds this share of the cluster's mean map
 _LOOKS_THERE = 0.5  # an image looks there with at least this share of the cluster's mean share
@@ -264,7 +268,41 @@ def cluster_maps(
         lab, members = groups[_nearest(feats, centres)], feats
     if len(lab) != n:  # one cluster among the sampled maps: all of them
         lab = np.zeros(n, np.int64)
-    return _merge_small(feats, lab, min_images)
+    return _merge_same_place(maps, _merge_small(feats, lab, min_images))
+
+
+def _merge_same_place(maps: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Merge clusters whose hot regions overlap with IoU ≥ ``MERGE_IOU`` (union-find over the
+    pairs, so A~B and B~C makes one); relabel by size, largest 0."""
+    groups = int(labels.max()) + 1 if len(labels) else 0
+    if groups < 2:
+        return labels
+    sizes = np.bincount(labels, minlength=groups)
+    sums = np.zeros((groups, maps.shape[1]), np.float64)
+    _bincount_sums(sums, np.asarray(maps, np.float32), labels)
+    hot = _hot_regions((sums / sizes[:, None]).astype(np.float32)).astype(np.float32)
+    inter = hot @ hot.T
+    area = hot.sum(1)
+    iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1.0)
+    parent = np.arange(groups)
+    for a, b in zip(*np.nonzero(np.triu(iou >= MERGE_IOU, k=1)), strict=True):
+        ra, rb = _root(parent, int(a)), _root(parent, int(b))
+        parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([_root(parent, g) for g in range(groups)])
+    if len(np.unique(roots)) == groups:
+        return labels
+    merged = roots[labels]
+    ids, inverse, counts = np.unique(merged, return_inverse=True, return_counts=True)
+    order = np.lexsort((ids, -counts))
+    rank = np.empty(len(ids), np.int64)
+    rank[order] = np.arange(len(ids))
+    return rank[inverse.ravel()]
+
+
+def _root(parent: np.ndarray, g: int) -> int:
+    while parent[g] != g:
+        g = int(parent[g])
+    return g
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -88,6 +88,7 @@ def architectures() -> list[str]:
 
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Build, load and check the model ``spec`` describes; raises :class:`ModelLoadError`."""
+    notes_before: list[str] = []
     if spec.module is not None:
         module = _load_pickled(spec)
     elif spec.hf is not None:
@@ -97,8 +98,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     else:
         assert spec.weights is not None  # guaranteed by load_config
         state = _read_timm_state(spec.weights) if spec.timm else read_state_dict(spec.weights)
+        state, stripped = _strip_prefix(spec, state)
         module = _build(spec, state)
         _load_weights(module, state, spec)
+        notes_before = [stripped] if stripped else []
         if spec.timm:
             spec = _timm_preprocessing(spec, module)
     device, notes = _device(spec.device)
@@ -118,7 +121,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         transform = v2.Compose([v2.PILToTensor(), resize, *_normalize(spec).transforms])
     else:
         transform = v2.Compose([*_resize(spec).transforms, *_normalize(spec).transforms])
-    return LoadedModel(spec, module, num_classes, device, transform, tuple(notes))
+    return LoadedModel(spec, module, num_classes, device, transform, (*notes_before, *notes))
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -150,6 +153,75 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
+
+
+def _strip_prefix(
+    spec: ModelSpec, state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The state_dict with the key prefix that PyTorch Lightning (``self.model = ...``) and
+    similar wrappers add removed, and a note saying so (None when nothing was stripped).
+
+    ``state_dict_prefix`` in the entry names the prefix; otherwise a prefix is stripped only
+    where exactly one common prefix (``model.``, ``net.``, ``backbone.`` ...) makes the keys
+    match the architecture's exactly. Keys outside the prefix (a Lightning module's loss or
+    metrics) are left out.
+    """
+    prefix = spec.state_dict_prefix
+    if prefix is None:
+        wanted = _architecture_keys(spec)
+        if wanted is None or wanted <= state.keys():
+            return state, None
+        prefix = _matching_prefix(state, wanted, spec)
+        if prefix is None:
+            return state, None
+    elif prefix and not prefix.endswith("."):
+        prefix += "."
+    kept = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    if not kept:
+        raise ModelLoadError(
+            f"model {spec.name!r}: no key of checkpoint {spec.weights} starts with "
+            f"state_dict_prefix {prefix!r} (its first keys: {', '.join(list(state)[:5])})"
+        )
+    return kept, f"Checkpoint keys: prefix {prefix!r} stripped ({len(kept)} tensors)"
+
+
+def _architecture_keys(spec: ModelSpec) -> set[str] | None:
+    """The state_dict keys of the entry's architecture (built on the meta device), or None
+    when it cannot be built that way (the build's own error is reported later)."""
+    if spec.architecture is not None:
+        builder = _torchvision_builder(spec.architecture, spec.name)
+    elif spec.timm is not None:
+        return None  # timm's own reader already cleans its wrappers
+    else:
+        assert spec.factory is not None
+        builder = _import_factory(spec.factory, spec.base_dir, spec.name)
+    try:
+        with torch.device("meta"):
+            return set(builder(**spec.factory_kwargs).state_dict())
+    except Exception:
+        return None
+
+
+def _matching_prefix(
+    state: dict[str, torch.Tensor], wanted: set[str], spec: ModelSpec
+) -> str | None:
+    """The one prefix (up to three dotted parts) whose removal makes ``state``'s keys the
+    architecture's keys exactly; None when there is none; an error when several fit."""
+    candidates = {
+        ".".join(key.split(".")[:depth]) + "."
+        for key in state
+        for depth in (1, 2, 3)
+        if key.count(".") > depth
+    }
+    fits = sorted(
+        p for p in candidates if {k.removeprefix(p) for k in state if k.startswith(p)} == wanted
+    )
+    if len(fits) > 1:
+        raise ModelLoadError(
+            f"model {spec.name!r}: checkpoint {spec.weights} holds the architecture under "
+            f"several prefixes ({', '.join(fits)}); say which with state_dict_prefix = ..."
+        )
+    return fits[0] if fits else None
 
 
 def _build(spec: ModelSpec, state: dict[str, torch.Tensor]) -> nn.Module:
