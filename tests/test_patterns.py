@@ -409,3 +409,62 @@ def _points(trace: dict) -> int:  # type: ignore[type-arg]
     if isinstance(x, dict):
         return len(np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"])))
     return len(x)
+
+
+# ------------------------------------------------------------------------------ one place, one pattern
+
+
+@pytest.fixture(scope="module")
+def marked_shapes(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample config with a new test set: 60 images per class, every circle, triangle and
+    star carrying the corner mark (drawn by make_shapes' own renderer, another seed)."""
+    import sys
+
+    from PIL import Image
+
+    sys.path.insert(0, str(SAMPLE))
+    try:
+        from make_shapes import CLASSES, render
+    finally:
+        sys.path.remove(str(SAMPLE))
+    root = tmp_path_factory.mktemp("marked-shapes")
+    for label, kind in enumerate(CLASSES):
+        (root / kind).mkdir()
+        for i in range(60):
+            image, _, _ = render(kind, kind in ("circle", "triangle", "star"), (4242, label, i))
+            Image.fromarray(image, mode="RGB").save(root / kind / f"{kind}_{i:03d}.png")
+    text = sample.read_text(encoding="utf-8")
+    text += f'\n[[datasets]]\nname = "marked-shapes"\nroot = "{root.as_posix()}"\n'
+    text = text.replace('datasets = ["shapes-test", "shapes-test (parquet)"]', "", 1)
+    config = sample.parent / "marked.toml"
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+def test_one_shortcut_is_one_pattern_per_cell(marked_shapes: Path) -> None:
+    """Each marked shape → star cell of the shortcut model is one pattern holding ≥ 90 % of
+    the cell's images, however many clusters its maps' shapes fall into."""
+    found, result = _ranked(marked_shapes, "shapes-resnet (shortcut)", "marked-shapes")
+    names = list(result.classes)
+    star = names.index(STAR)
+    cells = 0
+    for kind in ("circle", "triangle"):
+        t = names.index(kind)
+        in_cell = int(((result.true == t) & (result.pred == star)).sum())
+        if in_cell < 5:  # too few to make a pattern: nothing to check in that cell
+            continue
+        cells += 1
+        patterns = found.of_cell(t, star)
+        assert len(patterns) == 1, [(p.images, p.centroid, p.score) for p in patterns]
+        assert patterns[0].images >= 0.9 * in_cell
+        assert patterns[0].centroid[0] > 0.6 and patterns[0].centroid[1] > 0.6
+    assert cells >= 1  # the mark fools the model on at least one marked shape
+
+
+def test_two_places_in_one_cell_stay_two_patterns() -> None:
+    """Merging is by place: a cell whose maps look at two opposite corners keeps two patterns."""
+    rng = np.random.default_rng(5)
+    maps = np.concatenate([_maps(rng, 40, (0, 0)), _maps(rng, 40, (6, 6))])
+    labels = cluster_maps(normalise_maps(maps[:, 0]))
+    assert len(np.unique(labels)) == 2
+    assert len(np.unique(labels[:40])) == 1 and len(np.unique(labels[40:])) == 1

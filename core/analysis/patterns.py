@@ -15,8 +15,9 @@ target layer's resolution), with no model call:
    out of the sample, and takes back the noisy maps that a k-nearest-neighbour graph ties to
    tight groups). Clusters under ``min_images`` join the nearest larger one. Finally, clusters
    of the cell that look at **the same place** are one pattern: two clusters whose hot regions
-   (step 3) overlap with IoU ≥ ``MERGE_IOU`` are merged (transitively), so one shortcut is one
-   pattern however its maps' shapes vary; two different places stay two patterns.
+   (step 3), each grown by one map cell (a cell of the target layer is the smallest place a
+   map can name), overlap with IoU ≥ ``MERGE_IOU`` are merged (transitively). One shortcut is
+   then one pattern however its maps' shapes vary; two different places stay two patterns.
 3. Each cluster's *hot region* is the smallest set of pixels holding half of its mean map's mass.
    An image *looks there* when its own map puts at least half the cluster's mean share there.
    The **score** is how unlikely it is that ``k`` of the cell's ``n`` images look there if they
@@ -247,10 +248,12 @@ def cluster_maps(
     min_images: int = 5,
     max_clusters: int = 8,
     landmarks: int = 256,
+    shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Cluster labels (0..k-1, largest cluster first) of normalised maps [n, d] (see module doc).
 
     Deterministic for a given ``seed``. Fewer than ``2 * min_images`` maps form one cluster.
+    ``shape`` is the maps' (h, w) (default: square), for the same-place merge.
     """
     n = len(maps)
     if n < 2 * min_images:
@@ -268,19 +271,22 @@ def cluster_maps(
         lab, members = groups[_nearest(feats, centres)], feats
     if len(lab) != n:  # one cluster among the sampled maps: all of them
         lab = np.zeros(n, np.int64)
-    return _merge_same_place(maps, _merge_small(feats, lab, min_images))
+    return _merge_same_place(maps, _merge_small(feats, lab, min_images), shape)
 
 
-def _merge_same_place(maps: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Merge clusters whose hot regions overlap with IoU ≥ ``MERGE_IOU`` (union-find over the
-    pairs, so A~B and B~C makes one); relabel by size, largest 0."""
+def _merge_same_place(
+    maps: np.ndarray, labels: np.ndarray, shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Merge clusters whose hot regions, grown by one map cell, overlap with IoU ≥
+    ``MERGE_IOU`` (union-find over the pairs, so A~B and B~C makes one); relabel by size."""
     groups = int(labels.max()) + 1 if len(labels) else 0
     if groups < 2:
         return labels
     sizes = np.bincount(labels, minlength=groups)
     sums = np.zeros((groups, maps.shape[1]), np.float64)
     _bincount_sums(sums, np.asarray(maps, np.float32), labels)
-    hot = _hot_regions((sums / sizes[:, None]).astype(np.float32)).astype(np.float32)
+    hot = _hot_regions((sums / sizes[:, None]).astype(np.float32))
+    hot = _grown(hot, shape or _square(maps.shape[1])).astype(np.float32)
     inter = hot @ hot.T
     area = hot.sum(1)
     iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1.0)
@@ -297,6 +303,22 @@ def _merge_same_place(maps: np.ndarray, labels: np.ndarray) -> np.ndarray:
     rank = np.empty(len(ids), np.int64)
     rank[order] = np.arange(len(ids))
     return rank[inverse.ravel()]
+
+
+def _square(d: int) -> tuple[int, int]:
+    side = round(d**0.5)
+    return (side, d // side) if side * (d // side) == d else (1, d)
+
+
+def _grown(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean masks [g, h*w] grown by one cell in each of the 8 directions."""
+    h, w = shape
+    padded = np.pad(masks.reshape(-1, h, w), ((0, 0), (1, 1), (1, 1)))
+    out = np.zeros((len(masks), h, w), bool)
+    for dy in range(3):
+        for dx in range(3):
+            out |= padded[:, dy : dy + h, dx : dx + w]
+    return out.reshape(len(masks), -1)
 
 
 def _root(parent: np.ndarray, g: int) -> int:
@@ -441,7 +463,7 @@ def find_patterns(
         raise ValueError(f"{len(true)} labels, {len(pred)} predictions, {n} maps, {len(rows)} rows")
     pmaps = _read_normalised(maps, 0)
     with threadpool_limits(1):
-        found = _cluster_cells(true, pred, pmaps, min_images, max_clusters, landmarks, seed)
+        found = _cluster_cells(true, pred, pmaps, min_images, max_clusters, landmarks, seed, (h, w))
     c = len(found.members)
     labels = np.full(n, -1, np.int64)
     for i, members in enumerate(found.members):
@@ -486,6 +508,7 @@ def _cluster_cells(
     max_clusters: int,
     landmarks: int,
     seed: int,
+    shape: tuple[int, int],
 ) -> _Clusters:
     """Cluster every cell of at least ``min_images`` images."""
     k = int(max(true.max(initial=0), pred.max(initial=0))) + 1
@@ -498,7 +521,9 @@ def _cluster_cells(
             continue
         members = order[start : start + count]
         t, p = divmod(int(cell_id), k)
-        labels = cluster_maps(pmaps[members], (seed, t, p), min_images, max_clusters, landmarks)
+        labels = cluster_maps(
+            pmaps[members], (seed, t, p), min_images, max_clusters, landmarks, shape
+        )
         groups = int(labels.max()) + 1
         split = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[split], np.arange(groups + 1))
