@@ -11,7 +11,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the pat
 
 import streamlit as st  # noqa: E402
 
-from dashboard.settings import settings  # noqa: E402
+from dashboard.state.settings import settings  # noqa: E402
 
 st.set_page_config(
     page_title="CAM error analysis", page_icon=":material/troubleshoot:", layout="wide"

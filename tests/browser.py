@@ -112,6 +112,18 @@ def new_page(browser):  # type: ignore[no-untyped-def]
     return context.new_page()
 
 
+@contextmanager
+def open_dashboard(*app_args: str, path: str = "", timeout: float = 120_000) -> Iterator[object]:
+    """The dashboard served (``app_args`` after ``--``), a headless Chromium and a page opened at
+    ``path`` (``/?model=...``), once its matrix is drawn: yields the page (its
+    ``context.browser`` opens more)."""
+    with streamlit_server(*app_args) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(url + path)
+        wait_for_matrix(page, timeout=timeout)
+        yield page
+
+
 CHARTS = "document.querySelectorAll('[data-testid=\"stVegaLiteChart\"]')"
 # a chart's cells: the paths of its first rectangle mark, one per cell in row-major order
 CELL_PATHS = f"""(plot) => {{
@@ -144,7 +156,7 @@ def chart_count(page) -> int:  # type: ignore[no-untyped-def]
 
 def selected_cells(page, plot: int = 0) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
     """(true, pred) class indices of the cells the chart outlines as selected."""
-    from dashboard.matrix_figure import SELECTED_STROKE
+    from dashboard.parts.matrix import SELECTED_STROKE
 
     found = page.evaluate(
         f"""([plot, stroke]) => ({CELL_PATHS})(plot)
@@ -243,7 +255,14 @@ def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_
         timeout=timeout,
     )
     n = int(str(found.json_value()).replace(",", ""))
-    page.wait_for_function(  # the cards of this cell (the heading is drawn a frame earlier)
+    wait_for_cards(page, title, timeout)  # the heading is drawn a frame before the cards
+    return n
+
+
+def wait_for_cards(page, heading: str, timeout: float = 120_000) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the gallery whose heading matches the regular expression ``heading`` (its
+    ``data-heading``) shows every card's three panels, nothing stale."""
+    page.wait_for_function(
         """(re) => {
             if (document.querySelector('[data-stale="true"]')) return false;
             const grid = document.querySelector('.cam-gallery');
@@ -254,10 +273,9 @@ def wait_for_gallery(page, true_name: str, pred_name: str, timeout: float = 120_
                 return imgs.length === 3 && imgs.every(i => i.complete && i.naturalWidth > 0);
             });
         }""",
-        arg=title,
+        arg=heading,
         timeout=timeout,
     )
-    return n
 
 
 def gallery_cards(page) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]

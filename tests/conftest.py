@@ -113,3 +113,13 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    """A headless Chromium shared by one test module (``tests.browser.new_page`` opens a page in
+    a fresh context of it)."""
+    from tests.browser import chromium
+
+    with chromium() as found:
+        yield found

@@ -1,14 +1,25 @@
-"""Small project configs over the bundled sample, for the dashboard tests."""
+"""Small project configs over the bundled sample, and what core computes on them, for the
+dashboard tests."""
 
 from __future__ import annotations
 
+import csv
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core import evaluate, load_config, load_model, open_dataset
+from core import cell_rows, evaluate, load_config, load_model, open_dataset
+from core.analysis.gallery import sort_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from core import ImageDataset, LoadedModel, Results
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_models"
+MARKS = SAMPLE / "shapes" / "test" / "marks.csv"  # which shapes-test images carry the mark
 
 
 def write_config(folder: Path) -> Path:
@@ -60,3 +71,37 @@ def expected(config_path: Path, model: str = "digits-cnn", dataset: str = "digit
     loaded = load_model(config.model(model))
     data = open_dataset(config.dataset(dataset), loaded.spec.classes)
     return evaluate(loaded, data, cache_dir=config.cache_dir)
+
+
+def marked_paths() -> list[str]:
+    """The shapes-test images that carry the magenta corner mark (paths relative to the
+    dataset's root, in the order ``marks.csv`` lists them)."""
+    with MARKS.open(newline="", encoding="utf-8") as handle:
+        return [row["path"] for row in csv.DictReader(handle) if row["marked"] == "1"]
+
+
+@dataclass(frozen=True)
+class ShortcutCell:
+    """A shortcut model of the sample evaluated by core, and its cell "other shape → star":
+    the shape most often taken for the marked class, with the rows the gallery shows first."""
+
+    model: LoadedModel
+    dataset: ImageDataset
+    result: Results
+    true: int  # the shape most often taken for the marked class
+    marked: int  # the marked class ("star")
+    rows: pd.DataFrame  # the cell's rows, most confident first (the gallery's default order)
+
+
+def shortcut_cell(model: str, dataset: str, out: Path, marked: str = "star") -> ShortcutCell:
+    """Evaluate the sample's ``model`` on ``dataset`` into ``out`` (independent of any server's
+    cache) and find its cell "other shape → ``marked``"."""
+    config = load_config(SAMPLE / "config.toml")
+    loaded = load_model(config.model(model))
+    data = open_dataset(config.dataset(dataset), loaded.spec.classes)
+    result = evaluate(loaded, data, out)
+    star = result.classes.index(marked)
+    fooled = result.predictions.query("pred == @star and true != @star")
+    true = int(fooled["true"].value_counts().idxmax())
+    rows = sort_rows(cell_rows(result.predictions, true, star), "confidence", ascending=False)
+    return ShortcutCell(loaded, data, result, true, star, rows)

@@ -14,12 +14,11 @@ from streamlit.testing.v1 import AppTest
 
 from core import cell_rows
 from core.analysis.gallery import first_pages, page_rows, sort_rows
-from dashboard import resources
-from dashboard.notes_ui import AUTHOR_KEY
-from dashboard.widgets import GALLERY_SETTINGS_OPEN
+from dashboard.parts.notes import AUTHOR_KEY
+from dashboard.parts.sidebar import GALLERY_SETTINGS_OPEN
+from dashboard.state import resources
+from tests.apptest import APP, card_paths, run
 from tests.projects import ROOT, expected, write_config
-
-APP = str(ROOT / "dashboard" / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +28,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run(project: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
-    monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(project))
-    at = AppTest.from_file(APP, default_timeout=120)
-    for name, value in params.items():
-        at.query_params[name] = value
-    return at.run()
-
-
-def _card_paths(at: AppTest) -> list[str]:
-    """File names of the gallery cards, in order (the page's cards are one ``st.html``)."""
-    return [
-        html.unescape(name)
-        for h in at.html
-        for name in re.findall(r'class="cam-card".*?<strong>(.*?)</strong>', h.value)
-    ]
-
-
 def test_without_a_cell_the_page_invites_a_click(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    at = run(project, monkeypatch)
+    at = run(APP, project, monkeypatch)
     assert not at.exception
     assert any("Click any cell" in i.value for i in at.info)
     assert at.query_params.get("cell") is None
@@ -56,21 +38,21 @@ def test_without_a_cell_the_page_invites_a_click(project: Path, monkeypatch) -> 
 def test_cell_and_page_from_the_url(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     result = expected(project)
     rows = sort_rows(cell_rows(result.predictions, 9, 9), "loss", ascending=False)
-    at = run(project, monkeypatch, cell="9,9", sort="loss_desc", page="2", page_size="12")
+    at = run(APP, project, monkeypatch, cell="9,9", sort="loss_desc", page="2", page_size="12")
     assert not at.exception
     assert any(f"true *9* → predicted *9*: {len(rows)} images" in s.value for s in at.subheader)
-    assert _card_paths(at) == list(page_rows(rows, 2, 12)["path"])
+    assert card_paths(at) == list(page_rows(rows, 2, 12)["path"])
 
 
 def test_invalid_url_values_fall_back(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    at = run(project, monkeypatch, model="../../etc/passwd", cell="99,1", page="abc")
+    at = run(APP, project, monkeypatch, model="../../etc/passwd", cell="99,1", page="abc")
     assert not at.exception
     assert at.selectbox(key="url:model").value == "digits-cnn"
     assert any("Click any cell" in i.value for i in at.info)
 
 
 def test_changing_dataset_updates_url_and_clears_cell(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    at = run(project, monkeypatch, cell="3,9", page="2")
+    at = run(APP, project, monkeypatch, cell="3,9", page="2")
     at.selectbox(key="url:dataset").set_value("digits-even").run()
     assert not at.exception
     assert (
@@ -82,7 +64,7 @@ def test_changing_dataset_updates_url_and_clears_cell(project: Path, monkeypatch
 
 
 def test_broken_model_entry_shows_error_and_others_stay_usable(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    at = run(project, monkeypatch, model="broken")
+    at = run(APP, project, monkeypatch, model="broken")
     assert not at.exception
     assert any("checkpoint not found" in e.value for e in at.error)
     at.selectbox(key="url:model").set_value("digits-cnn").run()
@@ -93,7 +75,7 @@ def test_broken_model_entry_shows_error_and_others_stay_usable(project: Path, mo
 def test_bad_config_file_shows_error_panel(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "config.toml"
     bad.write_text("[[models]\nname = ")
-    at = run(bad, monkeypatch)
+    at = run(APP, bad, monkeypatch)
     assert not at.exception
     assert any("not valid TOML" in e.value for e in at.error)
 
@@ -105,7 +87,7 @@ def test_class_count_mismatch_names_both_numbers(tmp_path: Path, monkeypatch) ->
         'classes = ["0", "2", "4", "6", "8"]',
     )
     config.write_text(text)
-    at = run(config, monkeypatch, dataset="digits-even")
+    at = run(APP, config, monkeypatch, dataset="digits-even")
     assert not at.exception
     message = " ".join(e.value for e in at.error)
     assert "10 classes" in message and "has 5" in message
@@ -124,7 +106,7 @@ def open_gallery_settings(at: AppTest) -> AppTest:
 
 
 def test_gallery_settings_are_folded_until_opened(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    at = run(project, monkeypatch, method="Grad-CAM++", sort="loss_desc")
+    at = run(APP, project, monkeypatch, method="Grad-CAM++", sort="loss_desc")
     assert not at.exception
     keys = {w.key for w in at.sidebar.selectbox} | {w.key for w in at.sidebar.slider}
     assert "url:method" not in keys and "url:opacity" not in keys  # not built while folded
@@ -138,7 +120,7 @@ def test_gallery_settings_are_folded_until_opened(project: Path, monkeypatch) ->
 
 def test_sidebar_settings_change_the_gallery_and_the_url(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     result = expected(project)
-    at = open_gallery_settings(run(project, monkeypatch, cell="9,9"))
+    at = open_gallery_settings(run(APP, project, monkeypatch, cell="9,9"))
     assert "Grad-CAM · predicted 9" in _card_captions(at)
     at.sidebar.selectbox(key="url:method").set_value("Grad-CAM++").run()
     at.sidebar.selectbox(key="url:sort").set_value("loss_desc").run()
@@ -146,7 +128,7 @@ def test_sidebar_settings_change_the_gallery_and_the_url(project: Path, monkeypa
     assert at.query_params["method"] in (["Grad-CAM++"], "Grad-CAM++")
     assert "Grad-CAM++ · predicted 9" in _card_captions(at)
     rows = sort_rows(cell_rows(result.predictions, 9, 9), "loss", ascending=False)
-    assert _card_paths(at) == list(page_rows(rows, 1, 24)["path"])
+    assert card_paths(at) == list(page_rows(rows, 1, 24)["path"])
 
 
 def test_first_pages_are_warmed_once_the_predictions_are_ready(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -154,7 +136,7 @@ def test_first_pages_are_warmed_once_the_predictions_are_ready(project: Path, mo
     result = expected(project)
     pages = first_pages(result.predictions, "confidence", False, 24, resources.WARM_UP_IMAGES)
     assert len(pages) == len(result.predictions.groupby(["true", "pred"]))  # every cell
-    at = run(project, monkeypatch)
+    at = run(APP, project, monkeypatch)
     assert not at.exception
     # the maps come from the result (made in the evaluation): warming encodes every panel
     thread = resources.warm_up(str(project), "digits-cnn", "digits-test", result.fingerprint)
@@ -195,12 +177,12 @@ def test_a_model_without_a_spatial_layer_still_shows_its_matrix_and_images(
     config.write_text(text)
     result = expected(config, model="flat")
     true, pred = map(int, result.predictions.iloc[0][["true", "pred"]])
-    at = run(config, monkeypatch, model="flat", cell=f"{true},{pred}")
+    at = run(APP, config, monkeypatch, model="flat", cell=f"{true},{pred}")
     assert not at.exception
     warnings = " ".join(w.value for w in at.warning)
     assert "no module with a spatial" in warnings  # says why there are no maps
     rows = sort_rows(cell_rows(result.predictions, true, pred), "confidence", ascending=False)
-    assert _card_paths(at) == list(page_rows(rows, 1, 24)["path"])  # the images are there
+    assert card_paths(at) == list(page_rows(rows, 1, 24)["path"])  # the images are there
     open_gallery_settings(at)
     at.sidebar.selectbox(key="url:method").set_value("Saliency").run()  # needs no layer
     assert not at.exception and not at.warning
@@ -245,7 +227,7 @@ BAD_VIEW = [  # with a valid cell: the cell's first page at the defaults
 def test_a_malformed_cell_shows_the_matrix_and_the_invitation(
     project: Path, monkeypatch: pytest.MonkeyPatch, cell: str
 ) -> None:
-    at = run(project, monkeypatch, cell=cell, page="2")
+    at = run(APP, project, monkeypatch, cell=cell, page="2")
     _assert_no_traceback(at)
     assert any("Accuracy" in m.label for m in at.metric)
     assert any("Click any cell" in i.value for i in at.info) and not at.subheader
@@ -258,11 +240,11 @@ def test_malformed_view_values_fall_back_to_the_defaults(
     project: Path, monkeypatch: pytest.MonkeyPatch, params: dict[str, str]
 ) -> None:
     result = expected(project)
-    at = run(project, monkeypatch, cell="9,9", **params)
+    at = run(APP, project, monkeypatch, cell="9,9", **params)
     _assert_no_traceback(at)
     rows = sort_rows(cell_rows(result.predictions, 9, 9), "confidence", ascending=False)
     assert any(f"true *9* → predicted *9*: {len(rows)} images" in s.value for s in at.subheader)
-    assert _card_paths(at) == list(page_rows(rows, 1, 24)["path"])
+    assert card_paths(at) == list(page_rows(rows, 1, 24)["path"])
     assert "Grad-CAM · predicted 9" in _card_captions(at)
     assert at.selectbox(key="url:model").value == "digits-cnn"
 
@@ -270,7 +252,7 @@ def test_malformed_view_values_fall_back_to_the_defaults(
 def test_an_unknown_dataset_falls_back_to_the_model_s_first(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at = run(project, monkeypatch, cell="9,9", dataset="nope\u202e")
+    at = run(APP, project, monkeypatch, cell="9,9", dataset="nope\u202e")
     _assert_no_traceback(at)
     assert at.query_params["dataset"] in (["digits-test"], "digits-test")  # the URL is fixed
     assert "cell" not in at.query_params  # a cell of another dataset means nothing here
@@ -281,10 +263,10 @@ def test_a_junk_tag_filter_is_a_filter_with_no_images(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     junk = "\u202e<b>💥</b>\x00"
-    at = run(project, monkeypatch, cell="9,9", tag=junk)
+    at = run(APP, project, monkeypatch, cell="9,9", tag=junk)
     _assert_no_traceback(at)
     assert any("No images in this cell" in i.value for i in at.info)
-    assert not _card_paths(at)
+    assert not card_paths(at)
 
 
 def test_widgets_at_their_limits_never_show_a_traceback(
@@ -292,11 +274,11 @@ def test_widgets_at_their_limits_never_show_a_traceback(
 ) -> None:
     result = expected(project)
     rows = sort_rows(cell_rows(result.predictions, 9, 9), "confidence", ascending=False)
-    at = run(project, monkeypatch, cell="9,9", page="99")  # past the end: the last page
+    at = run(APP, project, monkeypatch, cell="9,9", page="99")  # past the end: the last page
     _assert_no_traceback(at)
     last = (len(rows) + 23) // 24
     assert at.number_input(key="url:page").value == last
-    assert _card_paths(at) == list(page_rows(rows, last, 24)["path"])
+    assert card_paths(at) == list(page_rows(rows, last, 24)["path"])
     at.number_input(key="url:page").set_value(1).run()
     open_gallery_settings(at)
     at.sidebar.selectbox(key="url:page_size").set_value(96).run()
@@ -304,7 +286,7 @@ def test_widgets_at_their_limits_never_show_a_traceback(
     at.sidebar.selectbox(key="url:layer").set_value("0").run()  # the first conv layer
     at.sidebar.text_input(key=AUTHOR_KEY).set_value("\u202e💥" * 20).run()
     _assert_no_traceback(at)
-    assert _card_paths(at) == list(rows["path"][:96])
+    assert card_paths(at) == list(rows["path"][:96])
     at.sidebar.selectbox(key="url:method").set_value("CAM").run()
     at.sidebar.selectbox(key="url:dataset").set_value("digits-even").run()
     _assert_no_traceback(at)
@@ -331,7 +313,7 @@ def test_a_card_whose_file_broke_after_evaluation_fails_alone(
     shutil.copytree(source, copy)
     config.write_text(config.read_text().replace(source.as_posix(), copy.as_posix(), 1))
     result = expected(config)
-    at = run(config, monkeypatch)  # the server evaluates; then files change under it
+    at = run(APP, config, monkeypatch)  # the server evaluates; then files change under it
     _assert_no_traceback(at)
     rows = sort_rows(cell_rows(result.predictions, 9, 9), "confidence", ascending=False)
     paths = list(page_rows(rows, 1, 24)["path"])
@@ -364,7 +346,7 @@ def test_stored_results_open_without_the_model(tmp_path: Path, monkeypatch) -> N
         raise ModelLoadError(f"{spec.name}: weights unreadable today")
 
     monkeypatch.setattr(core.data.models, "load_model", refuse)
-    at = run(config, monkeypatch)
+    at = run(APP, config, monkeypatch)
     assert not at.exception
     right = (stored.predictions["true"] == stored.predictions["pred"]).mean()
     assert next(m for m in at.metric if m.label == "Accuracy").value == f"{right:.2%}"
@@ -389,16 +371,18 @@ def test_stored_results_open_without_the_model(tmp_path: Path, monkeypatch) -> N
 
 
 def test_the_dashboard_modules_import_no_torch() -> None:
-    """The matrix of stored results needs neither torch nor SciPy: the dashboard's modules
-    import them when a cell's maps or a comparison are asked for (a fresh server's first page
-    waited ~7 s for these imports)."""
+    """The matrix of stored results needs neither torch nor SciPy, the Map's PCA layout no UMAP:
+    the dashboard's modules import them when a cell's maps, a comparison or a UMAP layout are
+    asked for (a fresh server's first page waited ~7 s for these imports)."""
     import subprocess
     import sys
 
-    heavy = ("torch", "torchvision", "timm", "scipy", "sklearn", "cleanlab")
-    code = (
-        "import sys; import dashboard.widgets, dashboard.resources, dashboard.analyses, "
-        "dashboard.matrix_figure, dashboard.notes_ui, dashboard.pattern_views; "
+    heavy = ("torch", "torchvision", "timm", "scipy", "sklearn", "cleanlab", "umap", "numba")
+    code = (  # every module of dashboard.state and dashboard.parts (new ones included)
+        "import importlib, pkgutil, sys, dashboard.parts, dashboard.state\n"
+        "for package in (dashboard.state, dashboard.parts):\n"
+        "    for found in pkgutil.iter_modules(package.__path__, package.__name__ + '.'):\n"
+        "        importlib.import_module(found.name)\n"
         f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     done = subprocess.run(
@@ -413,7 +397,7 @@ def test_the_matrix_does_not_wait_for_a_long_label_quality_pass(project: Path, m
     import threading
     import time
 
-    from dashboard import analyses
+    from dashboard.state import analyses
 
     release = threading.Event()
     real = analyses.result_label_quality
@@ -426,7 +410,7 @@ def test_the_matrix_does_not_wait_for_a_long_label_quality_pass(project: Path, m
     monkeypatch.setattr(analyses, "WAIT_FOR_QUALITY_UP_TO", 0)
     analyses._quality_pass.clear()
     try:
-        at = run(project, monkeypatch)
+        at = run(APP, project, monkeypatch)
         assert not at.exception
         assert "flagged" not in at.session_state["chart"].data
         assert any("finding suspected label errors" in c.value for c in at.caption)

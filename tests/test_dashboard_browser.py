@@ -16,7 +16,6 @@ import pytest
 from core import cell_rows, top_confused_pairs
 from core.analysis.gallery import page_rows, sort_rows
 from tests.browser import (
-    chromium,
     click_cell,
     gallery_cards,
     new_page,
@@ -42,12 +41,6 @@ def server(project: Path):  # type: ignore[no-untyped-def]
     expected(project)
     with streamlit_server("--config", str(project)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
-    with chromium() as context:
-        yield context
 
 
 def _first_page(result, true: int, pred: int, size: int = 24) -> list[str]:  # type: ignore[no-untyped-def]

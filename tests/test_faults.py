@@ -235,7 +235,7 @@ NOTES_APP = """
 import os
 import streamlit as st
 from core.notes import NotesStore
-from dashboard.notes_ui import editor
+from dashboard.parts.notes import editor
 st.session_state.setdefault("author", "ana")
 store = st.cache_resource(NotesStore)(os.environ["FAULT_NOTES_DB"])  # one per server
 editor(store, "digits", "3/img_001.png")

@@ -13,15 +13,12 @@ import pytest
 from core import cell_rows, evaluate, load_config, load_model, open_dataset
 from core.analysis.gallery import page_rows, sort_rows
 from tests.browser import (
-    chromium,
     click_cell,
     gallery_cards,
-    new_page,
+    open_dashboard,
     screenshot,
-    streamlit_server,
     wait_for_gallery,
     wait_for_idle_page,
-    wait_for_matrix,
 )
 from tests.projects import SAMPLE
 
@@ -30,10 +27,7 @@ PROBLEMS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
 
 def test_every_sample_page_opens_from_the_menu_without_an_error() -> None:
-    with streamlit_server() as url, chromium() as browser:  # no --config: the bundled sample
-        page = new_page(browser)
-        page.goto(url)
-        wait_for_matrix(page)
+    with open_dashboard() as page:  # no --config: the bundled sample
         links = page.get_by_test_id("stSidebarNav").get_by_role("link")
         names = [links.nth(i).inner_text() for i in range(links.count())]
         assert len(names) >= 4
@@ -108,10 +102,7 @@ def _first_page(result, true: int, pred: int) -> list[str]:  # type: ignore[no-u
 
 def test_a_first_click_on_stored_maps_does_not_wait_for_the_model(slow_project) -> None:  # type: ignore[no-untyped-def]
     config_path, gate, result = slow_project
-    with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
-        page = new_page(browser)
-        page.goto(url)
-        wait_for_matrix(page)
+    with open_dashboard("--config", str(config_path)) as page:
         click_cell(page, 3, 9)
         wait_for_gallery(page, "3", "9")  # while the model cannot finish loading
         assert [c["path"] for c in gallery_cards(page)] == _first_page(result, 3, 9)
@@ -138,10 +129,8 @@ def test_a_first_click_on_stored_maps_does_not_wait_for_the_model(slow_project) 
 
 def test_a_click_that_needs_the_model_shows_a_status_then_the_cards(slow_project) -> None:  # type: ignore[no-untyped-def]
     config_path, gate, result = slow_project
-    with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
-        page = new_page(browser)
-        page.goto(url + "/?method=Grad-CAM%2B%2B")  # not stored: computed by the model
-        wait_for_matrix(page)
+    # Grad-CAM++ is not stored: computed by the model
+    with open_dashboard("--config", str(config_path), path="/?method=Grad-CAM%2B%2B") as page:
         click_cell(page, 3, 9)  # at once: the model is still loading
         status = page.get_by_test_id("stAlert").filter(has_text="Loading the model for maps…")
         status.wait_for()

@@ -508,7 +508,7 @@ def test_transformers_is_imported_only_for_hf_entries(
     config = write_config(tmp_path, folders["vit"], images)
     code = (
         "import sys, core, core.data.models, core.explain.cam, core.results.key, "
-        "dashboard.widgets, dashboard.resources; from core.config import load_config; "
+        "dashboard.parts.cell, dashboard.state.resources; from core.config import load_config; "
         f"load_config({str(config)!r}); sys.exit('transformers' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from dashboard.notes_ui import badge_text
+from dashboard.parts.notes import badge_text
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
 

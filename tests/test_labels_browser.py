@@ -17,7 +17,7 @@ from core.analysis.comparison import Agreement, compare
 from core.analysis.label_quality import label_quality
 from core.cli import _arrays
 from tests.browser import chromium, new_page, streamlit_server, wait_idle
-from tests.projects import ROOT, SAMPLE
+from tests.projects import ROOT, marked_paths
 from tests.test_shortcut_compare import CLEAN, SHORTCUT, _evaluation
 
 sys.path.insert(0, str(ROOT / "sample_models"))
@@ -40,8 +40,7 @@ def test_compare_click_into_fixed(tmp_path: Path) -> None:
     a, b = (_arrays(_evaluation(name, tmp_path)) for name in (SHORTCUT, CLEAN))
     result = compare(a, b)
     fixed = result.cell_positions(Agreement.FIXED)
-    with (SAMPLE / "shapes" / "test" / "marks.csv").open(newline="", encoding="utf-8") as handle:
-        marked = {row["path"] for row in csv.DictReader(handle) if row["marked"] == "1"}
+    marked = set(marked_paths())
     query = f"model={quote(SHORTCUT)}&model_b={quote(CLEAN)}&dataset=shapes-test"
     with streamlit_server() as url, chromium() as browser:  # the bundled sample
         page = new_page(browser)

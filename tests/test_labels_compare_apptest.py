@@ -9,21 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core import load_config
 from core.analysis.comparison import Agreement, compare
 from core.analysis.label_quality import label_quality
 from core.data.datasets import dataset_key
 from core.notes import NotesStore
-from dashboard.analyses import arrays, probabilities
+from dashboard.state.analyses import arrays, probabilities
+from tests.apptest import APP, VIEWS, card_paths, run
 from tests.projects import ROOT, expected, write_config
 
 sys.path.insert(0, str(ROOT / "sample_models"))
 from plant_labels import plant
 
-LABELS = str(ROOT / "dashboard" / "views" / "labels.py")
-COMPARE = str(ROOT / "dashboard" / "views" / "compare.py")
+LABELS = str(VIEWS / "labels.py")
+COMPARE = str(VIEWS / "compare.py")
 
 
 @pytest.fixture(scope="module")
@@ -39,22 +39,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     expected(path)
     expected(path, model="digits-cnn-shifted")
     return path
-
-
-def run(page: str, config: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
-    monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(config))
-    at = AppTest.from_file(page, default_timeout=120)
-    for name, value in params.items():
-        at.query_params[name] = value
-    return at.run()
-
-
-def card_paths(at: AppTest) -> list[str]:
-    return [
-        html.unescape(name)
-        for h in at.html
-        for name in re.findall(r'class="cam-card".*?<strong>(.*?)</strong>', h.value)
-    ]
 
 
 def test_label_errors_ranked_and_tagged(planted: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -123,7 +107,7 @@ def test_compare_refuses_a_mismatched_pair(project: Path, monkeypatch) -> None: 
 
 
 def test_matrix_hover_counts_flagged_images() -> None:
-    from dashboard.matrix_figure import matrix_chart
+    from dashboard.parts.matrix import matrix_chart
 
     counts = np.array([[5, 2], [1, 4]])
     flagged = np.array([[0, 2], [1, 0]])
@@ -143,7 +127,7 @@ def test_any_cell_sorts_by_label_quality(planted: Path, monkeypatch) -> None:  #
     cell = (rows.true == 3) & (rows.pred == 3)  # a diagonal cell: no flags, still sortable
     order = np.flatnonzero(cell)[np.lexsort((rows.paths[cell], scores[cell]))]
     at = run(
-        str(ROOT / "dashboard" / "app.py"), planted, monkeypatch, cell="3,3",
+        APP, planted, monkeypatch, cell="3,3",
         sort="label_quality_asc", page_size="12",
     )  # fmt: skip
     assert not at.exception

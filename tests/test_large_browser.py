@@ -9,15 +9,13 @@ from core import cell_rows, focus_classes, load_config, load_model, open_dataset
 from core.analysis.gallery import page_rows, sort_rows
 from core.analysis.metrics import accuracy, confusion_matrix
 from core.results.evaluate import evaluate
-from dashboard.widgets import compact_count
+from dashboard.parts.sidebar import compact_count
 from tests.browser import (
     chart_count,
-    chromium,
     click_cell,
     gallery_cards,
-    new_page,
+    open_dashboard,
     screenshot,
-    streamlit_server,
     wait_for_gallery,
     wait_for_matrix,
 )
@@ -45,10 +43,7 @@ def test_find_a_class_and_open_its_cell_at_1000_classes() -> None:
     shown = focus_classes(counts, target, 20)
     partner = int(off[target].argmax())
     name = result.classes[target]
-    with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
-        page = new_page(browser)
-        page.goto(url)
-        wait_for_matrix(page)
+    with open_dashboard("--config", str(config_path)) as page:
         page.get_by_text("The 20 most confused of 1,000 classes").wait_for()
         wait_for_matrix(page, cells=400)  # 20 × 20: no view sends the million cells
         screenshot(page, "large_first_page")

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import html
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.analysis.embedding_map import Region, result_layout
-from tests.projects import ROOT, expected, write_config
+from tests.apptest import VIEWS, card_paths, run
+from tests.projects import expected, write_config
 
-MAP = str(ROOT / "dashboard" / "views" / "map.py")
-APP = str(ROOT / "dashboard" / "app.py")
+MAP = str(VIEWS / "map.py")
 
 
 @pytest.fixture(scope="module")
@@ -24,22 +19,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = write_config(tmp_path_factory.mktemp("map"))
     result_layout(expected(path))  # evaluated, and its UMAP layout stored
     return path
-
-
-def run(script: str, config: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
-    monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(config))
-    at = AppTest.from_file(script, default_timeout=120)
-    for name, value in params.items():
-        at.query_params[name] = value
-    return at.run()
-
-
-def card_paths(at: AppTest) -> list[str]:
-    return [
-        html.unescape(name)
-        for h in at.html
-        for name in re.findall(r'class="cam-card".*?<strong>(.*?)</strong>', h.value)
-    ]
 
 
 def test_a_region_in_the_url_lists_its_images(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -88,7 +67,7 @@ def test_results_without_embeddings_say_so(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_a_clicked_bar_selects_exactly_its_images(project: Path) -> None:
-    from dashboard.calibration_ui import HISTOGRAM_BINS, chart_rows
+    from dashboard.parts.calibration import HISTOGRAM_BINS, chart_rows
 
     result = expected(project)
     table = result.predictions
@@ -106,15 +85,3 @@ def test_a_clicked_bar_selects_exactly_its_images(project: Path) -> None:
     ] * int((~right & (table["pred"] == 9)).sum())  # errors first
     for junk in ("rel:99", "precision:-1", "what:3", "rel:", "recall:10"):
         assert chart_rows(result, junk) is None
-
-
-def test_the_new_dashboard_modules_import_nothing_heavy() -> None:
-    heavy = ("torch", "torchvision", "scipy", "sklearn", "cleanlab", "umap", "numba")
-    code = (
-        "import sys; import dashboard.map_data, dashboard.similar_ui, dashboard.calibration_ui; "
-        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert done.stdout.strip() == "[]"

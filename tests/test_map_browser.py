@@ -13,17 +13,17 @@ from core.analysis.calibration import reliability
 from core.analysis.embedding_map import Region, result_layout
 from core.analysis.metrics import per_class_metrics
 from core.analysis.similar import similar_images
-from dashboard.calibration_ui import RELIABILITY_BINS, chart_rows
-from dashboard.similar_ui import SIMILAR
+from dashboard.parts.calibration import RELIABILITY_BINS, chart_rows
+from dashboard.parts.similar import SIMILAR
 from tests.browser import (
     chromium,
     new_page,
+    open_dashboard,
     open_inspect,
     screenshot,
     settled_box,
     streamlit_server,
     wait_for_gallery,
-    wait_for_matrix,
     wait_idle,
 )
 from tests.projects import expected, write_config
@@ -104,30 +104,53 @@ def open_map(browser, url: str):  # type: ignore[no-untyped-def]
     return page
 
 
-def test_box_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None:
+MAP_QUERY = "model=digits-cnn&dataset=digits-test&page_size=96"
+
+
+@pytest.fixture
+def mapped(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A digits project evaluated with embeddings (stored in its cache), its UMAP layout (stored
+    beside the result: the page shows it at once) and its images' paths: (config, xy, paths)."""
     config = write_config(tmp_path)
-    result = expected(config)  # evaluated with embeddings, stored in the project's cache
-    xy = result_layout(result).xy  # the UMAP layout, stored beside it: the page shows it at once
+    result = expected(config)
     paths = np.asarray(result.predictions["path"], dtype=object)
+    return config, result_layout(result).xy, paths
+
+
+def drag(page, corners: list[tuple[float, float]]) -> None:  # type: ignore[no-untyped-def]
+    """Press at the first of ``corners`` (page pixels), move through the others in small steps,
+    as a person's drag or stroke does, and release."""
+    page.mouse.move(*corners[0])
+    page.mouse.down()
+    for (ax, ay), (bx, by) in pairwise(corners):
+        for step in range(1, 11):
+            t = step / 10
+            page.mouse.move(ax + (bx - ax) * t, ay + (by - ay) * t)
+    page.mouse.up()
+
+
+def selected_region(page, kind: str) -> Region:  # type: ignore[no-untyped-def]
+    """Once the URL holds a ``kind`` selection and its cards are drawn: the region it holds."""
+    page.wait_for_function(f"() => location.search.includes('sel={kind}')", timeout=60_000)
+    page.locator(".cam-card").first.wait_for(timeout=120_000)
+    wait_idle(page)
+    region = Region.from_param(parse_qs(urlparse(page.url).query)["sel"][0])
+    assert region is not None and region.kind == kind
+    return region
+
+
+def test_box_selection_shows_exactly_the_images_inside(
+    mapped: tuple[Path, np.ndarray, np.ndarray],
+) -> None:
+    config, xy, paths = mapped
     # a box around one cluster of the layout, with no point near its edges (chosen from the
     # points: UMAP's layout differs between library versions and machines)
     (x0, y0), (x1, y1) = cluster_region(xy, "box").points
-    query = "model=digits-cnn&dataset=digits-test&page_size=96"
     with streamlit_server("--config", str(config)) as url, chromium() as browser:
-        page = open_map(browser, f"{url}/map?{query}")
+        page = open_map(browser, f"{url}/map?{MAP_QUERY}")
         screenshot(page, "map_page")
-        (px0, py0), (px1, py1) = (page.evaluate(TO_PIXELS, [x, y]) for x, y in ((x0, y0), (x1, y1)))
-        page.mouse.move(px0, py0)
-        page.mouse.down()
-        for step in range(1, 11):  # a person's drag: many small moves
-            t = step / 10
-            page.mouse.move(px0 + (px1 - px0) * t, py0 + (py1 - py0) * t)
-        page.mouse.up()
-        page.wait_for_function("() => location.search.includes('sel=box')", timeout=60_000)
-        page.locator(".cam-card").first.wait_for(timeout=120_000)
-        wait_idle(page)
-        region = Region.from_param(parse_qs(urlparse(page.url).query)["sel"][0])
-        assert region is not None and region.kind == "box"
+        drag(page, [page.evaluate(TO_PIXELS, [x, y]) for x, y in ((x0, y0), (x1, y1))])
+        region = selected_region(page, "box")
         (rx0, ry0), (rx1, ry1) = region.points
         span = (x1 - x0, y1 - y0)  # the URL holds the box that was dragged (to a pixel or so)
         assert abs(min(rx0, rx1) - x0) < 0.03 * span[0] and abs(max(rx0, rx1) - x1) < 0.03 * span[0]
@@ -147,33 +170,21 @@ def test_box_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None:
         assert sorted(other.evaluate(PATHS)) == sorted(shown)
 
 
-def test_lasso_selection_shows_exactly_the_images_inside(tmp_path: Path) -> None:
+def test_lasso_selection_shows_exactly_the_images_inside(
+    mapped: tuple[Path, np.ndarray, np.ndarray],
+) -> None:
     """The lasso, picked in the chart's toolbar and drawn around a cluster: the URL holds the
     polygon and the gallery lists exactly the images inside it."""
-    config = write_config(tmp_path)
-    result = expected(config)
-    xy = result_layout(result).xy
-    paths = np.asarray(result.predictions["path"], dtype=object)
+    config, xy, paths = mapped
     drawn = cluster_region(xy, "lasso")  # a hexagon around one cluster, clear of every point
     outline = list(drawn.points)
-    query = "model=digits-cnn&dataset=digits-test&page_size=96"
     with streamlit_server("--config", str(config)) as url, chromium() as browser:
-        page = open_map(browser, f"{url}/map?{query}")
+        page = open_map(browser, f"{url}/map?{MAP_QUERY}")
         page.locator(".js-plotly-plot").hover()
         page.locator('.js-plotly-plot .modebar-btn[data-title="Lasso Select"]').click()
-        corners = [page.evaluate(TO_PIXELS, list(p)) for p in [*outline, outline[0]]]
-        page.mouse.move(*corners[0])
-        page.mouse.down()
-        for (ax, ay), (bx, by) in pairwise(corners):
-            for step in range(1, 11):  # a person's stroke: many small moves along each side
-                t = step / 10
-                page.mouse.move(ax + (bx - ax) * t, ay + (by - ay) * t)
-        page.mouse.up()
-        page.wait_for_function("() => location.search.includes('sel=lasso')", timeout=60_000)
-        page.locator(".cam-card").first.wait_for(timeout=120_000)
-        wait_idle(page)
-        region = Region.from_param(parse_qs(urlparse(page.url).query)["sel"][0])
-        assert region is not None and region.kind == "lasso" and len(region.points) >= 3
+        drag(page, [page.evaluate(TO_PIXELS, list(p)) for p in [*outline, outline[0]]])
+        region = selected_region(page, "lasso")
+        assert len(region.points) >= 3
         inside = region.contains(xy)
         # the URL's polygon is the stroke that was drawn: no point lies near its edges, so both
         # hold the same images
@@ -226,10 +237,7 @@ def test_clicking_a_reliability_bin_or_a_recall_bar_lists_its_images(tmp_path: P
     b = int(rel[(rel["count"] > 0) & (rel["count"] <= 96)]["bin"].max())  # a bin that fits a page
     metrics = per_class_metrics(table, result.classes)
     worst = int(metrics.sort_values(["recall", "precision", "class"]).index[0])
-    with streamlit_server("--config", str(config)) as url, chromium() as browser:
-        page = new_page(browser)
-        page.goto(f"{url}/?model=digits-cnn&dataset=digits-test&page_size=96")
-        wait_for_matrix(page)
+    with open_dashboard("--config", str(config), path=f"/?{MAP_QUERY}") as page:
         page.get_by_text("Calibration and per-class precision/recall").click()
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 3")
         page.get_by_text("ECE").first.wait_for()

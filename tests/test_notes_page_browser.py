@@ -13,7 +13,7 @@ import pytest
 from core import dataset_key, load_config
 from core.notes import NotesStore
 from tests.browser import chromium, new_page, streamlit_server, wait_idle
-from tests.projects import ROOT, SAMPLE
+from tests.projects import ROOT, SAMPLE, marked_paths
 
 pytestmark = pytest.mark.browser
 ASSET = ROOT / "dashboard" / "assets" / "notes.png"
@@ -40,10 +40,8 @@ root = "{data.root.as_posix()}"
     return path
 
 
-def _marked(root: Path, shape: str, n: int) -> list[str]:
-    with (root / "marks.csv").open(newline="", encoding="utf-8") as handle:
-        rows = [r["path"] for r in csv.DictReader(handle) if r["marked"] == "1"]
-    return [p for p in rows if p.startswith(f"{shape}/")][:n]
+def _marked(shape: str, n: int) -> list[str]:
+    return [p for p in marked_paths() if p.startswith(f"{shape}/")][:n]
 
 
 def test_the_page_lists_every_tag_and_note_of_the_dataset(tmp_path: Path) -> None:
@@ -51,7 +49,7 @@ def test_the_page_lists_every_tag_and_note_of_the_dataset(tmp_path: Path) -> Non
     data = config.dataset()
     store = NotesStore(config.notes_db, default_tags=config.tags)
     key = dataset_key(data)
-    squares, circles = _marked(data.root, "square", 2), _marked(data.root, "circle", 1)
+    squares, circles = _marked("square", 2), _marked("circle", 1)
     for path in squares + circles:
         store.set_tags(key, path, ["spurious cue"], "Ada")
     store.add_note(key, squares[0], "Ada", "Called star: the map sits on the magenta corner mark.")

@@ -16,7 +16,7 @@ from core.analysis.panels import PanelCache, data_url, enlarge, panel_png
 from core.data.datasets import ImageDataset
 from core.errors import ImageRefusedError
 from core.explain.overlay import overlay
-from dashboard.widgets import card_html
+from dashboard.parts.gallery import card_html
 
 
 def _decode(url: str) -> np.ndarray:

@@ -4,49 +4,29 @@ path)``, with both Grad-CAM panels drawn."""
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from core import cell_rows, evaluate, load_config, load_model, open_dataset
-from core.analysis.gallery import page_rows, sort_rows
-from tests.browser import (
-    chromium,
-    click_cell,
-    gallery_cards,
-    new_page,
-    screenshot,
-    streamlit_server,
-    wait_for_gallery,
-    wait_for_matrix,
-)
-from tests.projects import SAMPLE
+from core.analysis.gallery import page_rows
+from tests.browser import click_cell, gallery_cards, open_dashboard, screenshot, wait_for_gallery
+from tests.projects import marked_paths, shortcut_cell
 
 pytestmark = pytest.mark.browser
 MODEL, DATASET, MARKED = "shapes-resnet (shortcut)", "shapes-test (parquet)", "star"
 
 
 def test_open_a_cell_of_the_parquet_dataset(tmp_path: Path) -> None:
-    config = load_config(SAMPLE / "config.toml")
-    model = load_model(config.model(MODEL))
-    dataset = open_dataset(config.dataset(DATASET), model.spec.classes)
-    result = evaluate(model, dataset, tmp_path)  # independent of the server's cache
+    cell = shortcut_cell(MODEL, DATASET, tmp_path, MARKED)
+    dataset, result, true, star, rows = cell.dataset, cell.result, cell.true, cell.marked, cell.rows
     names = result.classes
-    star = names.index(MARKED)
-    fooled = result.predictions.query("pred == @star and true != @star")
-    true = int(fooled["true"].value_counts().idxmax())
-    rows = sort_rows(cell_rows(result.predictions, true, star), "confidence", ascending=False)
-    with (SAMPLE / "shapes" / "test" / "marks.csv").open(newline="", encoding="utf-8") as handle:
-        marked = {row["path"] for row in csv.DictReader(handle) if row["marked"] == "1"}
+    marked = set(marked_paths())
 
     query = f"model={quote(MODEL)}&dataset={quote(DATASET)}"
-    with streamlit_server() as url, chromium() as browser:  # the bundled sample
-        page = new_page(browser)
-        page.goto(f"{url}/?{query}")
-        wait_for_matrix(page, timeout=300_000)  # a first start evaluates the 400 rows
+    # the bundled sample; a first start evaluates the 400 rows
+    with open_dashboard(path=f"/?{query}", timeout=300_000) as page:
         page.get_by_text(f"{len(dataset)} images · rows: true class").wait_for()
         click_cell(page, true, star)
         n = wait_for_gallery(page, names[true], MARKED)

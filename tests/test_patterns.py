@@ -411,7 +411,7 @@ def _points(trace: dict) -> int:  # type: ignore[type-arg]
     return len(x)
 
 
-# ------------------------------------------------------------------------------ one place, one pattern
+# ------------------------------------------------------------------ one place, one pattern
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from streamlit.testing.v1 import AppTest
 
 from core import cell_rows, result_patterns
 from core.analysis.gallery import sort_rows
-from tests.projects import ROOT, expected, write_config
+from tests.apptest import APP, VIEWS, run
+from tests.projects import expected, write_config
 
-APP = str(ROOT / "dashboard" / "app.py")
-PATTERNS = str(ROOT / "dashboard" / "views" / "patterns.py")
+PATTERNS = str(VIEWS / "patterns.py")
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = write_config(tmp_path_factory.mktemp("patterns-apptest"))
     expected(path)  # fill the disk cache once
     return path
-
-
-def run(page: str, project: Path, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
-    monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(project))
-    at = AppTest.from_file(page, default_timeout=120)
-    for name, value in params.items():
-        at.query_params[name] = value
-    return at.run()
 
 
 def _cards(at: AppTest, css: str) -> list[tuple[int, int, int]]:

@@ -12,29 +12,18 @@ from urllib.parse import parse_qs, quote, urlparse
 import pytest
 
 from core import evaluate, load_config, load_model, open_dataset, result_patterns
-from tests.browser import chromium, gallery_cards, new_page, screenshot, streamlit_server
+from tests.browser import (
+    chromium,
+    gallery_cards,
+    new_page,
+    screenshot,
+    streamlit_server,
+    wait_for_cards,
+)
 from tests.test_patterns import SHAPES, _sample_config
 
 pytestmark = pytest.mark.browser
 MODEL = "shapes-resnet (shortcut)"
-
-
-def _wait_for_pattern_gallery(page, heading: str, timeout: float = 120_000) -> None:  # type: ignore[no-untyped-def]
-    """Until the grid carries ``heading`` and every card's three panels are drawn."""
-    page.wait_for_function(
-        """(heading) => {
-            if (document.querySelector('[data-stale="true"]')) return false;
-            const grid = document.querySelector('.cam-gallery');
-            if (!grid || grid.dataset.heading !== heading) return false;
-            const cards = Array.from(document.querySelectorAll('.cam-card'));
-            return cards.length > 0 && cards.every(card => {
-                const imgs = Array.from(card.querySelectorAll('figure img'));
-                return imgs.length === 3 && imgs.every(i => i.complete && i.naturalWidth > 0);
-            });
-        }""",
-        arg=heading,
-        timeout=timeout,
-    )
 
 
 def test_click_the_first_pattern_and_see_exactly_its_images(tmp_path: Path) -> None:
@@ -79,7 +68,7 @@ def test_click_the_first_pattern_and_see_exactly_its_images(tmp_path: Path) -> N
             f"true {names[first.true]} → predicted {names[first.pred]}: {count} "
             f"in pattern {first.cluster}"
         )
-        _wait_for_pattern_gallery(page, heading)
+        wait_for_cards(page, f"^{re.escape(heading)}$")  # this heading exactly
         query = parse_qs(urlparse(page.url).query)
         assert query["cell"] == [f"{first.true},{first.pred}"]
         assert query["pattern"] == [str(first.cluster)]

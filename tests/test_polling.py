@@ -1,10 +1,10 @@
-"""``dashboard.polling``: a poll that ends by stopping its own timer, or says it cannot."""
+"""``dashboard.state.polling``: a poll that ends by stopping its own timer, or says it cannot."""
 
 from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from dashboard.polling import stop_this_poll
+from dashboard.state.polling import stop_this_poll
 
 
 def test_outside_a_fragment_nothing_is_sent_and_the_caller_is_told() -> None:
@@ -14,7 +14,7 @@ def test_outside_a_fragment_nothing_is_sent_and_the_caller_is_told() -> None:
 def _app() -> None:
     import streamlit as st
 
-    from dashboard.polling import stop_this_poll
+    from dashboard.state.polling import stop_this_poll
 
     st.caption(f"page: {stop_this_poll()}")  # the page's own run is no fragment
 

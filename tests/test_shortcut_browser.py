@@ -6,47 +6,26 @@ walk-through.
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 import pytest
 
-from core import cell_rows, evaluate, load_config, load_model, open_dataset
-from core.analysis.gallery import page_rows, sort_rows
-from tests.browser import (
-    chromium,
-    click_cell,
-    gallery_cards,
-    new_page,
-    screenshot,
-    streamlit_server,
-    wait_for_gallery,
-    wait_for_matrix,
-)
-from tests.projects import SAMPLE
+from core.analysis.gallery import page_rows
+from tests.browser import click_cell, gallery_cards, open_dashboard, screenshot, wait_for_gallery
+from tests.projects import marked_paths, shortcut_cell
 
 pytestmark = pytest.mark.browser
 MODEL, DATASET, MARKED = "shapes-resnet (shortcut)", "shapes-test", "star"
 
 
 def test_default_start_then_click_the_shortcut_cell(tmp_path: Path) -> None:
-    config = load_config(SAMPLE / "config.toml")
-    model = load_model(config.model(MODEL))
-    dataset = open_dataset(config.dataset(DATASET), model.spec.classes)
-    result = evaluate(model, dataset, tmp_path)  # independent of the server's cache
+    cell = shortcut_cell(MODEL, DATASET, tmp_path, MARKED)
+    result, true, star, rows = cell.result, cell.true, cell.marked, cell.rows
     names = result.classes
-    star = names.index(MARKED)
-    fooled = result.predictions.query("pred == @star and true != @star")
-    true = int(fooled["true"].value_counts().idxmax())  # the shape most often taken for a star
-    rows = sort_rows(cell_rows(result.predictions, true, star), "confidence", ascending=False)
-    with (dataset.root / "marks.csv").open(newline="", encoding="utf-8") as handle:
-        marked = {row["path"] for row in csv.DictReader(handle) if row["marked"] == "1"}
+    marked = set(marked_paths())
 
-    with streamlit_server() as url, chromium() as browser:  # no --config: the bundled sample
-        page = new_page(browser)
-        page.goto(url)
-        wait_for_matrix(page)
+    with open_dashboard() as page:  # no --config: the bundled sample
         shapes_total = f"{len(result.predictions)} images · rows: true class"
         page.get_by_text(shapes_total).wait_for()  # opens on the shortcut model and shapes-test
         model_box = page.get_by_test_id("stSelectbox").filter(has_text="Model").first

@@ -115,7 +115,7 @@ def test_opening_a_cell_and_turning_pages_makes_no_forward_pass(tmp_path: Path, 
     from streamlit.testing.v1 import AppTest
 
     from core import cell_rows
-    from dashboard import resources
+    from dashboard.state import resources
     from tests.projects import ROOT, expected, write_config
 
     project = write_config(tmp_path)

@@ -8,7 +8,6 @@ import pytest
 
 from core import top_confused_pairs
 from tests.browser import (
-    chromium,
     click_cell,
     gallery_cards,
     new_page,
@@ -27,12 +26,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = write_config(tmp_path_factory.mktemp("team"))
     expected(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
-    with chromium() as b:
-        yield b
 
 
 def test_eight_users_clicking_different_cells_at_once(project: Path, browser) -> None:  # type: ignore[no-untyped-def]

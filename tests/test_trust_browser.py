@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from core import cell_rows, evaluate, load_config, load_model, open_dataset
 from core.analysis.badges import badge_text
-from core.analysis.gallery import page_rows, sort_rows, stored_maps
+from core.analysis.gallery import page_rows, stored_maps
 from core.analysis.trust import load_images
 from core.explain.faithfulness import faithfulness
 from tests.browser import (
@@ -25,6 +24,7 @@ from tests.browser import (
     click_cell,
     gallery_cards,
     new_page,
+    open_dashboard,
     open_inspect,
     screenshot,
     streamlit_server,
@@ -32,7 +32,7 @@ from tests.browser import (
     wait_for_matrix,
     wait_idle,
 )
-from tests.projects import SAMPLE
+from tests.projects import shortcut_cell
 
 pytestmark = pytest.mark.browser
 MODEL, DATASET, MARKED = "shapes-resnet (shortcut)", "shapes-test", "star"
@@ -47,15 +47,9 @@ BADGES_JS = """() => Array.from(document.querySelectorAll('.cam-card')).map(card
 
 
 def test_badges_follow_the_cards(tmp_path: Path) -> None:
-    config = load_config(SAMPLE / "config.toml")
-    model = load_model(config.model(MODEL))
-    dataset = open_dataset(config.dataset(DATASET), model.spec.classes)
-    result = evaluate(model, dataset, tmp_path)
-    names = result.classes
-    star = names.index(MARKED)
-    fooled = result.predictions.query("pred == @star and true != @star")
-    true = int(fooled["true"].value_counts().idxmax())
-    rows = sort_rows(cell_rows(result.predictions, true, star), "confidence", ascending=False)
+    cell = shortcut_cell(MODEL, DATASET, tmp_path, MARKED)
+    model, dataset, result, rows = cell.model, cell.dataset, cell.result, cell.rows
+    true, star, names = cell.true, cell.marked, result.classes
     assert len(rows) <= 24  # one page: the whole cell's order is visible
     page_of = page_rows(rows, 1, 24)
     maps = torch.from_numpy(np.stack(stored_maps(result, page_of, (64, 64))))
@@ -136,10 +130,9 @@ def test_layer_picker_shows_each_layers_faithfulness(tmp_path: Path) -> None:
 
     config = write_config(tmp_path)
     result = evaluated(config)
-    with streamlit_server("--config", str(config)) as url, chromium() as browser:
-        page = new_page(browser)
-        page.goto(f"{url}/?model=digits-cnn&dataset=digits-test")
-        wait_for_matrix(page)
+    with open_dashboard(
+        "--config", str(config), path="/?model=digits-cnn&dataset=digits-test"
+    ) as page:
         page.get_by_text("Gallery settings", exact=True).click()
         page.get_by_text(re.compile("Faithfulness of each layer's Grad-CAM maps")).wait_for(
             timeout=400_000  # every layer on 64 images, in the background: slow on a busy machine

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard.matrix_figure import cell_of_selection, matrix_chart, overview_chart
-from dashboard.view_state import SORTS, ViewState, parse_view, to_params
+from dashboard.parts.matrix import cell_of_selection, matrix_chart, overview_chart
+from dashboard.state.view_state import SORTS, ViewState, parse_view, to_params
 
 MODELS = ["digits-cnn", "resnet"]
 DATASETS = ["digits-test", "other"]

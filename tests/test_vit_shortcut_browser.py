@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from core import cell_rows, evaluate, load_config, load_model, open_dataset
-from core.analysis.gallery import page_rows, sort_rows
-from tests.browser import (
-    chromium,
-    click_cell,
-    gallery_cards,
-    new_page,
-    screenshot,
-    streamlit_server,
-    wait_for_gallery,
-    wait_for_matrix,
-)
-from tests.projects import SAMPLE
+from core.analysis.gallery import page_rows
+from tests.browser import click_cell, gallery_cards, open_dashboard, screenshot, wait_for_gallery
+from tests.projects import shortcut_cell
 
 pytestmark = pytest.mark.browser
 MODEL, DATASET, MARKED = "shapes-vit (shortcut)", "shapes-test", "star"
@@ -32,20 +22,11 @@ ASSET = Path(__file__).resolve().parents[1] / "dashboard" / "assets" / "vit_shor
 
 
 def test_pick_the_vit_and_click_its_shortcut_cell(tmp_path: Path) -> None:
-    config = load_config(SAMPLE / "config.toml")
-    model = load_model(config.model(MODEL))
-    dataset = open_dataset(config.dataset(DATASET), model.spec.classes)
-    result = evaluate(model, dataset, tmp_path)  # independent of the server's cache
+    cell = shortcut_cell(MODEL, DATASET, tmp_path, MARKED)
+    result, true, star, rows = cell.result, cell.true, cell.marked, cell.rows
     names = result.classes
-    star = names.index(MARKED)
-    fooled = result.predictions.query("pred == @star and true != @star")
-    true = int(fooled["true"].value_counts().idxmax())  # the shape most often taken for a star
-    rows = sort_rows(cell_rows(result.predictions, true, star), "confidence", ascending=False)
 
-    with streamlit_server() as url, chromium() as browser:
-        page = new_page(browser)
-        page.goto(url)
-        wait_for_matrix(page)
+    with open_dashboard() as page:
         page.get_by_test_id("stSelectbox").filter(has_text="Model").first.click()
         page.get_by_role("option", name=MODEL, exact=True).click()
         page.get_by_text(f"{len(result.predictions)} images · rows: true class").wait_for()

@@ -16,9 +16,10 @@ from core.analysis.comparison import Agreement, Comparison
 from core.analysis.gallery import class_maps, page_count
 from core.errors import reason_of
 from core.explain.map_cache import Unavailable
-from dashboard import analyses, resources
-from dashboard.url import bind, set_params
-from dashboard.widgets import card_html, error_panel, project_view
+from dashboard.parts.gallery import card_html
+from dashboard.parts.page import error_panel, project_view
+from dashboard.state import analyses, resources
+from dashboard.state.url import bind, set_params
 
 PAGE_SIZE = 12
 CELLS = {c.name.lower(): c for c in Agreement}

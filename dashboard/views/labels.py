@@ -15,11 +15,13 @@ from core.data.datasets import dataset_key
 from core.errors import reason_of
 from core.explain.map_cache import Unavailable
 from core.notes import NotesError
-from dashboard import analyses, resources
-from dashboard.notes_ui import author, author_input, badge_text
-from dashboard.settings import settings
-from dashboard.url import bind
-from dashboard.widgets import card_html, evaluation_or_stop, project_view
+from dashboard.parts.gallery import card_html
+from dashboard.parts.notes import author, author_input, badge_text
+from dashboard.parts.page import evaluation_or_stop, project_view
+from dashboard.parts.sidebar import model_and_dataset
+from dashboard.state import analyses, resources
+from dashboard.state.settings import settings
+from dashboard.state.url import bind
 
 PAGE_SIZE = 12
 TAGS = ("label error", "label ok")
@@ -29,10 +31,8 @@ def main() -> None:
     server = settings()
     project = project_view()
     config, config_path, view = project.config, project.config_path, project.view
-    models, datasets = project.models, project.datasets
     with st.sidebar:
-        bind(st.selectbox, "Model", "model", view.model, models, reset=("page",))
-        bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("page",))
+        model_and_dataset(project, ("page",))
         bind(st.selectbox, "Maps", "method", view.method, ["Grad-CAM", "Grad-CAM++", "Saliency"])
     author_input(server)
     st.title("Suspected label errors")

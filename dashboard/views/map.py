@@ -14,18 +14,20 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from core import UserFacingError
 from core.analysis.embedding_map import MAX_POINTS, Region
 from core.analysis.gallery import page_count, page_rows
-from dashboard import map_data, pattern_views, resources
-from dashboard.map_data import COLOURS, HOVER_NAMES_MAX
-from dashboard.notes_ui import author_input
-from dashboard.settings import settings
-from dashboard.url import bind, set_params
-from dashboard.widgets import error_panel, evaluation_or_stop, gallery_page, project_view
+from dashboard.parts import map_figure
+from dashboard.parts.gallery import gallery_page, rows_csv
+from dashboard.parts.map_figure import COLOURS, HOVER_NAMES_MAX
+from dashboard.parts.notes import author_input
+from dashboard.parts.page import error_panel, evaluation_or_stop, project_view
+from dashboard.parts.sidebar import model_and_dataset
+from dashboard.state import analyses, resources
+from dashboard.state.settings import settings
+from dashboard.state.url import bind, set_params
 
 PROJECT_OPEN = "map-project-open"  # session state: the folded model and dataset pickers
 MODEL_LOAD_DELAY = 3.0  # seconds after a fresh server's first map page: the map is drawn by then
@@ -45,11 +47,7 @@ def main() -> None:
         box = st.expander("Model and dataset", key=PROJECT_OPEN, on_change="rerun")
         if box.open:
             with box:
-                bind(st.selectbox, "Model", "model", view.model, project.models, ("sel", "page"))
-                bind(
-                    st.selectbox, "Dataset", "dataset", view.dataset, project.datasets,
-                    ("sel", "page"),
-                )  # fmt: skip
+                model_and_dataset(project, ("sel", "page"))
         bind(
             st.selectbox,
             "Colour by",
@@ -72,20 +70,20 @@ def main() -> None:
         st.info("No image could be evaluated, so there is nothing to map.")
         st.stop()
     key = (config_path, view.model, view.dataset, result.fingerprint)
-    layout, note = map_data.layout(*key)
+    layout, note = analyses.map_layout(*key)
     region = Region.from_param(params.get("sel"))
     n = result.num_classes
     cell = view.cell if view.cell is not None and max(view.cell) < n else None
     drawn_colour = colour
     if colour == "pattern":  # coloured by pattern once the ranking is there
-        found, reason = pattern_views.patterns_or_reason(*key[:3], result)
+        found, reason = analyses.patterns_or_reason(*key[:3], result)
         if found is None:
             drawn_colour = "outcome"
             st.caption(
                 (reason or "The patterns are still being found (see the Patterns page).")
                 + " Coloured right / wrong meanwhile."
             )
-    figure = map_data.figure(*key, layout.method, drawn_colour, cell)
+    figure = map_figure.figure(*key, layout.method, drawn_colour, cell)
     chart_key = f"map-{result.fingerprint[:8]}-{layout.method}"
     st.plotly_chart(
         figure,
@@ -146,7 +144,7 @@ def region_of_selection(selection) -> Region | None:  # type: ignore[no-untyped-
 @st.fragment(run_every=3.0)
 def _redraw_when_ready(config_path: str, model: str, dataset: str, fingerprint: str) -> None:
     """Every 3 s until the UMAP layout is done, then the page again with it."""
-    if map_data.layout_job(config_path, model, dataset, fingerprint).future.done():
+    if analyses.map_layout_job(config_path, model, dataset, fingerprint).future.done():
         st.rerun(scope="app")
 
 
@@ -180,18 +178,13 @@ def _selection_gallery(config_path, view, result, inside: np.ndarray) -> None:  
     with right:
         st.download_button(
             "Download the selection (CSV)",
-            partial(_csv, rows, result.classes),
+            partial(rows_csv, rows, result.classes),
             file_name="map_selection.csv",
             mime="text/csv",
         )
     if problem:
         st.warning(problem)
     st.html(gallery)
-
-
-def _csv(rows: pd.DataFrame, names: tuple[str, ...]) -> bytes:
-    out = rows.assign(true=[names[i] for i in rows["true"]], pred=[names[i] for i in rows["pred"]])
-    return out.to_csv(index=False).encode()
 
 
 main()

@@ -9,9 +9,9 @@ import streamlit as st
 
 from core import UserFacingError
 from core.data.datasets import dataset_key
-from dashboard import resources
-from dashboard.settings import settings
-from dashboard.widgets import error_panel
+from dashboard.parts.page import error_panel
+from dashboard.state import resources
+from dashboard.state.settings import settings
 
 
 def main() -> None:

@@ -10,10 +10,12 @@ import numpy as np
 import streamlit as st
 
 from core.analysis.patterns import FLAG_SCORE, Patterns
-from dashboard import resources
-from dashboard.pattern_views import cell_link, grid, panels, pattern_card, patterns_or_reason
-from dashboard.url import bind
-from dashboard.widgets import evaluation_or_stop, project_view
+from dashboard.parts.page import evaluation_or_stop, project_view
+from dashboard.parts.patterns import cell_link, grid, panels, pattern_card
+from dashboard.parts.sidebar import model_and_dataset
+from dashboard.state import resources
+from dashboard.state.analyses import patterns_or_reason
+from dashboard.state.url import bind
 
 PAGE_SIZE = 12
 SHOW = {
@@ -30,8 +32,7 @@ def main() -> None:
     show = params.get("show", "all") if params.get("show") in SHOW else "all"
     flagged_only = params.get("flagged", "1") != "0"
     with st.sidebar:
-        bind(st.selectbox, "Model", "model", view.model, project.models, reset=("page",))
-        bind(st.selectbox, "Dataset", "dataset", view.dataset, project.datasets, reset=("page",))
+        model_and_dataset(project, ("page",))
         bind(st.selectbox, "Show", "show", show, list(SHOW), ("page",), format_func=SHOW.get)
         st.checkbox(
             f"Flagged only (score ≥ {FLAG_SCORE:g})",

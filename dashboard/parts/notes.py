@@ -9,10 +9,10 @@ from __future__ import annotations
 import streamlit as st
 
 from core.notes import NotesError, NotesStore, PathSummary
-from dashboard import resources
-from dashboard.settings import Settings
+from dashboard.state import resources
+from dashboard.state.settings import Settings
 
-__all__ = ["author", "author_input", "badge_text", "editor"]
+__all__ = ["AUTHOR_KEY", "author", "author_input", "badge_text", "editor"]
 
 AUTHOR_KEY = "author"
 

@@ -1,9 +1,9 @@
 """Server-wide cached objects: loaded once per server process, shared by every session.
 
-Models, datasets, results, metrics, layer lists and the CAM map store live in
-``st.cache_resource`` (never mutated by callers; the map store is a thread-safe cache by design),
-so a large result is never copied per rerun. Every function takes the config path, so two
-configs never mix.
+Models, datasets, results, metrics, layer lists and the stores of CAM maps, panels and badge
+scores live in ``st.cache_resource`` (never mutated by callers; the stores are thread-safe caches
+by design), so a large result is never copied per rerun. Every function takes the config path,
+so two configs never mix.
 """
 
 from __future__ import annotations
@@ -27,13 +27,38 @@ from core.data.datasets import ImageDataset, open_dataset
 from core.notes import NotesStore
 from core.results import Results
 from core.results.evaluate import EvaluationJob, check_classes, lookup
-from dashboard.view_state import SORTS, ViewState
+from dashboard.state.view_state import SORTS, ViewState
 
 if TYPE_CHECKING:  # torch and the model load on first use: stored results need neither
+    from core.analysis.badges import BadgeWorker, ScoreCache
     from core.analysis.panels import PanelCache
     from core.data.models import LoadedModel
     from core.explain.cam import LayerInfo
     from core.explain.map_cache import MapCache
+
+__all__ = [
+    "WARM_UP_IMAGES",
+    "ModelReady",
+    "badge_worker",
+    "class_metrics",
+    "confused_pairs",
+    "dataset",
+    "evaluation",
+    "evaluation_job",
+    "in_background",
+    "layers",
+    "map_cache",
+    "matrix",
+    "model",
+    "model_loading",
+    "model_ready",
+    "notes_store",
+    "panel_cache",
+    "project",
+    "score_cache",
+    "warm_up",
+    "weights_stamp",
+]
 
 T = TypeVar("T")
 
@@ -267,6 +292,22 @@ def panel_cache() -> PanelCache:
     from core.analysis.panels import PanelCache
 
     return PanelCache()
+
+
+@st.cache_resource(show_spinner=False)
+def score_cache() -> ScoreCache:
+    """The server-wide store of map faithfulness scores (the gallery's badges)."""
+    from core.analysis.badges import ScoreCache
+
+    return ScoreCache()
+
+
+@st.cache_resource(show_spinner=False)
+def badge_worker() -> BadgeWorker:
+    """The one background thread that scores gallery pages."""
+    from core.analysis.badges import BadgeWorker
+
+    return BadgeWorker()
 
 
 @st.cache_resource(show_spinner=False)

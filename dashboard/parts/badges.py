@@ -1,10 +1,11 @@
-"""Faithfulness in the dashboard: badges on the gallery's maps, and the layer picker's scores.
+"""Faithfulness badges on the gallery's maps, the page's and the cell's medians, and the
+faithfulness column the gallery sorts by.
 
 Badges never hold up a page: the cards go out first with empty badge slots, a background
 thread scores the page's maps (server-wide, once), and a small fragment polls every half
 second and fills the slots with a ``<style>`` element (``::after`` content keyed by a digest of
 map and scope), so the page of cards itself is never sent again. Once every badge of the page is
-there the poll stops its own timer without rerunning the page (:mod:`dashboard.polling`); the
+there the poll stops its own timer without rerunning the page (:mod:`dashboard.state.polling`); the
 cell's next rerun draws them in its cards.
 """
 
@@ -20,26 +21,36 @@ import streamlit as st
 
 from core.analysis.badges import badge_text
 from core.errors import UserFacingError
-from dashboard import resources
-from dashboard.polling import stop_this_poll
-from dashboard.view_state import ViewState
+from dashboard.state import analyses, resources
+from dashboard.state.polling import DIALOG_OPEN, stop_this_poll
+from dashboard.state.view_state import ViewState
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     import pandas as pd
-    import plotly.graph_objects as go
-    import torch
 
-    from core.analysis.badges import BadgeWorker, ScoreCache
     from core.data.datasets import ImageDataset
     from core.data.models import LoadedModel
-    from core.explain.faithfulness import Curves
-    from core.explain.layer_trust import LayerScore
     from core.results import Results
 
-ModelLoader = Callable[[], "LoadedModel"]  # gives the loaded model, waiting for its load
+__all__ = [
+    "BADGE_TIP",
+    "POLL_SECONDS",
+    "SORT_SCORES_UP_TO",
+    "ModelLoader",
+    "PageBadges",
+    "badge_html",
+    "cell_median",
+    "css_class",
+    "faithfulness_column",
+    "median_caption",
+    "page_badges",
+    "poll",
+    "scope",
+    "start_scoring",
+]
 
+
+ModelLoader = Callable[[], "LoadedModel"]  # gives the loaded model, waiting for its load
 
 POLL_SECONDS = 0.5
 BADGE_TIP = (
@@ -48,27 +59,12 @@ BADGE_TIP = (
     "(drop 90 %): the model needs this region. Near 0: it does without it; a random map of the "
     "same area scores about 0. Gain: the class is more likely without the region."
 )
+
 _BADGE = (
     "display:inline-block;margin-left:.35rem;padding:0 .35rem;border-radius:.6rem;"
     "font-size:.75rem;line-height:1.3;background:rgba(49,51,63,.08);color:rgba(49,51,63,.85);"
     "cursor:help"
 )
-
-
-@st.cache_resource(show_spinner=False)
-def score_cache() -> ScoreCache:
-    """The server-wide store of map faithfulness scores."""
-    from core.analysis.badges import ScoreCache
-
-    return ScoreCache()
-
-
-@st.cache_resource(show_spinner=False)
-def badge_worker() -> BadgeWorker:
-    """The one background thread that scores gallery pages."""
-    from core.analysis.badges import BadgeWorker
-
-    return BadgeWorker()
 
 
 def scope(fingerprint: str, method: str, layer: str | None) -> tuple[str, str, str]:
@@ -98,7 +94,7 @@ def page_badges(
     names: Sequence[str],
 ) -> tuple[list[list[str]], list[float | None]]:
     """Badge HTML per image and map, and the scores known now (None: pending), in order."""
-    cache = score_cache()
+    cache = resources.score_cache()
     html, known = [], []
     for path, cls in zip(paths, classes, strict=True):
         keys = [(scope_key, path, int(c)) for c in cls]
@@ -121,7 +117,7 @@ def start_scoring(
     """Score the page's maps in the background (once per page, whoever asks)."""
     from core.analysis.badges import score_page
 
-    cache = score_cache()
+    cache = resources.score_cache()
     owned = [list(m) if m is not None else None for m in maps]  # the page's own arrays
 
     def job() -> int:
@@ -135,13 +131,10 @@ def start_scoring(
                     if cache.get((scope_key, path, int(c))) is None:
                         cache.put((scope_key, path, int(c)), float("nan"))
 
-    badge_worker().submit((scope_key, tuple(paths)), job)
+    resources.badge_worker().submit((scope_key, tuple(paths)), job)
 
 
 _INLINE = "faithfulness-poll-inline"  # session state: the poll's first (inline) run
-#: Session state: an Inspect dialog was opened since the cell last reran. A page rerun would
-#: close it, so the polls then only fill in what they can and leave the page alone.
-DIALOG_OPEN = "inspect-dialog-open"
 
 
 def poll(scope_key: Hashable, paths: Sequence[str], classes: Sequence[Sequence[int]]) -> None:
@@ -157,7 +150,7 @@ def _fill(
     scope_key: Hashable, paths: tuple[str, ...], classes: tuple[tuple[int, ...], ...]
 ) -> None:
     inline = st.session_state.pop(_INLINE, False)  # run inside the page's own run
-    cache = score_cache()
+    cache = resources.score_cache()
     rules: list[str] = []
     firsts: list[float] = []
     seconds: list[float] = []
@@ -194,55 +187,6 @@ def median_caption(firsts: Sequence[float], seconds: Sequence[float]) -> str:
         if values:
             parts.append(f"{label} {badge_text(float(np.nanmedian(values)))}")
     return "Map faithfulness, median of this page: " + ", ".join(parts)
-
-
-# ----------------------------------------------------------------------------- layer picker
-
-
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _layer_pass(
-    config_path: str, model_name: str, dataset_name: str, fingerprint: str, method: str
-) -> Future[dict[str, LayerScore]]:
-    """Per-layer faithfulness of one evaluation and method, on its own thread, once per
-    server; read from (and saved to) the result folder when it can be."""
-
-    result = resources.evaluation(config_path, model_name, dataset_name)
-    loaded = resources.model(config_path, model_name)
-    data = resources.dataset(config_path, dataset_name, model_name)
-    return resources.in_background(
-        "layer-faithfulness", lambda: layer_scores(loaded, data, result, method)
-    )
-
-
-def layer_scores(
-    model: LoadedModel, dataset: ImageDataset, result: Results, method: str
-) -> dict[str, LayerScore]:
-    """Per-layer faithfulness: saved beside the result (``derived/layer_faithfulness_<method>``),
-    else computed on the fixed sample and saved."""
-    from core.analysis.trust import load_layer_scores, sample_layer_faithfulness, save_layer_scores
-
-    found = load_layer_scores(result, method)
-    if found is not None:
-        return found
-    table = result.predictions
-    scores = sample_layer_faithfulness(
-        model, dataset, list(table["path"]), table["pred"].tolist(), method
-    )
-    save_layer_scores(result, method, scores)
-    return {s.layer: s for s in scores}
-
-
-def layer_faithfulness(
-    config_path: str, model_name: str, dataset_name: str, fingerprint: str, method: str
-) -> dict[str, LayerScore] | None:
-    """The per-layer scores if known, else None (their pass is started)."""
-    future = _layer_pass(config_path, model_name, dataset_name, fingerprint, method)
-    if not future.done():
-        return None
-    try:
-        return future.result()
-    except Exception:
-        return {}
 
 
 class PageBadges:
@@ -314,19 +258,9 @@ class PageBadges:
         poll(scope_key, [p for p, _ in todo], [c for _, c in todo])
 
 
-# ----------------------------------------------------------------------------- sorting
-
 #: A cell's maps are scored on the click that sorts it (when the evaluation did not store the
 #: scores) up to this many images; past it the rest sort last until their pages are visited.
 SORT_SCORES_UP_TO = 500
-
-
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _stored(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> object:
-    from core.analysis.trust import stored_faithfulness
-
-    found = stored_faithfulness(resources.evaluation(config_path, model_name, dataset_name))
-    return None if found is None else np.asarray(found)
 
 
 def cell_median(
@@ -336,7 +270,7 @@ def cell_median(
     the evaluation stored (``faithfulness = true``) when the gallery shows its maps."""
     from core.analysis.gallery import uses_stored_maps
 
-    stored = _stored(config_path, view.model, view.dataset, result.fingerprint)
+    stored = analyses.stored_faithfulness(config_path, view.model, view.dataset, result.fingerprint)
     if stored is None or rows.empty or not uses_stored_maps(result, view.method, layer):
         return
     scores = np.asarray(stored)[rows["index"].to_numpy()]
@@ -361,7 +295,7 @@ def faithfulness_column(
 
     table = result.predictions
     method = view.method
-    stored = _stored(config_path, view.model, view.dataset, result.fingerprint)
+    stored = analyses.stored_faithfulness(config_path, view.model, view.dataset, result.fingerprint)
     if stored is not None and uses_stored_maps(result, method, layer):
         return np.asarray(stored)[table["index"].to_numpy(), 0]
     column = np.full(len(table), np.nan, np.float32)
@@ -373,7 +307,7 @@ def faithfulness_column(
     )
     rows = table.iloc[where[:SORT_SCORES_UP_TO]]
     scope_key = scope(result.fingerprint, method, layer)
-    cache = score_cache()
+    cache = resources.score_cache()
     model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
     pairs = [compared_classes(row) for _, row in rows.iterrows()]
@@ -410,142 +344,3 @@ def faithfulness_column(
         score = cache.get((scope_key, path, pair[0]))
         column[where[j]] = np.nan if score is None else score
     return column
-
-
-# ----------------------------------------------------------------------------- curves
-
-
-def curves_figure(curves: Curves, class_name: str) -> go.Figure:
-    """Deletion and insertion curves (solid) and those of a random order of the same cells
-    (dashed), AUCs in the legend."""
-    import plotly.graph_objects as go
-
-    x = curves.fraction * 100
-    fig = go.Figure()
-    lines = [
-        ("deletion", curves.deletion, curves.deletion_auc, "#d62728", "solid"),
-        ("insertion", curves.insertion, curves.insertion_auc, "#1f77b4", "solid"),
-        ("random deletion", curves.random_deletion, curves.random_deletion_auc, "#d62728", "dash"),
-        (
-            "random insertion",
-            curves.random_insertion,
-            curves.random_insertion_auc,
-            "#1f77b4",
-            "dash",
-        ),
-    ]
-    for name, y, auc, color, dash in lines:
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                mode="lines",
-                name=f"{name} (AUC {auc:.3f})",
-                line={"color": color, "dash": dash, "width": 2 if dash == "solid" else 1.5},
-                hovertemplate=f"{name}: %{{x:.0f}} % of cells → p = %{{y:.3f}}<extra></extra>",
-            )
-        )
-    cells = f"{curves.grid[0]}×{curves.grid[1]}"
-    fig.update_layout(
-        height=320,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        title={"text": f"p({class_name}) as the map's {cells} cells go, most important first"},
-        xaxis={"title": "cells removed (deletion) / inserted (insertion), %", "range": [0, 100]},
-        yaxis={"title": f"p({class_name})", "range": [0, 1.02]},
-        legend={"orientation": "h", "y": -0.3},
-    )
-    return fig
-
-
-def curves_panel(
-    model: LoadedModel,
-    image: torch.Tensor,
-    cam_map: torch.Tensor,
-    cls: int,
-    method: str,
-    layer: str | None,
-    class_name: str,
-) -> None:
-    """Inspect: the deletion and insertion curves of the map shown, on demand."""
-    from core.analysis.trust import map_grid
-    from core.explain.faithfulness import deletion_insertion
-
-    if not st.toggle(
-        "Deletion and insertion curves",
-        key="inspect-curves",
-        help="Remove (deletion) or insert (into a blurred copy) the map's grid cells, most "
-        "important first, and follow the class probability. A faithful map falls fast on "
-        "deletion (low AUC) and rises fast on insertion (high AUC); the dashed lines are a "
-        "random order of the same cells (RISE, Petsiuk et al. 2018).",
-    ):
-        return
-    try:
-        grid = map_grid(model, method, layer)
-        with st.spinner("Computing the curves…"):
-            curves = deletion_insertion(
-                model.module, image.to(model.device), cam_map, cls, grid, seed=0
-            )
-    except (ValueError, UserFacingError) as exc:
-        st.warning(f"The curves cannot be computed: {exc}")
-        return
-    st.plotly_chart(curves_figure(curves, class_name), width="stretch", key="inspect-curves-fig")
-    better = (curves.deletion_auc < curves.random_deletion_auc) + (
-        curves.insertion_auc > curves.random_insertion_auc
-    )
-    st.caption(
-        f"Deletion AUC {curves.deletion_auc:.3f} (random {curves.random_deletion_auc:.3f}), "
-        f"insertion AUC {curves.insertion_auc:.3f} (random {curves.random_insertion_auc:.3f}): "
-        f"the map beats a random order of its cells on {better} of 2. Deleted cells become the "
-        "dataset mean; insertion starts from a blurred copy (Gaussian, sigma 5)."
-    )
-
-
-# ----------------------------------------------------------------------------- layer labels
-
-
-def _layer_state(config_path: str, view: ViewState) -> dict[str, LayerScore] | None:
-    if view.method == "Saliency":
-        return {}
-    fingerprint = resources.evaluation(config_path, view.model, view.dataset).fingerprint
-    return layer_faithfulness(config_path, view.model, view.dataset, fingerprint, view.method)
-
-
-def layer_labels(config_path: str, view: ViewState) -> dict[str, str]:
-    """`` · faithfulness 0.98`` per layer once its pass is done (started here if need be)."""
-    found = _layer_state(config_path, view)
-    return {name: f" · faithfulness {s.median:.2f}" for name, s in (found or {}).items()}
-
-
-def layer_caption(config_path: str, view: ViewState, layer: str) -> None:
-    """What the layer scores are; while they are computed, a poll that reruns the page when
-    they are ready."""
-    from core.analysis.trust import LAYER_SAMPLE
-
-    found = _layer_state(config_path, view)
-    if found is None:
-        st.session_state["layer-poll-inline"] = True
-        st.fragment(run_every=2.0)(_wait_for_layers)(config_path, view)
-        return
-    chosen = found.get(layer)
-    if chosen is None:
-        return
-    best = max(found.values(), key=lambda s: s.median)
-    st.caption(
-        f"Faithfulness of each layer's {view.method} maps: median share of the predicted "
-        f"class's probability lost when the map's region is removed, on a fixed sample of "
-        f"{LAYER_SAMPLE} images (random maps of the same cells: {chosen.random_median:.2f} at "
-        f"{layer}). Highest: {best.layer} ({best.median:.2f})."
-    )
-
-
-def _wait_for_layers(config_path: str, view: ViewState) -> None:
-    from core.analysis.trust import LAYER_SAMPLE
-
-    inline = st.session_state.pop("layer-poll-inline", False)  # inside the page's own run
-    ready = _layer_state(config_path, view) is not None
-    if ready and not inline and not st.session_state.get(DIALOG_OPEN):
-        st.rerun()  # the picker then shows every layer's score; this poll is not made again
-    st.caption(
-        f"Scoring the faithfulness of every layer's maps on {LAYER_SAMPLE} images in the "
-        "background (once per model and method)…"
-    )

@@ -19,9 +19,11 @@ from core.analysis.calibration import confidence_histogram, in_bin, reliability
 from core.analysis.gallery import page_count, page_rows
 from core.errors import UserFacingError
 from core.results import Results
-from dashboard import resources
-from dashboard.url import bind, set_params
-from dashboard.view_state import ViewState, parse_view
+from dashboard.parts.gallery import gallery_page
+from dashboard.parts.page import error_panel
+from dashboard.state import resources
+from dashboard.state.url import bind, set_params
+from dashboard.state.view_state import ViewState, parse_view
 
 __all__ = ["HISTOGRAM_BINS", "RELIABILITY_BINS", "calibration_section", "chart_rows"]
 
@@ -116,8 +118,6 @@ def chart_rows(result: Results, picked: str) -> tuple[pd.DataFrame, str] | None:
 
 
 def _chart_gallery(config_path: str, view: ViewState, result: Results, picked: str) -> None:
-    from dashboard.widgets import error_panel, gallery_page
-
     found = chart_rows(result, picked)
     if found is None:
         return

@@ -1,94 +1,42 @@
-"""Patterns for the dashboard: the ranking's background pass, its cards and the cell view's strip.
+"""Patterns as a user sees them: pattern cards, the cell view's strip and its pattern filter.
 
-The ranking is computed once per evaluation on a thread of its own and stored beside the
-result (``core.analysis.patterns.result_patterns``). Up to :data:`WAIT_FOR_PATTERNS_UP_TO`
-images a page waits for it (well under a second on the samples); past that it is drawn at once
-and says the patterns are being found.
+The ranking itself is computed once per evaluation on a thread of its own and stored beside the
+result (:func:`dashboard.state.analyses.patterns`). Up to
+:data:`~dashboard.state.analyses.WAIT_FOR_PATTERNS_UP_TO` images a page waits for it (well under
+a second on the samples); past that it is drawn at once and says the patterns are being found.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, wait
 from dataclasses import replace
-from functools import partial
 from html import escape
 from urllib.parse import urlencode
 
 import numpy as np
 import streamlit as st
 
-from core import Results, UserFacingError
-from core.analysis.patterns import Pattern, Patterns, result_patterns
+from core import Results
+from core.analysis.patterns import Pattern
 from core.data.datasets import ImageDataset
-from core.errors import reason_of
-from dashboard import resources
-from dashboard.view_state import ViewState
+from dashboard.state import analyses, resources
+from dashboard.state.url import bind
+from dashboard.state.view_state import ViewState
 
 __all__ = [
     "CELL_WAITS_UP_TO",
-    "WAIT_FOR_PATTERNS_UP_TO",
     "cell_link",
     "cell_patterns",
     "cell_strip",
+    "display_map",
     "grid",
     "panels",
     "pattern_card",
     "pattern_filter",
-    "patterns",
-    "patterns_or_reason",
 ]
 
-#: Up to this many evaluated images a page waits for the ranking (at a million it takes tens of
-#: seconds, the first time only: it is saved with the results).
-WAIT_FOR_PATTERNS_UP_TO = 200_000
-#: A click on a cell waits for them up to this many images (then the strip appears once found).
+#: A click on a cell waits for the patterns up to this many images (then the strip appears once
+#: they are found).
 CELL_WAITS_UP_TO = 50_000
-
-
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _pass(config_path: str, model: str, dataset: str, fingerprint: str) -> Future[Patterns]:
-    """The ranking of one evaluation, computed once per server on a thread of its own."""
-    result = resources.evaluation(config_path, model, dataset)
-    return resources.in_background("patterns", partial(result_patterns, result))
-
-
-def patterns(
-    config_path: str, model: str, dataset: str, result: Results, up_to: int | None = None
-) -> Patterns | None:
-    """The ranked patterns, or None while the pass of a result of more than ``up_to`` images
-    (default :data:`WAIT_FOR_PATTERNS_UP_TO`) is still running.
-
-    Raises :class:`~core.errors.UserFacingError` (e.g. a result stored without maps); a failed
-    pass is not kept, so the next call tries again.
-    """
-    key = (config_path, model, dataset, result.fingerprint)
-    future = _pass(*key)
-    if len(result.index) <= (WAIT_FOR_PATTERNS_UP_TO if up_to is None else up_to):
-        wait([future])
-    if not future.done():
-        return None
-    try:
-        return future.result()
-    except BaseException:
-        _pass.clear(*key)
-        raise
-
-
-def patterns_or_reason(
-    config_path: str, model: str, dataset: str, result: Results, up_to: int | None = None
-) -> tuple[Patterns | None, str]:
-    """:func:`patterns`, with the reason as text instead of an exception ("" when none)."""
-    if not result.has_maps:
-        return None, (
-            "This evaluation was stored without Grad-CAM maps (--no-maps), so it has no "
-            "patterns. Evaluate again with maps to find them."
-        )
-    try:
-        return patterns(config_path, model, dataset, result, up_to), ""
-    except UserFacingError as exc:
-        return None, str(exc)
-    except Exception as exc:  # e.g. a full disk while saving: the page keeps working
-        return None, f"Patterns could not be found: {reason_of(exc)}"
 
 
 def cell_link(view: ViewState, pattern: Pattern) -> str:
@@ -196,7 +144,9 @@ def cell_patterns(
         return [], None, ""
     # a click on a cell waits for the patterns of a small result only, a link to a pattern always
     up_to = len(result.index) if view.pattern else CELL_WAITS_UP_TO
-    found, reason = patterns_or_reason(config_path, view.model, view.dataset, result, up_to)
+    found, reason = analyses.patterns_or_reason(
+        config_path, view.model, view.dataset, result, up_to
+    )
     if found is None:
         busy = "Patterns are being found; all of the cell's images are shown."
         return [], None, (reason or busy) if view.pattern else ""
@@ -261,8 +211,6 @@ def _whole_cell(dataset: ImageDataset, result: Results, first: Pattern, opacity:
 
 def pattern_filter(of_cell: list[Pattern], chosen: Pattern | None) -> None:
     """A select box: all of the cell's images, or one pattern's (its number lives in the URL)."""
-    from dashboard.url import bind
-
     options = [0, *(p.cluster for p in of_cell)]
     by_number = {p.cluster: p for p in of_cell}
 

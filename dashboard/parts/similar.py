@@ -7,16 +7,14 @@ cards as the gallery.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from functools import partial
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.analysis.similar import neighbours_table, search_vectors
-from dashboard import resources
-from dashboard.view_state import ViewState
+from core.analysis.similar import neighbours_table
+from dashboard.parts.gallery import gallery_page
+from dashboard.state import analyses, resources
+from dashboard.state.view_state import ViewState
 
 __all__ = ["SIMILAR", "similar_section"]
 
@@ -25,14 +23,12 @@ SIMILAR = 6  # neighbours shown (three rows of the two-column grid)
 
 def similar_section(config_path: str, view: ViewState, row: pd.Series) -> None:
     """The ``SIMILAR`` images nearest to ``row`` (a row of ``Results.predictions``)."""
-    from dashboard.widgets import gallery_page
-
     result = resources.evaluation(config_path, view.model, view.dataset)
     st.markdown("**Similar images** (nearest by the classifier head's input)")
     if not result.has_embeddings:
         st.caption("These results hold no embeddings: evaluate with embeddings on to see them.")
         return
-    copy = _search_copy(config_path, view.model, view.dataset, result.fingerprint)
+    copy = analyses.search_copy(config_path, view.model, view.dataset, result.fingerprint)
     prepared = copy.result() if copy.done() and copy.exception() is None else None
     found = neighbours_table(result, int(row["index"]), SIMILAR, prepared)
     positions = np.searchsorted(result.index, found["index"].to_numpy())
@@ -52,13 +48,3 @@ def similar_section(config_path: str, view: ViewState, row: pd.Series) -> None:
     if problem:
         st.warning(problem)
     st.html(gallery.replace('class="cam-gallery"', 'class="cam-gallery cam-similar"', 1))
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _search_copy(
-    config_path: str, model: str, dataset: str, fingerprint: str
-) -> Future[tuple[np.ndarray, np.ndarray]]:
-    """The float32 search copy of a result's embeddings (saved beside it), made once per
-    server in the background; queries read the float16 embeddings until it is there."""
-    result = resources.evaluation(config_path, model, dataset)
-    return resources.in_background("similar-search-copy", partial(search_vectors, result))

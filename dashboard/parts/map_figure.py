@@ -1,34 +1,26 @@
-"""The Map page's server-wide data: layouts (PCA now, UMAP in the background) and the figure.
+"""The Map page's figure: the evaluated images as points of their embeddings' 2-D layout.
 
-Everything is keyed by the evaluation's fingerprint and kept in ``st.cache_resource`` (shared,
-never copied per rerun). The UMAP pass runs once per server and evaluation on a thread of its
-own; the page shows the PCA layout until it is done and never waits for it.
+The layout is the best there is now (:func:`dashboard.state.analyses.map_layout`: PCA until the
+UMAP pass is done). The figure and the drawn sample are keyed by the evaluation's fingerprint
+and kept in ``st.cache_resource`` (built once per view, shared, never copied per rerun).
 """
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 
-from core.analysis.embedding_map import (
-    MAX_POINTS,
-    MapLayout,
-    density,
-    drawn_sample,
-    quick_layout,
-    result_layout,
-    stored_layout,
-)
+from core.analysis.embedding_map import MAX_POINTS, density, drawn_sample
 from core.results import Results
-from dashboard import resources
+from dashboard.state import analyses, resources
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
+
+__all__ = ["COLOURS", "HOVER_NAMES_MAX", "MAP_PATTERNS", "Drawn", "drawn", "figure"]
 
 COLOURS = {
     "outcome": "right / wrong",
@@ -52,58 +44,6 @@ _GREYS = ("#7f7f7f", "#636363")  # too close to the points in no pattern
 _RING = {"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#000"}}
 
 
-@dataclass
-class LayoutJob:
-    """The UMAP pass of one evaluation: its future and where it is."""
-
-    future: Future[MapLayout] = field(default_factory=Future)
-    stage: str = "starting"
-    fraction: float = 0.0
-
-    def progress(self, stage: str, fraction: float) -> None:
-        self.stage, self.fraction = stage, fraction
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def layout_job(config_path: str, model: str, dataset: str, fingerprint: str) -> LayoutJob:
-    """Start (once per server and evaluation) the UMAP layout on a background thread."""
-    result = resources.evaluation(config_path, model, dataset)
-    job = LayoutJob()
-    stored = stored_layout(result)
-    if stored is not None:
-        job.future.set_result(stored)
-        return job
-
-    def run() -> None:
-        try:
-            job.future.set_result(result_layout(result, job.progress))
-        except BaseException as exc:  # shown on the page; a rerun after clearing retries
-            job.future.set_exception(exc)
-
-    threading.Thread(target=run, name="embedding-map", daemon=True).start()
-    return job
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def pca(config_path: str, model: str, dataset: str, fingerprint: str) -> MapLayout:
-    """The PCA layout shown until the UMAP one is ready."""
-    return quick_layout(resources.evaluation(config_path, model, dataset))
-
-
-def layout(config_path: str, model: str, dataset: str, fingerprint: str) -> tuple[MapLayout, str]:
-    """The best layout there is now, and a note on it ("" once UMAP is shown)."""
-    job = layout_job(config_path, model, dataset, fingerprint)
-    if job.future.done():
-        error = job.future.exception()
-        if error is None:
-            return job.future.result(), ""
-        layout_job.clear(config_path, model, dataset, fingerprint)
-        note = f"The UMAP layout failed ({error}); the PCA layout is shown."
-        return pca(config_path, model, dataset, fingerprint), note
-    note = f"Computing the UMAP layout ({job.stage}, {job.fraction:.0%}); PCA shown meanwhile."
-    return pca(config_path, model, dataset, fingerprint), note
-
-
 @dataclass(frozen=True)
 class Drawn:
     """What the figure draws: a sample of positions (all up to the limit) and a density."""
@@ -122,9 +62,9 @@ def drawn(
     rows = drawn_sample(wrong, limit)
     if len(rows) == len(wrong):
         return Drawn(rows, None)
-    current = layout(config_path, model, dataset, fingerprint)[0]
+    current = analyses.map_layout(config_path, model, dataset, fingerprint)[0]
     if current.method != method:
-        current = pca(config_path, model, dataset, fingerprint)
+        current = analyses.pca_layout(config_path, model, dataset, fingerprint)
     return Drawn(rows, density(current.xy))
 
 
@@ -149,8 +89,8 @@ def figure(
 
     key = (config_path, model, dataset, fingerprint)
     result = resources.evaluation(config_path, model, dataset)
-    current = layout(*key)[0]
-    xy = current.xy if current.method == method else pca(*key).xy  # the layout asked for
+    current = analyses.map_layout(*key)[0]
+    xy = current.xy if current.method == method else analyses.pca_layout(*key).xy  # as asked
     shown = drawn(*key, method, MAX_POINTS)
     rows = shown.rows
     true, pred = result.true[rows], result.pred[rows]
@@ -206,8 +146,6 @@ def _groups(key, result: Results, rows, true, pred, colour: str):  # type: ignor
     if colour == "outcome":
         return [("right", true == pred, _RIGHT), ("wrong", true != pred, _WRONG)]
     if colour == "label":
-        from dashboard import analyses
-
         flags = analyses.quality(*key).is_issue[rows]
         return [("label looks right", ~flags, _RIGHT), ("suspected label error", flags, _WRONG)]
     if colour == "pattern":
@@ -223,9 +161,7 @@ def _groups(key, result: Results, rows, true, pred, colour: str):  # type: ignor
 def _pattern_groups(key, result: Results, rows):  # type: ignore[no-untyped-def]
     """One trace per pattern among the :data:`MAP_PATTERNS` most suspicious, by rank, over
     the images in none of them (grey, a colour no pattern gets)."""
-    from dashboard import pattern_views
-
-    found, _ = pattern_views.patterns_or_reason(*key[:3], result)
+    found, _ = analyses.patterns_or_reason(*key[:3], result)
     if found is None:  # the page draws "pattern" only once they are found
         return [("patterns not found", np.ones(len(rows), bool), _RIGHT)]
     top = min(len(found), MAP_PATTERNS)

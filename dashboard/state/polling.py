@@ -10,7 +10,11 @@ drawing a polling child (``stop_auto_rerun``). The poll's elements stay as last 
 
 from __future__ import annotations
 
-__all__ = ["stop_this_poll"]
+__all__ = ["DIALOG_OPEN", "stop_this_poll"]
+
+#: Session state: an Inspect dialog was opened since the cell last reran. A page rerun would
+#: close it, so the polls then only fill in what they can and leave the page alone.
+DIALOG_OPEN = "inspect-dialog-open"
 
 
 def stop_this_poll() -> bool:

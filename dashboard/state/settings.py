@@ -8,7 +8,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["DEFAULT_CONFIG", "ROOT", "Settings", "settings"]
+
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "sample_models" / "config.toml"
 
 
