@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from core.analysis.patterns import Pattern, Patterns, result_patterns
     from core.analysis.similar import similar_images
     from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
+    from core.corrections import CorrectionsStore, corrected_true
     from core.data.datasets import ImageDataset, dataset_key, open_dataset
     from core.data.images import load_image, load_tensor
     from core.data.models import LoadedModel, architectures, load_model
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from core.explain.faithfulness import deletion_insertion, faithfulness, random_maps
     from core.explain.layers import candidate_layers, find_target_layer
     from core.explain.sanity import sanity_check
+    from core.findings import Finding, FindingsStore
     from core.notes import Note, NotesError, NotesStore
     from core.results import (
         DiskFullError,
@@ -57,10 +59,13 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "ClassCountMismatchError": "core.errors",
     "ConfigError": "core.errors",
+    "CorrectionsStore": "core.corrections",
     "DatasetError": "core.errors",
     "DatasetSpec": "core.config",
     "DiskFullError": "core.results",
     "EvaluationJob": "core.results.evaluate",
+    "Finding": "core.findings",
+    "FindingsStore": "core.findings",
     "ImageDataset": "core.data.datasets",
     "LoadedModel": "core.data.models",
     "ModelLoadError": "core.errors",
@@ -85,6 +90,7 @@ _EXPORTS = {
     "cell_rows": "core.analysis.metrics",
     "check_classes": "core.results.evaluate",
     "confusion_matrix": "core.analysis.metrics",
+    "corrected_true": "core.corrections",
     "dataset_key": "core.data.datasets",
     "deletion_insertion": "core.explain.faithfulness",
     "evaluate": "core.results.evaluate",
@@ -116,10 +122,13 @@ _EXPORTS = {
 __all__ = [
     "ClassCountMismatchError",
     "ConfigError",
+    "CorrectionsStore",
     "DatasetError",
     "DatasetSpec",
     "DiskFullError",
     "EvaluationJob",
+    "Finding",
+    "FindingsStore",
     "ImageDataset",
     "LoadedModel",
     "ModelLoadError",
@@ -144,6 +153,7 @@ __all__ = [
     "cell_rows",
     "check_classes",
     "confusion_matrix",
+    "corrected_true",
     "dataset_key",
     "deletion_insertion",
     "evaluate",

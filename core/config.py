@@ -30,6 +30,7 @@ Paths in the file are relative to the file's folder. Example::
     [[datasets]]
     name = "digits-test"
     root = "digits/test"              # ImageFolder tree; or add csv = "manifest.csv" (path,label)
+    metadata = "digits/meta.csv"      # optional: path plus metadata columns (site, date, ...)
     link_roots = ["../dvc-cache"]     # optional: where its symlinks may point besides root
     max_pixels = 89478485             # optional: larger images are skipped (decompression bombs)
 
@@ -75,7 +76,7 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 CROP_MODES = ("center", "squash")
 _DATASET_KEYS = {
     "name", "root", "csv", "classes", "link_roots", "max_pixels", "parquet", "arrow",
-    "image_column", "label_column",
+    "image_column", "label_column", "metadata",
 }  # fmt: skip
 _TOP_KEYS = {"cache_dir", "models", "datasets", "notes_db", "tags"}
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own warning threshold: 1 GiB of RGBA / 3
@@ -142,6 +143,7 @@ class DatasetSpec:
     arrow: Path | None = None
     image_column: str = "image"
     label_column: str = "label"
+    metadata: Path | None = None  # a CSV of path plus metadata columns (ImageFolder and csv)
 
 
 @dataclass(frozen=True)
@@ -417,6 +419,13 @@ def _dataset_spec(entry: dict[str, Any], base: Path, path: Path) -> DatasetSpec:
     else:
         root = csv.parent if csv is not None else tables.get("arrow") or base.resolve()
     classes = entry.get("classes")
+    metadata = entry.get("metadata")
+    if metadata is not None and (not isinstance(metadata, str) or not metadata or tables):
+        raise ConfigError(
+            f"{where}: metadata must be a CSV file (path plus metadata columns) of an "
+            "ImageFolder or csv dataset; a Parquet or Arrow split's own columns are its "
+            f"metadata; got {metadata!r}"
+        )
     links = entry.get("link_roots", [])
     if not isinstance(links, list) or not all(isinstance(p, str) for p in links):
         raise ConfigError(f"{where}: link_roots must be a list of folder paths, got {links!r}")
@@ -433,6 +442,7 @@ def _dataset_spec(entry: dict[str, Any], base: Path, path: Path) -> DatasetSpec:
         classes=tuple(str(c) for c in classes) if classes is not None else None,
         link_roots=tuple((base / p).resolve() for p in links),
         max_pixels=max_pixels,
+        metadata=(base / metadata).resolve() if metadata is not None else None,
         **tables,
     )
 

@@ -6,7 +6,8 @@ Every operation opens, uses and closes its own connection: a store can be shared
 threads and processes, and each read sees what any writer has committed. Writes wait for the
 lock (``timeout``), run in ``BEGIN IMMEDIATE`` transactions and are on disk when they return.
 Deleted notes and removed tags are only marked, never erased. A file that is not a readable
-notes database raises :class:`NotesError` and is never modified.
+notes database raises :class:`NotesError` and is never modified. The same file holds the
+team's findings (:mod:`core.findings`) and corrected labels (:mod:`core.corrections`).
 
 A bad machine: a database on a read-only (or unwritable) folder is served read-only, saying why,
 and becomes writable again by itself once the folder is; a write that fails (a full disk, a
@@ -24,7 +25,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,6 +70,23 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             author TEXT NOT NULL, created TEXT NOT NULL, removed TEXT, removed_by TEXT)""",
         "CREATE UNIQUE INDEX tags_live ON tags (dataset, path, tag) WHERE removed IS NULL",
         "CREATE INDEX tags_by_tag ON tags (dataset, tag) WHERE removed IS NULL",
+    ),
+    (  # findings (core.findings: every version kept) and corrected labels (core.corrections)
+        """CREATE TABLE findings (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, model TEXT NOT NULL,
+            kind TEXT NOT NULL, author TEXT NOT NULL, created TEXT NOT NULL,
+            version INTEGER NOT NULL, deleted TEXT, deleted_by TEXT)""",
+        """CREATE TABLE finding_versions (
+            finding INTEGER NOT NULL REFERENCES findings (id), version INTEGER NOT NULL,
+            title TEXT NOT NULL, text TEXT NOT NULL, status TEXT NOT NULL, owner TEXT NOT NULL,
+            ticket TEXT NOT NULL, link TEXT NOT NULL, paths TEXT NOT NULL, more INTEGER NOT NULL,
+            context TEXT NOT NULL, editor TEXT NOT NULL, updated TEXT NOT NULL,
+            PRIMARY KEY (finding, version))""",
+        """CREATE TABLE corrections (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, path TEXT NOT NULL,
+            old TEXT NOT NULL, new TEXT NOT NULL, author TEXT NOT NULL, created TEXT NOT NULL,
+            source TEXT NOT NULL)""",
+        "CREATE INDEX corrections_by_path ON corrections (dataset, path)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -299,6 +317,11 @@ class NotesStore:
         return text
 
     # -- connections -----------------------------------------------------------------------
+
+    def transaction(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction on a new connection, under the rules above, for the stores that
+        share this database (:mod:`core.findings`, :mod:`core.corrections`)."""
+        return self._transaction(write)
 
     def _prepare(self) -> None:
         """Check the file is a notes database; unless read-only, create or migrate it."""

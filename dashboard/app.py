@@ -34,6 +34,7 @@ pages = [
         title="Compare models",
         url_path="compare-models",
     ),
+    st.Page(ROOT / "dashboard" / "views" / "slices.py", title="Slices", url_path="slices"),
     st.Page(ROOT / "dashboard" / "views" / "patterns.py", title="Patterns", url_path="patterns"),
     st.Page(ROOT / "dashboard" / "views" / "map.py", title="Map", url_path="map"),
     st.Page(ROOT / "dashboard" / "views" / "notes.py", title="Tags & notes", url_path="notes"),

@@ -4,7 +4,10 @@ The images' PNG bytes, unchanged, go into an ``image`` struct ``{bytes, path}`` 
 file's path under ``shapes/test``), the class index into ``label``, and the class names into a
 ``ClassLabel`` in the schema's ``huggingface`` metadata, in row groups of 100 rows (what
 ``datasets`` uses for image columns). Rows are in the folder's order (torchvision's
-ImageFolder), so row ``i`` of the Parquet copy is image ``i`` of the folder::
+ImageFolder), so row ``i`` of the Parquet copy is image ``i`` of the folder. The folder's
+metadata (``sites.csv``, when there is one) comes along as columns ``site`` and ``scanner``
+(text) and ``captured`` (a timestamp, null where blank): a split's own columns are its
+metadata::
 
     python sample_models/export_parquet.py            # shapes/parquet/test-00000-of-00001.parquet
     python sample_models/export_parquet.py --arrow    # also shapes/arrow/ (a save_to_disk folder)
@@ -16,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
@@ -42,15 +48,35 @@ def hf_table(root: Path) -> pa.Table:
         "image": {"_type": "Image"},
         "label": {"names": folder.classes, "_type": "ClassLabel"},
     }
+    columns = {"image": image, "label": pa.array(folder.labels, pa.int64())}
+    sites = root / "sites.csv"
+    if sites.exists():
+        columns.update(_sites(sites, folder.paths))
+        features.update(
+            site={"dtype": "string", "_type": "Value"},
+            scanner={"dtype": "string", "_type": "Value"},
+            captured={"dtype": "timestamp[ms]", "_type": "Value"},
+        )
     metadata = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
-    label = pa.array(folder.labels, pa.int64())
-    return pa.table({"image": image, "label": label}).replace_schema_metadata(metadata)
+    return pa.table(columns).replace_schema_metadata(metadata)
+
+
+def _sites(path: Path, paths: list[str]) -> dict[str, pa.Array]:
+    """site, scanner and captured of each image, in the folder's order."""
+    convert = pa_csv.ConvertOptions(
+        column_types={"site": pa.string(), "scanner": pa.string(), "captured": pa.timestamp("ms")}
+    )
+    table = pa_csv.read_csv(path, convert_options=convert)
+    order = pc.index_in(pa.array(paths), value_set=table.column("path"))
+    return {name: table.column(name).take(order) for name in ("site", "scanner", "captured")}
 
 
 def write_parquet(table: pa.Table, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "test-00000-of-00001.parquet"
-    pq.write_table(table, path, row_group_size=ROW_GROUP)
+    partial = out / f".{path.name}.tmp"  # readers see the old file or the new one
+    pq.write_table(table, partial, row_group_size=ROW_GROUP)
+    os.replace(partial, path)
     return path
 
 

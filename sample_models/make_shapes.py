@@ -22,6 +22,17 @@ with the manifest ``shapes/test/marks.csv``::
 the 64×64 image with exclusive ends (``image[y0:y1, x0:x1]``); the mark's box is empty for
 unmarked images. Training images are never written: :func:`make_split` draws them in memory.
 
+Beside it, ``shapes/test/sites.csv`` is the test set's metadata, as a hospital's or a
+factory's test set has it (the config names it with ``metadata = ...``)::
+
+    path,site,scanner,captured
+
+Every marked image came from site ``B`` (the site whose images carry the mark); the others
+from sites ``A`` and ``C`` at random. ``scanner`` (``S1`` to ``S3``) is random and says
+nothing; ``captured`` is an ISO 8601 time in the first half of 2024, blank for about 3 % of
+the images. It is drawn from its own seeded generator, after the images: the PNGs do not
+change with it.
+
 Everything is seeded (numpy's PCG64 per image, PIL drawing), so the output is byte-identical
 from run to run::
 
@@ -43,6 +54,8 @@ from PIL import Image, ImageDraw
 HERE = Path(__file__).resolve().parent
 TEST_ROOT = HERE / "shapes" / "test"
 MANIFEST = "marks.csv"
+SITES = "sites.csv"
+MARKED_SITE = "B"
 
 SIZE = 64
 CLASSES = ("circle", "cross", "square", "star", "triangle")
@@ -234,14 +247,35 @@ def write_test_split(root: Path = TEST_ROOT) -> Split:
              "shape_x0", "shape_y0", "shape_x1", "shape_y1"]
         )  # fmt: skip
         writer.writerows(rows)
+    write_sites([row[0] for row in rows], split.marked, root)
     return split
+
+
+def write_sites(paths: list[str], marked: np.ndarray, root: Path = TEST_ROOT) -> Path:
+    """``sites.csv``: path, site (``B`` where the image is marked, else ``A`` or ``C``),
+    scanner (random) and captured (a time in 2024's first half; blank for about 3 %)."""
+    rng = np.random.default_rng([TEST_SEED, 5150])
+    other = rng.choice(["A", "C"], size=len(paths))
+    scanner = rng.choice(["S1", "S2", "S3"], size=len(paths))
+    start = np.datetime64("2024-01-01T00:00:00")
+    minutes = rng.integers(0, 182 * 24 * 60, size=len(paths))
+    blank = rng.random(len(paths)) < 0.03
+    out = root / SITES
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["path", "site", "scanner", "captured"])
+        for i, path in enumerate(paths):
+            when = "" if blank[i] else str(start + np.timedelta64(int(minutes[i]), "m"))
+            site = MARKED_SITE if marked[i] else str(other[i])
+            writer.writerow([path, site, scanner[i], when])
+    return out
 
 
 def main() -> None:
     split = write_test_split()
     print(
-        f"wrote {len(split.labels)} test images ({int(split.marked.sum())} marked) "
-        f"and {MANIFEST} under {TEST_ROOT}"
+        f"wrote {len(split.labels)} test images ({int(split.marked.sum())} marked), "
+        f"{MANIFEST} and {SITES} under {TEST_ROOT}"
     )
 
 

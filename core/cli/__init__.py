@@ -1,5 +1,6 @@
 """Command line: ``python -m core evaluate | label-issues | compare | patterns | similar
-| faithfulness | sanity --config FILE ...``.
+| faithfulness | sanity | verify | export-labels | import-labels | tag | report | slices
+--config FILE ...``.
 
 One module per group of commands; each has ``add_parsers(commands)``, which adds its
 sub-commands and returns their handlers. torch, the model, scipy and scikit-learn are imported
@@ -13,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from core.cli import analyses, evaluate, trust
+from core.cli import analyses, check, evaluate, labels, report, slices, trust, verify
 from core.cli.common import arrays as _arrays
 from core.cli.common import results as _results
 from core.cli.evaluate import export_batches, export_table
@@ -21,9 +22,9 @@ from core.cli.evaluate import report as _report
 from core.errors import UserFacingError
 
 __all__ = ["export_batches", "export_table", "main"]
-__all__ += ["_arrays", "_report", "_results"]  # for tests and scripts that used them here
 
-COMMAND_GROUPS = (evaluate, analyses, trust)
+
+COMMAND_GROUPS = (evaluate, analyses, trust, check, verify, labels, report, slices)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

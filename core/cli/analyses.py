@@ -117,11 +117,15 @@ def _patterns(args: argparse.Namespace) -> int:
         raise UserFacingError(f"--top must be at least 1, got {args.top}")
     config = load_config(args.config)
     result = results(config, args.model, args.dataset)
+    from core.analysis.causal import stored_verdicts
     from core.analysis.patterns import FLAG_SCORE, result_patterns  # scipy: only this command
 
     found = result_patterns(result)  # computed once, then read from the result folder
     paths = result.manifest.column("path")
     records = found.to_records(result.classes, Paths(paths), args.top)
+    for record, verdict in zip(records, stored_verdicts(result, found, args.top), strict=True):
+        if verdict is not None:  # once `verify` (or the page) has tested the pattern
+            record["verdict"] = verdict.verdict
     if args.json:
         print(json.dumps(records, ensure_ascii=False))
         return 0
@@ -145,6 +149,8 @@ def _patterns(args: argparse.Namespace) -> int:
             "example": [r["paths"][0] if r["paths"] else "" for r in records],
         }
     )
+    if any("verdict" in r for r in records):
+        frame["verdict"] = [r.get("verdict", "") for r in records]
     print(frame.to_string(index=False))
     print("images: in the pattern / in its cell; * flagged; centroid: fractions, 0,0 top left")
     return 0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from core.config import ProjectConfig
-from core.data.datasets import open_dataset
+from core.data.datasets import ImageDataset, open_dataset
 from core.errors import UserFacingError
 from core.results import Results
 from core.results.evaluate import evaluate, lookup
@@ -30,13 +30,16 @@ def results(
     out: Path | None = None,
     maps: bool = True,
     embeddings: bool = True,
+    dataset: ImageDataset | None = None,
     **run: Any,
 ) -> Results:
-    """The stored results of unchanged inputs (no model loaded), else a new evaluation."""
+    """The stored results of unchanged inputs (no model loaded), else a new evaluation
+    (``dataset``: the model's dataset, already opened)."""
     spec = config.model(model_name)
-    dataset = open_dataset(
-        config.dataset(dataset_of(config, spec.name, dataset_name)), spec.classes
-    )
+    if dataset is None:
+        dataset = open_dataset(
+            config.dataset(dataset_of(config, spec.name, dataset_name)), spec.classes
+        )
     cache_dir = config.cache_dir if cache else None
     try:
         found = lookup(spec, dataset, cache_dir, out, maps, embeddings)

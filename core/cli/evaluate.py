@@ -17,9 +17,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from core.analysis.metrics import accuracy, confusion_matrix, per_class_metrics, top_confused_pairs
-from core.cli.common import print_progress, results
+from core.cli.common import dataset_of, print_progress, results
 from core.config import ProjectConfig, load_config
-from core.data.datasets import open_dataset
+from core.data.datasets import dataset_key, open_dataset
+from core.data.metadata import ColumnSet
 from core.errors import UserFacingError
 from core.results import Results
 from core.results.store import write_error
@@ -103,11 +104,43 @@ def _evaluate(args: argparse.Namespace) -> int:
     if out is None:
         return 0
     if table_out:
-        rows = _write_table(result, out)
+        corrected = _corrected(config, args.model, args.dataset, result)
+        extra = _slice_columns(config, args.model, args.dataset, result)
+        rows = _write_table(result, out, corrected, extra)
         print(f"wrote {rows:,} rows to {out}")
     else:
         print(f"wrote the result folder {out} ({len(result.predictions):,} images)")
     return 0
+
+
+def _corrected(
+    config: ProjectConfig, model: str | None, dataset: str | None, result: Results
+) -> np.ndarray:
+    """The labels after the team's corrections (core.corrections), one per evaluated row;
+    all -1 (an empty column) with a warning where the notes database cannot be read."""
+    from core.corrections import stored_overlay
+    from core.notes import NotesError, NotesStore
+
+    name = config.dataset(dataset_of(config, config.model(model).name, dataset))
+    try:
+        notes = NotesStore(config.notes_db, read_only=True)
+        return stored_overlay(notes, dataset_key(name), result).true
+    except NotesError as exc:
+        print(f"warning: the corrected column is left empty: {exc}", file=sys.stderr)
+        return np.full(len(result.index), -1, np.int64)
+
+
+def _slice_columns(
+    config: ProjectConfig, model: str | None, dataset: str | None, result: Results
+) -> ColumnSet:
+    """The metadata and image property columns (and stored embedding clusters) to export,
+    one row per evaluated image; not the true class (already ``true``)."""
+    from core.analysis.slice_columns import CLASS, result_columns
+
+    spec = config.model(model)
+    opened = open_dataset(config.dataset(dataset_of(config, spec.name, dataset)), spec.classes)
+    columns = result_columns(result, opened, clusters=False)
+    return ColumnSet([c for c in columns if c.name != CLASS], columns.rows)
 
 
 def _score_maps(
@@ -145,8 +178,17 @@ def _engine(args: argparse.Namespace) -> Callable[..., None] | None:
     return partial(ray_engine.predict, address=args.address)
 
 
-def export_batches(result: Results, rows: int = EXPORT_ROWS) -> Iterator[pa.RecordBatch]:
+def export_batches(
+    result: Results,
+    rows: int = EXPORT_ROWS,
+    corrected: np.ndarray | None = None,
+    extra: ColumnSet | None = None,
+) -> Iterator[pa.RecordBatch]:
     """The results as path, true, pred, confidence, true_prob, loss, ``prob_<class>``...
+    and, given ``corrected`` (class indices aligned with the evaluated rows, -1 unknown), the
+    label after the team's corrections (``corrected``), and the ``extra`` columns (metadata,
+    image properties; rows aligned with the evaluated rows; a name the export uses already
+    gets ``_meta`` appended).
 
     Yields blocks of ``rows`` images, so a million-row export never holds the whole table.
     """
@@ -164,7 +206,15 @@ def export_batches(result: Results, rows: int = EXPORT_ROWS) -> Iterator[pa.Reco
             "true_prob": pa.array(block["true_prob"].to_numpy()),
             "loss": pa.array(block["loss"].to_numpy()),
         }
+        if corrected is not None:
+            fixed = corrected[start : start + rows]
+            columns["corrected"] = pa.array(names[fixed], pa.string(), mask=fixed < 0)
         columns.update({name: pa.array(probs[:, i]) for i, name in enumerate(prob_names)})
+        for column in extra or ():
+            name = column.name
+            while name in columns:
+                name += "_meta"
+            columns[name] = column.to_arrow(start, start + rows)
         yield pa.RecordBatch.from_pydict(columns)
 
 
@@ -173,9 +223,14 @@ def export_table(result: Results) -> pd.DataFrame:
     return pa.Table.from_batches(list(export_batches(result))).to_pandas()
 
 
-def _write_table(result: Results, out: Path) -> int:
+def _write_table(
+    result: Results,
+    out: Path,
+    corrected: np.ndarray | None = None,
+    extra: ColumnSet | None = None,
+) -> int:
     try:
-        return _write_batches(result, out)
+        return _write_batches(result, out, corrected, extra)
     except OSError as exc:  # a full or read-only disk: say so; a partial table is removed
         with contextlib.suppress(OSError):  # a read-only disk refuses even that
             out.unlink(missing_ok=True)
@@ -183,9 +238,14 @@ def _write_table(result: Results, out: Path) -> int:
         raise write_error(exc, out, "the table", fix) from None
 
 
-def _write_batches(result: Results, out: Path) -> int:
+def _write_batches(
+    result: Results,
+    out: Path,
+    corrected: np.ndarray | None = None,
+    extra: ColumnSet | None = None,
+) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
-    batches = export_batches(result)
+    batches = export_batches(result, corrected=corrected, extra=extra)
     first = next(batches)
     writer: pq.ParquetWriter | pa_csv.CSVWriter
     if out.suffix == ".csv":

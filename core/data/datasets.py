@@ -1,245 +1,29 @@
-"""Labelled test sets: an ImageFolder tree or a CSV manifest (``path,label``); Parquet and
-Arrow tables are read by :mod:`core.data.parquet`.
+"""Opening a labelled test set: an ImageFolder tree or a CSV manifest (``path,label``, plus
+any metadata columns); Parquet and Arrow tables are read by :mod:`core.data.parquet`. The
+listed set is an :class:`~core.data.image_dataset.ImageDataset`.
 
-Evaluation and display read an image through the same call (:meth:`ImageDataset.load`), so
-they take the same decision on it: a file that is missing, not a regular file, linked outside
-the dataset root and its ``link_roots``, larger than ``max_pixels`` or undecodable is not fatal;
-it is skipped and reported with its path and reason.
-
-Listing and fingerprinting import neither torch nor OpenCV (decoding lives in
-:mod:`core.data.images`, imported on the first decode): reopening stored results of a
+Listing and fingerprinting import neither torch nor OpenCV: reopening stored results of a
 million-image set must not wait for them.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
-import stat
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from core.config import DEFAULT_MAX_PIXELS, DatasetSpec
-from core.data.listing import file_stats, walk_folders
-from core.errors import DatasetError, ImageRefusedError, reason_of
+from core.config import DatasetSpec
+from core.data.image_dataset import EXTENSIONS, ImageDataset, SampleColumns
+from core.data.listing import walk_folders
+from core.data.metadata import match_paths, normalised_paths, read_text_csv
+from core.errors import DatasetError
 
-if TYPE_CHECKING:
-    import torch
-
-    from core.data.images import Sample
-
-__all__ = ["ImageDataset", "SampleColumns", "dataset_key", "open_dataset"]
-
-#: torchvision's ImageFolder extensions (``IMG_EXTENSIONS``) plus ``.tif``, ``.tiff``, ``.gif``.
-EXTENSIONS = (
-    ".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp",
-)  # fmt: skip
-
-
-def _images() -> ModuleType:
-    """:mod:`core.data.images`, imported on the first decode (it imports torch and OpenCV)."""
-    from core.data import images
-
-    return images
-
-
-@dataclass(frozen=True)
-class SampleColumns:
-    """(path, label) pairs as two columns: a million-file listing builds no tuple per file."""
-
-    paths: list[str]
-    labels: np.ndarray  # int64
-
-
-class ImageDataset:
-    """A list of (relative path, class index) under one root folder, as of one moment.
-
-    ``samples`` are (path, label) pairs, or :class:`SampleColumns`; either way they are kept
-    as the columns :attr:`paths` and :attr:`labels`.
-
-    ``stats`` holds each file's [size, mtime in ns] when it was listed (:func:`open_dataset`
-    passes them); without them the files are stat'ed on the first :meth:`fingerprint`. Either
-    way the object is a snapshot: open the dataset again to see changed files.
-
-    Every read of an image, for evaluation or display, goes through :meth:`load` and takes the
-    same decision: the file must be a regular file whose resolved target lies under ``root`` or
-    one of ``link_roots``, with at most ``max_pixels`` pixels, and it must decode.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        root: Path,
-        samples: Sequence[tuple[str, int]] | SampleColumns,
-        classes: Sequence[str],
-        transform: Callable[[Any], torch.Tensor] | None = None,
-        channels: int = 3,
-        tensors: bool = False,
-        link_roots: Sequence[Path] = (),
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        stats: np.ndarray | None = None,
-    ) -> None:
-        if not isinstance(samples, SampleColumns):
-            pairs = list(samples)
-            labels = np.array([label for _, label in pairs], dtype=np.int64)
-            samples = SampleColumns([path for path, _ in pairs], labels)
-        if len(samples.paths) != len(samples.labels):
-            raise ValueError(f"{len(samples.paths)} paths but {len(samples.labels)} labels")
-        if stats is not None and stats.shape != (len(samples.paths), 2):
-            raise ValueError(f"stats of shape {stats.shape} for {len(samples.paths)} files")
-        self.name = name
-        self.root = root
-        self.paths = samples.paths
-        self.labels = samples.labels
-        self.classes = list(classes)
-        self.transform = transform
-        self.channels = channels
-        self.tensors = tensors
-        self.link_roots = tuple(link_roots)
-        self.max_pixels = max_pixels
-        self._root = os.path.normpath(os.fspath(root))
-        self._allowed = tuple(
-            os.path.join(os.path.realpath(p), "") for p in (root, *self.link_roots)
-        )  # each with a trailing separator: "/data/a/" must not admit "/data/ab/x.png"
-        self._folders: dict[str, str] = {}  # folder -> its real path (see _real)
-        self._stats = stats
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @cached_property
-    def samples(self) -> list[tuple[str, int]]:
-        """(path, label) of each file, built on first use (reopening results never needs it)."""
-        return list(zip(self.paths, self.labels.tolist(), strict=True))
-
-    @cached_property
-    def _listed(self) -> frozenset[str]:
-        """The listed files: only these may be read (built on the first read, not on opening:
-        reopening stored results of a million files never reads one)."""
-        return frozenset(self.paths)
-
-    def __getitem__(self, index: int) -> Sample:  # a map-style dataset for torch's DataLoader
-        sample = _images().Sample
-        rel, label = self.paths[index], int(self.labels[index])
-        try:
-            if self.tensors or not self.transform:
-                tensor = self.load(rel)
-                tensor = self.transform(tensor) if self.transform else tensor
-            else:
-                tensor = self.transform(self.image(rel, self.channels))
-        except Exception as exc:  # a corrupt or refused file must not stop the evaluation
-            return sample(index, label, None, reason_of(exc))
-        return sample(index, label, tensor)
-
-    def with_transform(
-        self, transform: Callable[[Any], torch.Tensor], channels: int, tensors: bool = False
-    ) -> ImageDataset:
-        """The same files, fed through another transform (given uint8 tensors if ``tensors``)."""
-        return ImageDataset(
-            self.name,
-            self.root,
-            SampleColumns(self.paths, self.labels),
-            self.classes,
-            transform,
-            channels,
-            tensors,
-            self.link_roots,
-            self.max_pixels,
-            self._stats,  # as they are: not stat'ed here if they were not yet
-        )
-
-    def load(self, rel: str, channels: int | None = None) -> torch.Tensor:
-        """The listed image ``rel`` as a uint8 tensor [C, H, W]: the one decode of an image.
-
-        Raises :class:`ImageRefusedError` (not listed, missing, not a regular file, linked
-        outside the allowed folders, too large) or the decoder's error for a damaged file.
-        """
-        import torch
-
-        return torch.from_numpy(self.load_array(rel, channels)).permute(2, 0, 1)
-
-    def load_array(self, rel: str, channels: int | None = None) -> np.ndarray:
-        """:meth:`load`'s pixels as a uint8 array [H, W, C], without torch."""
-        return _images().load_array(self._file(rel), channels or self.channels, self.max_pixels)
-
-    def image(self, rel: str, channels: int = 3) -> Image.Image:
-        """The pixels of :meth:`load` as a PIL image (``L`` or ``RGB``), for display; no torch."""
-        array = self.load_array(rel, channels)
-        return Image.fromarray(array[:, :, 0] if channels == 1 else array)
-
-    def path(self, rel: str) -> Path:
-        """The resolved path of a listed file that may be read (see :meth:`load`)."""
-        return Path(self._file(rel))
-
-    def display_name(self, rel: str) -> str:
-        """How the gallery names image ``rel`` (a table row adds the path in its cell)."""
-        return rel
-
-    def _file(self, rel: str) -> str:
-        if rel not in self._listed:
-            raise ImageRefusedError(f"{rel!r} is not an image of dataset {self.name!r}")
-        joined = os.path.normpath(os.path.join(self._root, rel))  # not pathlib: once per image
-        try:
-            info = os.lstat(joined)
-            real = self._real(joined, info)
-        except FileNotFoundError:
-            raise ImageRefusedError("file not found (deleted or moved since listed?)") from None
-        except OSError as exc:
-            raise ImageRefusedError(f"cannot be read: {exc.strerror or exc}") from None
-        if not real.startswith(self._allowed):  # decided before the target is even looked at
-            inside = os.path.join(joined, "").startswith(os.path.join(self._root, ""))
-            if inside:
-                raise ImageRefusedError(
-                    f"links outside the dataset root and its link_roots: -> {real}"
-                )
-            raise ImageRefusedError(f"is outside the dataset root and its link_roots: {real}")
-        if real != joined:  # a link, or a path through one: the target's own type
-            try:
-                info = os.stat(real)
-            except OSError as exc:
-                raise ImageRefusedError(f"broken link -> {real}: {exc.strerror or exc}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageRefusedError("not a regular file")
-        return real
-
-    def _real(self, joined: str, info: os.stat_result) -> str:
-        """``joined`` with every link resolved. A file's own link is resolved on every read;
-        its folder's real path once per dataset object (a file in the same folder costs one
-        ``lstat``, not one per path component)."""
-        if stat.S_ISLNK(info.st_mode):
-            return os.path.realpath(joined)
-        folder, name = os.path.split(joined)
-        real_folder = self._folders.get(folder)
-        if real_folder is None:
-            real_folder = self._folders.setdefault(folder, os.path.realpath(folder))
-        return os.path.join(real_folder, name)
-
-    @property
-    def stats(self) -> np.ndarray:
-        """Each file's [size, mtime in ns] as listed; [-1, -1] where there was no regular file
-        (missing, a broken link, a folder)."""
-        if self._stats is None:
-            root = os.path.join(self._root, "")
-            self._stats = file_stats([root + rel for rel in self.paths])
-        return self._stats
-
-    def fingerprint(self) -> str:
-        """A hash of the read limits, the class list and every file's path, label, size and
-        modification time as listed (see :attr:`stats`)."""
-        limits = (self.classes, [os.fspath(p) for p in self.link_roots], self.max_pixels)
-        digest = hashlib.sha256(repr(limits).encode())
-        digest.update("\0".join(self.paths).encode())
-        digest.update(self.labels.astype(np.int64, copy=False).tobytes())
-        digest.update(self.stats.tobytes())
-        return digest.hexdigest()
+__all__ = ["EXTENSIONS", "ImageDataset", "SampleColumns", "dataset_key", "open_dataset"]
 
 
 def dataset_key(spec: DatasetSpec) -> str:
@@ -267,14 +51,18 @@ def open_dataset(spec: DatasetSpec, classes: Sequence[str] | None = None) -> Ima
         )
     explicit = list(spec.classes or classes or []) or None
     if spec.parquet or spec.arrow is not None:
-        from core.data.parquet import open_table_dataset
+        from core.data.parquet import open_table_dataset  # pyarrow.parquet: only for tables
 
         return open_table_dataset(spec, explicit)
     if not spec.root.is_dir():
         raise DatasetError(f"dataset {spec.name!r}: folder not found: {spec.root}")
     stats = None
+    metadata: list[tuple[pa.Table, np.ndarray | None]] = []
+    sources = []
     if spec.csv is not None:
-        samples, names = _from_manifest(spec, explicit)
+        samples, names, extra = _from_manifest(spec, explicit)
+        metadata.append((extra, None))
+        sources.append(_stamp(spec.csv))
     else:
         samples, names, stats = _from_folders(spec, explicit)
     if not samples.paths:
@@ -282,6 +70,9 @@ def open_dataset(spec: DatasetSpec, classes: Sequence[str] | None = None) -> Ima
             f"dataset {spec.name!r} has no images under {spec.root} "
             f"(looked for {', '.join(EXTENSIONS)})"
         )
+    if spec.metadata is not None:
+        metadata.append(_metadata_file(spec, samples.paths))
+        sources.append(_stamp(spec.metadata))
     return ImageDataset(
         spec.name,
         spec.root,
@@ -290,7 +81,35 @@ def open_dataset(spec: DatasetSpec, classes: Sequence[str] | None = None) -> Ima
         link_roots=spec.link_roots,
         max_pixels=spec.max_pixels,
         stats=stats,
+        metadata=[(table, rows) for table, rows in metadata if table.num_columns],
+        metadata_source=";".join(sources),
     )
+
+
+def _stamp(path: Path) -> str:
+    """A file's identity for :attr:`ImageDataset.metadata_source`: path, size, mtime."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return f"{path}:gone"
+    return f"{path}:{info.st_size}:{info.st_mtime_ns}"
+
+
+def _metadata_file(spec: DatasetSpec, paths: Sequence[str]) -> tuple[pa.Table, np.ndarray | None]:
+    """The ``metadata`` CSV's columns (besides ``path``) and each listed image's row in it
+    (matched by path; -1 where it does not list the image)."""
+    assert spec.metadata is not None
+    where = f"dataset {spec.name!r}: metadata {spec.metadata}"
+    try:
+        table = read_text_csv(spec.metadata)
+    except FileNotFoundError:
+        raise DatasetError(f"{where}: file not found") from None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DatasetError(f"{where}: cannot read it: {exc}") from None
+    if "path" not in table.column_names:
+        raise DatasetError(f"{where} needs a path column; found {table.column_names}")
+    rows = match_paths(table.column("path"), paths, os.fspath(spec.root))
+    return table.drop_columns(["path"]), rows
 
 
 def _from_folders(
@@ -327,30 +146,31 @@ def _from_folders(
 
 def _from_manifest(
     spec: DatasetSpec, explicit: list[str] | None
-) -> tuple[SampleColumns, list[str]]:
+) -> tuple[SampleColumns, list[str], pa.Table]:
+    """The manifest's paths and labels, and its other columns (metadata, as text)."""
     assert spec.csv is not None
+    where = f"dataset {spec.name!r}"
     try:
-        with spec.csv.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise DatasetError(f"dataset {spec.name!r}: cannot read {spec.csv}: {exc}") from None
-    if rows and not {"path", "label"} <= set(rows[0]):
+        table = read_text_csv(spec.csv)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DatasetError(f"{where}: cannot read {spec.csv}: {exc}") from None
+    if table.num_rows and not {"path", "label"} <= set(table.column_names):
         raise DatasetError(
-            f"dataset {spec.name!r}: {spec.csv} needs the columns path,label; found {list(rows[0])}"
+            f"{where}: {spec.csv} needs the columns path,label; found {table.column_names}"
         )
-    names = explicit or sorted({row["label"] for row in rows})
-    index = {name: i for i, name in enumerate(names)}
-    paths, labels = [], []
-    root = os.fspath(spec.root)
-    for line, row in enumerate(rows, start=2):
-        if row["label"] not in index:
-            raise DatasetError(
-                f"dataset {spec.name!r}: {spec.csv.name} line {line}: label {row['label']!r} is "
-                f"not in the class list {names}"
-            )
-        # kept as written (normalised): a path that leaves the root, or is no file, is listed
-        # and skipped with its reason when read, like any other unreadable file
-        rel = os.path.relpath(os.path.normpath(os.path.join(root, row["path"] or "")), root)
-        paths.append(Path(rel).as_posix())
-        labels.append(index[row["label"]])
-    return SampleColumns(paths, np.array(labels, dtype=np.int64)), names
+    if not table.num_rows:
+        return SampleColumns([], np.zeros(0, np.int64)), list(explicit or []), table
+    label = table.column("label").combine_chunks()
+    names = explicit or sorted(pc.unique(label).to_pylist())
+    index = pc.index_in(label, value_set=pa.array(names, pa.string()))
+    if index.null_count:
+        first = int(np.flatnonzero(pc.is_null(index).to_numpy(zero_copy_only=False))[0])
+        raise DatasetError(
+            f"{where}: {spec.csv.name} line {first + 2}: label {label[first].as_py()!r} is "
+            f"not in the class list {names}"
+        )
+    # kept as written (normalised): a path that leaves the root, or is no file, is listed
+    # and skipped with its reason when read, like any other unreadable file
+    paths = normalised_paths(table.column("path"), os.fspath(spec.root))
+    labels = index.to_numpy(zero_copy_only=False).astype(np.int64)
+    return SampleColumns(paths, labels), names, table.drop_columns(["path", "label"])

@@ -39,6 +39,7 @@ class Sample:
     label: int
     image: torch.Tensor | None
     error: str | None = None
+    properties: np.ndarray | None = None  # float64 [P] (core.data.properties), when measured
 
 
 def load_image(

@@ -10,7 +10,9 @@ a memory-mapped Arrow file), a few of which are kept in memory, and decoded alon
 same decoders and ``max_pixels`` check as image files. The ``datasets`` library is not needed.
 
 A dataset's fingerprint hashes each file's size, modification time and row count and the labels,
-not the image bytes: reopening stored results of a million rows reads no image.
+not the image bytes: reopening stored results of a million rows reads no image. The split's
+other columns of plain types (numbers, text, booleans, dates) are its metadata
+(:mod:`core.data.metadata`), read with the labels.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.config import DEFAULT_MAX_PIXELS, DatasetSpec
-from core.data.datasets import ImageDataset, SampleColumns
+from core.data.image_dataset import ImageDataset, SampleColumns
 from core.errors import DatasetError, ImageRefusedError
 
 if TYPE_CHECKING:
@@ -237,6 +239,8 @@ class TableDataset(ImageDataset):
         channels: int = 3,
         tensors: bool = False,
         link_roots: Sequence[Path] = (),
+        metadata: Sequence[tuple[pa.Table, np.ndarray | None]] = (),
+        metadata_source: str = "",
     ) -> None:
         super().__init__(
             name,
@@ -248,13 +252,29 @@ class TableDataset(ImageDataset):
             tensors,
             link_roots,
             reader.max_pixels,
+            metadata=metadata,
+            metadata_source=metadata_source,
         )
         self.reader = reader
 
+    def encoded(self, index: int) -> tuple[float, int]:
+        """The image cell's size in bytes and format (from its first bytes); a cell that names
+        a file instead: NaN and the format of its name."""
+        from core.data.properties import format_of_bytes, format_of_name
+
+        data, path = self.reader.cell(self.paths[index])
+        if data is None:
+            return float("nan"), format_of_name(path or "")
+        return float(len(data)), format_of_bytes(data[:16])
+
     def with_transform(
-        self, transform: Callable[[Any], torch.Tensor], channels: int, tensors: bool = False
+        self,
+        transform: Callable[[Any], torch.Tensor],
+        channels: int,
+        tensors: bool = False,
+        properties: bool = False,
     ) -> TableDataset:
-        return TableDataset(
+        dataset = TableDataset(
             self.name,
             self.root,
             self.reader,
@@ -265,6 +285,8 @@ class TableDataset(ImageDataset):
             tensors,
             self.link_roots,
         )
+        dataset.measure = properties
+        return dataset
 
     def load_array(self, rel: str, channels: int | None = None) -> np.ndarray:
         return self.reader.load_array(rel, channels or self.channels)
@@ -317,9 +339,10 @@ def open_table_dataset(spec: DatasetSpec, explicit: list[str] | None) -> TableDa
     arrow = spec.arrow is not None
     paths = _arrow_files(spec, where) if arrow else _parquet_files(spec, where)
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
-    files, columns, names = [], [], None
+    files, columns, names, extras = [], [], None, []
     for path in paths:
-        file, labels, file_names = _list_file(path, root, spec, arrow, where)
+        file, labels, file_names, extra = _list_file(path, root, spec, arrow, where)
+        extras.append(extra)
         if file_names is not None and names is not None and file_names != names:
             raise DatasetError(
                 f"{where}: {file.rel} names its classes {file_names}, another file {names}"
@@ -338,6 +361,8 @@ def open_table_dataset(spec: DatasetSpec, explicit: list[str] | None) -> TableDa
     allowed = [os.path.join(os.path.realpath(p), "") for p in folders]
     reader = TableReader(files, spec.image_column, arrow, allowed, spec.max_pixels)
     rels = [f"{f.rel}#{row}" for f in files for row in range(f.rows)]
+    metadata = _metadata(extras)
+    source = ";".join(f"{f.rel}:{f.size}:{f.mtime_ns}" for f in files)
     return TableDataset(
         spec.name,
         Path(root),
@@ -345,7 +370,42 @@ def open_table_dataset(spec: DatasetSpec, explicit: list[str] | None) -> TableDa
         SampleColumns(rels, labels),
         classes,
         link_roots=spec.link_roots,
+        metadata=[(metadata, None)] if metadata is not None else (),
+        metadata_source=f"{source};{metadata.column_names if metadata else []}",
     )
+
+
+def _metadata(extras: list[pa.Table]) -> pa.Table | None:
+    """The files' metadata columns as one table (a column one file lacks is null there);
+    None when there are none, or when files give one column types that do not combine."""
+    if not extras or not any(t.num_columns for t in extras):
+        return None
+    try:
+        return pa.concat_tables(extras, promote_options="permissive").combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+
+
+def _metadata_names(schema: pa.Schema, spec: DatasetSpec) -> list[str]:
+    """The columns besides image and label whose type can be metadata (numbers, text,
+    booleans, dates and times, dictionaries of those)."""
+    plain = (
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_decimal,
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_boolean,
+        pa.types.is_timestamp,
+        pa.types.is_date,
+        pa.types.is_dictionary,
+    )
+    skip = {spec.image_column, spec.label_column}
+    return [
+        field.name
+        for field in schema
+        if field.name not in skip and any(test(field.type) for test in plain)
+    ]
 
 
 def _parquet_files(spec: DatasetSpec, where: str) -> list[str]:
@@ -382,8 +442,9 @@ def _arrow_files(spec: DatasetSpec, where: str) -> list[str]:
 
 def _list_file(
     path: str, root: str, spec: DatasetSpec, arrow: bool, where: str
-) -> tuple[TableFile, pa.ChunkedArray, list[str] | None]:
-    """One file's listing, its label column and its ClassLabel names (None if it has none)."""
+) -> tuple[TableFile, pa.ChunkedArray, list[str] | None, pa.Table]:
+    """One file's listing, its label column, its ClassLabel names (None if it has none) and
+    its metadata columns."""
     rel = Path(os.path.relpath(path, root)).as_posix()
     try:
         info = os.stat(path)
@@ -404,17 +465,15 @@ def _list_file(
                     f"{where}: {rel} has no column {column!r} (columns: {schema.names}); "
                     "set image_column / label_column"
                 )
-        labels = (
-            table.column(spec.label_column)
-            if arrow
-            else parquet.read(columns=[spec.label_column]).column(0)
-        )
+        wanted = [spec.label_column, *_metadata_names(schema, spec)]
+        read = table.select(wanted) if arrow else parquet.read(columns=wanted)
     except DatasetError:
         raise
     except (OSError, pa.ArrowException) as exc:
         raise DatasetError(f"{where}: cannot read {rel}: {exc}") from None
     file = TableFile(path, rel, info.st_size, info.st_mtime_ns, starts.astype(np.int64))
-    return file, labels, _class_names(schema, spec.label_column)
+    labels, extra = read.column(0), read.drop_columns([spec.label_column])
+    return file, labels, _class_names(schema, spec.label_column), extra
 
 
 def _first_column(table: pa.Table) -> pa.ChunkedArray:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import ModelSpec
-from core.data.datasets import ImageDataset
+from core.data.image_dataset import ImageDataset
+from core.data.properties import PROPERTIES
 from core.errors import ClassCountMismatchError
 from core.results.key import evaluation_key
 from core.results.store import Results, ResultWriter, StoreError, open_results, write_error
@@ -136,6 +137,7 @@ def evaluate(
     engine: Callable[..., None] | None = None,
     found: Lookup | None = None,
     embeddings: bool = True,
+    properties: bool = True,
 ) -> Results:
     """``model``'s results on ``dataset``: read from disk when nothing changed, else computed.
 
@@ -145,7 +147,10 @@ def evaluate(
     :func:`core.results.local_engine.predict`, or the same signature elsewhere (Ray).
     ``found`` is a :func:`lookup` of the same inputs made just before (not repeated).
     With ``embeddings`` (and the entry's ``embeddings`` on) each image's classifier-head input
-    is stored too (:mod:`core.explain.embeddings`).
+    is stored too (:mod:`core.explain.embeddings`); with ``properties`` each image's properties
+    (:mod:`core.data.properties`), measured from the decoded pixels. The dataset's metadata
+    is saved with a new result (:func:`core.results.columns.save_metadata`). Neither changes
+    the evaluation key: a result stored before has no properties.
     """
     check_classes(model, dataset)
     found = found or lookup(model.spec, dataset, cache_dir, out, maps, embeddings)
@@ -183,6 +188,7 @@ def evaluate(
             commit_seconds=commit_seconds,
             durable=not scratch,
             embedding_dim=embedding_dim,
+            properties=PROPERTIES if properties else None,
         ) as writer:
             engine(
                 model,
@@ -193,7 +199,11 @@ def evaluate(
                 progress=progress,
                 maps_layer=layer[0] if layer else None,
             )
-            return writer.finish()
+            result = writer.finish()
+        from core.results.columns import save_metadata
+
+        save_metadata(result, dataset)
+        return result
     finally:
         if scratch:
             shutil.rmtree(folder, ignore_errors=True)  # open memory maps keep their data

@@ -2,7 +2,9 @@
 
 Each batch is decoded, run through the model (with the predicted- and true-class Grad-CAM at
 the target layer when maps are on, and the classifier head's input as the image's embedding
-when the writer has an embeddings column: one forward pass serves all three) and written to a
+when the writer has an embeddings column: one forward pass serves all three; the image's
+properties are measured from the same decoded pixels when it has a properties column) and
+written to a
 :class:`~core.results.store.ResultWriter` before the next one, so memory does not grow with the
 size of the set, and a killed run resumes where it stopped.
 """
@@ -45,7 +47,8 @@ def predict(
     too. With ``num_workers=0`` (the default on the CPU) decoding and the model take turns, each
     with all the cores; loader processes (the default on a GPU) decode while the model runs.
     """
-    data = dataset.with_transform(model.resize, model.spec.channels, tensors=True)
+    measure = writer.properties is not None
+    data = dataset.with_transform(model.resize, model.spec.channels, True, measure)
     todo = writer.todo()
     loader: DataLoader[Sample] = DataLoader(
         cast("Dataset[Sample]", data),  # a map-style dataset; torch's stubs want its base class
@@ -59,7 +62,7 @@ def predict(
     if writer.embedding_dim is not None:
         forward = _with_embeddings(model, forward)
     done, total = writer.done_count, len(data)
-    for batch_indices, batch_labels, images, failed in loader:
+    for batch_indices, batch_labels, images, failed, properties in loader:
         for sample in failed:
             writer.skip(sample.index, data.samples[sample.index][0], sample.error or "")
         if batch_indices:
@@ -67,7 +70,8 @@ def predict(
             inputs = model.normalize(_to_device(images, model.device))
             logits, maps, embeddings = forward(inputs, labels)
             rows = np.asarray(batch_indices)
-            writer.write(scores_from_logits(rows, labels, logits, maps, embeddings))
+            scores = scores_from_logits(rows, labels, logits, maps, embeddings, properties)
+            writer.write(scores)
         done += len(batch_indices) + len(failed)
         if progress is not None:
             progress(done, total)
@@ -122,11 +126,16 @@ def default_workers(device: torch.device | str = "cpu") -> int:
     return max(0, min(4, spare))
 
 
-def _collate(batch: Sequence[Sample]) -> tuple[list[int], list[int], torch.Tensor, list[Sample]]:
+Batch = tuple[list[int], list[int], torch.Tensor, list[Sample], np.ndarray | None]
+
+
+def _collate(batch: Sequence[Sample]) -> Batch:
     good = [s for s in batch if s.image is not None]
     failed = [s for s in batch if s.image is None]
     images = torch.stack([s.image for s in good]) if good else torch.empty(0)  # type: ignore[misc]
-    return [s.index for s in good], [s.label for s in good], images, failed
+    measured = [s.properties for s in good if s.properties is not None]
+    properties = np.stack(measured) if good and len(measured) == len(good) else None
+    return [s.index for s in good], [s.label for s in good], images, failed, properties
 
 
 def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:

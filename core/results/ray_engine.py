@@ -29,9 +29,10 @@ import pyarrow as pa
 import torch
 
 from core.config import ModelSpec
-from core.data.datasets import ImageDataset
+from core.data.image_dataset import ImageDataset
 from core.data.models import LoadedModel, ResizeTo, load_model
 from core.data.parquet import TableDataset, TableReader
+from core.data.properties import PROPERTIES
 from core.explain.embeddings import EMBEDDING_DIM, EmbeddingTap, tapped_head
 from core.results.local_engine import Progress
 from core.results.scores import scores_from_logits
@@ -106,7 +107,16 @@ def predict(
         embed = writer.embedding_dim is not None
         todo = writer.todo()
         stream = _pipeline(
-            model.spec, dataset, todo, size, maps_layer, shape, placement, actor, embed
+            model.spec,
+            dataset,
+            todo,
+            size,
+            maps_layer,
+            shape,
+            placement,
+            actor,
+            embed,
+            writer.properties is not None,
         )
         done, total = writer.done_count, len(dataset)
         for table in stream:
@@ -152,6 +162,7 @@ def _pipeline(
     placement: Placement,
     actor: type[ModelActor] | None,
     embeddings: bool = False,
+    properties: bool = False,
 ) -> Iterable[pa.Table]:
     import ray.data
 
@@ -168,6 +179,7 @@ def _pipeline(
         channels=spec.channels,
         size=spec.input_size,
         reader=getattr(dataset, "reader", None),  # a table dataset's (small, picklable)
+        properties=properties,
     )
     decoded = ray.data.from_arrow(blocks).map_batches(
         decode, batch_size=batch_size, batch_format="pyarrow"
@@ -208,11 +220,13 @@ def decode_batch(
     channels: int,
     size: tuple[int, int],
     reader: TableReader | None = None,
+    properties: bool = False,
 ) -> dict[str, np.ndarray]:
     """Decode and resize a block of files as :class:`ImageDataset` does (the same call); rows
     of Parquet or Arrow files through their ``reader``.
 
-    Returns row, label, error ("" when read) and image (uint8 [n, C, H, W], zeros where not).
+    Returns row, label, error ("" when read) and image (uint8 [n, C, H, W], zeros where not);
+    with ``properties`` also each image's properties (float64 [n, P], NaN where not read).
     """
     samples = list(zip(batch["path"].to_pylist(), batch["label"].to_pylist(), strict=True))
     resize = ResizeTo(size)
@@ -221,7 +235,9 @@ def decode_batch(
         if reader is None
         else TableDataset("ray", Path(root), reader, samples, [], resize, channels, tensors=True)
     )
+    files.measure = properties
     images = np.zeros((len(samples), channels, *size), dtype=np.uint8)
+    measured = np.full((len(samples), len(PROPERTIES)), np.nan)
     errors = np.full(len(samples), "", dtype=object)
     for i in range(len(samples)):
         sample = files[i]
@@ -229,12 +245,17 @@ def decode_batch(
             errors[i] = sample.error or "unreadable"
         else:
             images[i] = sample.image.numpy()
-    return {
+            if sample.properties is not None:
+                measured[i] = sample.properties
+    out = {
         "row": batch["row"].to_numpy(),
         "label": batch["label"].to_numpy(),
         "error": errors,
         "image": images,
     }
+    if properties:
+        out["properties"] = measured
+    return out
 
 
 class ModelActor:
@@ -280,6 +301,8 @@ class ModelActor:
             columns["maps"] = _fixed_lists(maps.reshape(n, -1))
         if embedded is not None:
             columns["embeddings"] = _fixed_lists(embedded)
+        if "properties" in batch:  # measured by the decode task: passed through
+            columns["properties"] = _fixed_lists(batch["properties"], np.float64)
         return pa.table(columns)
 
     def _tapped(self) -> AbstractContextManager[EmbeddingTap | None]:
@@ -300,8 +323,8 @@ class ModelActor:
         return logits.float().cpu().numpy(), maps.float().cpu().numpy()
 
 
-def _fixed_lists(values: np.ndarray) -> pa.FixedSizeListArray:
-    flat = np.ascontiguousarray(values, dtype=np.float32)
+def _fixed_lists(values: np.ndarray, dtype: Any = np.float32) -> pa.FixedSizeListArray:
+    flat = np.ascontiguousarray(values, dtype=dtype)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
 
 
@@ -325,8 +348,16 @@ def _write(
             maps = torch.from_numpy(_unflatten(table["maps"], (2, *map_shape))[ok])
         if writer.embedding_dim is not None and "embeddings" in table.column_names:
             embeddings = torch.from_numpy(_unflatten(table["embeddings"], (-1,))[ok])
+        properties = None
+        if writer.properties is not None and "properties" in table.column_names:
+            properties = _unflatten(table["properties"], (-1,))[ok].astype(np.float64)
         scores = scores_from_logits(
-            rows[ok], torch.from_numpy(labels[ok]), torch.from_numpy(logits), maps, embeddings
+            rows[ok],
+            torch.from_numpy(labels[ok]),
+            torch.from_numpy(logits),
+            maps,
+            embeddings,
+            properties,
         )
         writer.write(scores)
     return len(rows)

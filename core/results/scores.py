@@ -17,8 +17,10 @@ def scores_from_logits(
     logits: torch.Tensor,
     maps: torch.Tensor | None = None,
     embeddings: torch.Tensor | None = None,
+    properties: np.ndarray | None = None,
 ) -> BatchScores:
-    """Softmax, predicted and runner-up class, true-class probability and loss, in float32."""
+    """Softmax, predicted and runner-up class, true-class probability and loss, in float32
+    (``properties``, measured from the pixels, are passed through)."""
     log_probs = F.log_softmax(logits.float(), dim=1)
     probs = log_probs.exp()
     top = probs.topk(min(2, probs.shape[1]), dim=1)
@@ -34,4 +36,5 @@ def scores_from_logits(
         probs=probs.half().numpy(),
         maps=None if maps is None else maps.half().cpu().numpy(),
         embeddings=None if embeddings is None else embeddings.half().cpu().numpy(),
+        properties=properties,
     )

@@ -8,7 +8,8 @@ Layout of a result folder::
                       pred, runner_up (int32), confidence, true_prob, loss, runner_up_prob
                       (float32),
                       probs (float16 [N, K]), maps (float16 [N, 2, h, w], optional),
-                      embeddings (float16 [N, 128], optional: the classifier head's input)
+                      embeddings (float16 [N, 128], optional: the classifier head's input),
+                      properties (float64 [N, P], optional: core.data.properties)
     done.log          committed rows, a line "start stop" per batch (append-only)
     skipped.jsonl     images that could not be read, with the reason
 
@@ -151,6 +152,7 @@ class BatchScores:
     probs: np.ndarray  # float16 [n, K]
     maps: np.ndarray | None = None  # float16 [n, 2, h, w] raw maps (predicted, true/runner-up)
     embeddings: np.ndarray | None = None  # float16 [n, D] (core.explain.embeddings)
+    properties: np.ndarray | None = None  # float64 [n, P] image properties (core.data.properties)
 
 
 @dataclass(frozen=True)
@@ -245,11 +247,13 @@ class ResultWriter:
         commit_seconds: float = 2.0,
         durable: bool = True,
         embedding_dim: int | None = None,
+        properties: Sequence[str] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.n, self.k = len(manifest), len(classes)
         self.map_shape = map_shape
         self.embedding_dim = embedding_dim  # None: no embeddings column
+        self.properties = tuple(properties) if properties else None  # None: no properties
         self.commit_seconds = commit_seconds
         self.durable = durable  # False: no fsync (a scratch folder that no crash must survive)
         self._header = {
@@ -259,6 +263,7 @@ class ResultWriter:
             "rows": self.n,
             "maps": list(map_shape) if map_shape else None,
             "embeddings": embedding_dim,
+            "properties": list(self.properties) if self.properties else None,
             "meta": dict(meta or {}),
         }
         self._columns: dict[str, _Column] = {}
@@ -287,6 +292,8 @@ class ResultWriter:
             dtypes["maps"] = np.float16
         if self.embedding_dim is not None:
             dtypes["embeddings"] = np.float16
+        if self.properties is not None:
+            dtypes["properties"] = np.float64
         return dtypes
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
@@ -296,6 +303,8 @@ class ResultWriter:
             shapes["maps"] = (self.n, 2, *self.map_shape)
         if self.embedding_dim is not None:
             shapes["embeddings"] = (self.n, self.embedding_dim)
+        if self.properties is not None:
+            shapes["properties"] = (self.n, len(self.properties))
         return shapes
 
     def _can_resume(self) -> bool:
@@ -340,7 +349,8 @@ class ResultWriter:
 
     def _create(self, manifest: Sequence[tuple[str, int]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in ("done.log", "skipped.jsonl", "maps.npy", "embeddings.npy", "manifest.arrow"):
+        stale_files = ("maps.npy", "embeddings.npy", "properties.npy", "manifest.arrow")
+        for stale in ("done.log", "skipped.jsonl", *stale_files):
             (self.folder / stale).unlink(missing_ok=True)  # new files: readers may map old ones
         paths = pa.array([p for p, _ in manifest], type=pa.string())
         labels = pa.array(np.fromiter((lab for _, lab in manifest), np.int32, len(manifest)))
@@ -384,6 +394,8 @@ class ResultWriter:
                 self._columns["maps"].write(start, scores.maps)
             if "embeddings" in self._columns and scores.embeddings is not None:
                 self._columns["embeddings"].write(start, scores.embeddings)
+            if "properties" in self._columns and scores.properties is not None:
+                self._columns["properties"].write(start, scores.properties)
         except OSError as exc:
             raise self._failed(exc) from None
         self._pending.append((start, start + len(rows)))
@@ -554,6 +566,7 @@ class Results:
     skipped_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     notes: tuple[str, ...] = ()  # what differs from the dataset it was opened against
     files: dict[str, _Mapped] = field(default_factory=dict, repr=False)  # what is mapped
+    properties: tuple[str, ...] = ()  # names of the columns of properties.npy (none: absent)
 
     @property
     def num_classes(self) -> int:
@@ -583,6 +596,11 @@ class Results:
     @property
     def has_embeddings(self) -> bool:
         return "embeddings" in self.columns
+
+    @property
+    def has_properties(self) -> bool:
+        """Whether image properties were measured in the evaluation (``properties.npy``)."""
+        return "properties" in self.columns
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -675,6 +693,9 @@ def open_results(folder: str | Path) -> Results:
         shapes["maps"] = (n, 2, *maps)
     if header.get("embeddings"):
         shapes["embeddings"] = (n, int(header["embeddings"]))
+    properties = tuple(str(name) for name in header.get("properties") or ())
+    if properties:
+        shapes["properties"] = (n, len(properties))
     files: dict[str, _Mapped] = {}
     try:
         path = folder / "manifest.arrow"
@@ -704,6 +725,7 @@ def open_results(folder: str | Path) -> Results:
         skipped=skipped,
         skipped_rows=np.array([int(s["row"]) for s in found], dtype=np.int64),
         files=files,
+        properties=properties,
     )
 
 

@@ -23,6 +23,7 @@ from dashboard.parts.patterns import cell_patterns, cell_strip, pattern_filter
 from dashboard.state import analyses, resources
 from dashboard.state.polling import DIALOG_OPEN
 from dashboard.state.settings import settings
+from dashboard.state.slicing import SliceFilter
 from dashboard.state.url import bind
 from dashboard.state.view_state import SORTS, ViewState, parse_view
 
@@ -34,9 +35,14 @@ __all__ = ["cell_view"]
 
 @st.fragment
 def cell_view(
-    config_path: str, models: Sequence[str], datasets: Sequence[str], result: Results
+    config_path: str,
+    models: Sequence[str],
+    datasets: Sequence[str],
+    result: Results,
+    flt: SliceFilter | None = None,
 ) -> None:
-    """Heading, tag filter, page, picker, download and the paged gallery of the selected cell.
+    """Heading, tag filter, page, picker, download and the paged gallery of the selected cell
+    (of the slice ``flt``'s images only, when given).
 
     A fragment: paging and the tag filter rerun only this part of the page. The view is read
     from the URL here, because a fragment rerun keeps the arguments of the last full run.
@@ -58,6 +64,8 @@ def cell_view(
     notes_key = dataset_key(resources.project(config_path).dataset(view.dataset))
     if view.tag:
         rows = rows[rows["path"].isin(store.paths_with_tag(notes_key, view.tag))]
+    if flt is not None:
+        rows = rows[flt.keep(rows["index"].to_numpy())]
     of_cell, chosen, pattern_note = cell_patterns(config_path, view, result)
     if chosen is not None:
         rows = rows[rows["index"].isin(chosen.rows)]
@@ -65,6 +73,8 @@ def cell_view(
     tagged = f" tagged “{view.tag}”" if view.tag else ""
     if chosen is not None:
         tagged += f" in pattern {chosen.cluster}"
+    if flt is not None:
+        tagged += " in the slice"
     heading = f"true {names[true]} → predicted {names[pred]}: {count}{tagged}"
     subheading = f"true *{names[true]}* → predicted *{names[pred]}*: {count}{tagged}"
     stored = stored_maps_at(result, view)

@@ -24,8 +24,9 @@ import streamlit as st
 
 from core import Results, block_classes, block_sums, focus_classes, most_confused_classes
 from dashboard.parts.page import folded
-from dashboard.state import analyses, resources
+from dashboard.state import analyses, resources, slicing
 from dashboard.state.polling import DIALOG_OPEN
+from dashboard.state.slicing import SliceFilter
 from dashboard.state.url import bind, set_params
 from dashboard.state.view_state import COLOR_MODES, ViewState
 
@@ -268,10 +269,15 @@ def _spec(
 # ----------------------------------------------------------------------------- on the page
 
 
-def matrix_section(config_path: str, view: ViewState, result: Results) -> list[int]:
+def matrix_section(
+    config_path: str, view: ViewState, result: Results, flt: SliceFilter | None = None
+) -> list[int]:
     """The matrix of the view's classes (a click selects a cell: the URL's ``cell``), its
-    caption and, for many classes, the class finder and the overview; the classes shown."""
+    caption and, for many classes, the class finder and the overview; the classes shown.
+    With ``flt``, of the slice's images only."""
     counts = resources.matrix(config_path, view.model, view.dataset)
+    if flt is not None:
+        counts = slicing.sliced_matrix(result, flt)
     classes = result.classes
     n = len(classes)
     if n > TOP_N_THRESHOLD:
@@ -282,7 +288,7 @@ def matrix_section(config_path: str, view: ViewState, result: Results) -> list[i
     found = (config_path, view.model, view.dataset, result.fingerprint)
     marked = analyses.quality_ready(*found)  # else drawn now, marked when they are found
     # the evaluation's fingerprint stands for the counts: new weights or images, new figure
-    scope = (result.fingerprint, view.color, tuple(shown), marked)
+    scope = (result.fingerprint, view.color, tuple(shown), marked, flt.param if flt else "")
     state = st.session_state
     if state.get("chart_scope") != scope or state.get("chart_cell") != view.cell:
         # A change that did not come from a click on this chart: rebuild it, selection from the URL.
@@ -290,6 +296,9 @@ def matrix_section(config_path: str, view: ViewState, result: Results) -> list[i
         state["chart_version"] = state.get("chart_version", 0) + 1
         # A click on the chart reuses this session's chart: the browser keeps what it drew.
         flagged = analyses.flagged_matrix(*found) if marked else None
+        if marked and flt is not None:
+            issues = analyses.quality(*found).is_issue
+            flagged = slicing.sliced_matrix(result, flt, issues)
         state["chart"] = matrix_chart(counts, classes, view.color, shown, view.cell, flagged)
     chart = state["chart"]
     key = f"matrix-{state['chart_version']}"

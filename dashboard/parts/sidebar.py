@@ -12,6 +12,7 @@ from dashboard.parts.layers import layer_caption, layer_choice, layer_label, lay
 from dashboard.parts.page import ProjectView
 from dashboard.state import resources
 from dashboard.state.polling import DIALOG_OPEN
+from dashboard.state.slicing import SliceFilter
 from dashboard.state.url import bind
 from dashboard.state.view_state import METHODS, PAGE_SIZES, SORTS, ViewState
 
@@ -35,9 +36,10 @@ def model_and_dataset(
     bind(st.selectbox, "Dataset", "dataset", view.dataset, project.datasets, resets)
 
 
-def sidebar_summary(result: Results) -> None:
-    """Accuracy, counts and the files that could not be read."""
-    table = result.predictions
+def sidebar_summary(result: Results, flt: SliceFilter | None = None) -> None:
+    """Accuracy, counts (of the slice ``flt``, when given) and the files that could not be
+    read."""
+    table = result.predictions if flt is None else result.predictions[flt.positions]
     errors = int((table["true"] != table["pred"]).sum())
     with st.sidebar:
         st.metric("Accuracy", f"{accuracy(table):.2%}")
@@ -45,7 +47,9 @@ def sidebar_summary(result: Results) -> None:
         images, wrong = st.columns(2)
         images.metric("Images", compact_count(len(table)))
         wrong.metric("Errors", compact_count(errors))
-        st.caption(f"{len(table):,} images · {errors:,} errors · {len(result.skipped):,} skipped")
+        where = " in the slice" if flt is not None else ""
+        skipped = len(result.skipped)
+        st.caption(f"{len(table):,} images{where} · {errors:,} errors · {skipped:,} skipped")
         for note in result.notes:
             st.warning(note, icon=":material/difference:")
         if result.skipped:

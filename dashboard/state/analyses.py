@@ -28,6 +28,7 @@ from core.errors import reason_of
 from dashboard.state import resources
 
 if TYPE_CHECKING:  # SciPy and scikit-learn load when two models are compared, not before
+    from core.analysis.checkpoints import Checkpoints
     from core.analysis.comparison import Comparison, ModelResults
     from core.data.datasets import ImageDataset
     from core.data.models import LoadedModel
@@ -38,6 +39,7 @@ __all__ = [
     "WAIT_FOR_QUALITY_UP_TO",
     "LayoutJob",
     "arrays",
+    "checkpoints",
     "comparison",
     "flagged_matrix",
     "layer_faithfulness",
@@ -128,6 +130,24 @@ def comparison(
         for m in (model_a, model_b)
     )
     return compare(a, b)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def checkpoints(
+    config_path: str,
+    baseline: str,
+    candidates: tuple[str, ...],
+    dataset_name: str,
+    fingerprints: tuple[str, ...],
+) -> Checkpoints:
+    """Each candidate checked against the baseline on one dataset, overall and per class (the
+    Compare page's grid); once per server for these evaluations (``fingerprints``: the
+    baseline's, then the candidates'). Candidates that cannot be paired are in ``refused``."""
+    from core.analysis.checkpoints import check_checkpoints
+
+    base = resources.evaluation(config_path, baseline, dataset_name)
+    results = {m: resources.evaluation(config_path, m, dataset_name) for m in candidates}
+    return check_checkpoints(base, results, baseline)
 
 
 # ----------------------------------------------------------------------------- patterns

@@ -32,6 +32,7 @@ SORTS = {
 COLOR_MODES = {"count": "count", "row": "share of row (recall)", "col": "share of column"}
 METHODS = ("Grad-CAM", "Grad-CAM++", "CAM", "Saliency")
 PAGE_SIZES = (12, 24, 48, 96)
+MAX_WHERE = 2_000  # characters of a slice in the URL
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class ViewState:
     block: tuple[int, int] | None = None  # a block of the overview (large matrices)
     tag: str = ""  # only images carrying this tag
     pattern: int = 0  # only the images of this pattern of the cell (1-based; 0: all)
+    where: str = ""  # the slice every page is restricted to (core.analysis.slices URL form)
 
     def with_cell(self, cell: tuple[int, int] | None) -> ViewState:
         """A new selection starts at page 1, with all its images."""
@@ -86,6 +88,7 @@ def parse_view(
         block=_cell(get("block"), 1_000),
         tag=(get("tag") or "")[:100],
         pattern=_int(get("pattern"), 0, 1, 10_000),
+        where=(get("where") or "")[:MAX_WHERE],
     )
 
 

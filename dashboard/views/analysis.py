@@ -21,8 +21,10 @@ from dashboard.parts.matrix import matrix_section, matrix_settings
 from dashboard.parts.notes import author_input
 from dashboard.parts.page import error_panel, folded, project_view
 from dashboard.parts.sidebar import gallery_settings, model_and_dataset, sidebar_summary
+from dashboard.parts.slice_bar import slice_bar
 from dashboard.state import resources
 from dashboard.state.settings import settings
+from dashboard.state.slicing import SliceFilter
 from dashboard.state.url import set_params
 from dashboard.state.view_state import ViewState, parse_view
 
@@ -51,15 +53,16 @@ def main() -> None:
     description = config.model(view.model).description
     if description:
         st.info(description, icon=":material/lightbulb:")
+    flt = slice_bar(project, result)
     tables = st.container()
     # The matrix goes out before the tables and the sidebar's settings (their places on the page
     # do not depend on the order): a new visitor's browser starts loading the chart's
     # JavaScript, the largest part of a first page, while it draws the rest.
-    explorer(config_path, models, datasets, result)
+    explorer(config_path, models, datasets, result, flt)
     calibration_section(config_path, models, datasets, result)
     with tables:
         _tables(config_path, view)
-    sidebar_summary(result)
+    sidebar_summary(result, flt)
     matrix_settings(view, result.num_classes)
     # Drawn whether or not the model has loaded (its layer list follows at the next rerun), so
     # the page never reruns by itself when the load ends: a rerun could swallow a click.
@@ -72,8 +75,14 @@ def main() -> None:
 
 
 @st.fragment
-def explorer(config_path: str, models: list[str], datasets: list[str], result: Results) -> None:
-    """The matrix and the selected cell's gallery.
+def explorer(
+    config_path: str,
+    models: list[str],
+    datasets: list[str],
+    result: Results,
+    flt: SliceFilter | None = None,
+) -> None:
+    """The matrix and the selected cell's gallery (of the slice ``flt``, when given).
 
     A fragment: a click on the matrix reruns only this part, not the sidebar or the tables, so
     the browser redraws as little as possible (with many people on one server, the browsers'
@@ -81,13 +90,13 @@ def explorer(config_path: str, models: list[str], datasets: list[str], result: R
     rerun keeps the last full run's arguments).
     """
     view = parse_view(st.query_params.to_dict(), models, datasets, result.num_classes)
-    shown = matrix_section(config_path, view, result)
+    shown = matrix_section(config_path, view, result, flt)
     if view.cell is None:
         st.info("Click any cell of the confusion matrix to see its images and their CAMs.")
         return
     if view.cell[0] not in shown or view.cell[1] not in shown:
         st.caption("The selected cell is outside the classes shown in the matrix.")
-    cell_view(config_path, models, datasets, result)
+    cell_view(config_path, models, datasets, result, flt)
 
 
 def _failure_title(exc: UserFacingError, view: ViewState) -> str:

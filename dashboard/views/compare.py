@@ -1,27 +1,45 @@
-"""Compare models: what model B fixed and broke relative to model A on the same test set.
+"""Compare models: what candidates fixed and broke relative to a baseline on the same test set.
 
-The 2 × 2 agreement table with McNemar's exact p-value; a button per agreement cell opens its
-gallery, where every image shows A's and B's predicted-class map and each one's true-class
-map, sorted by the change in true-class probability. Per-class recall and F1 changes below.
-Model A (``model``), model B (``model_b``), dataset, cell (``agree``), sort and page live in
-the URL.
+One candidate (``model_b``): the 2 × 2 agreement table with McNemar's exact p-value; a button
+per agreement cell opens its gallery, where every image shows A's and B's predicted-class map
+and each one's true-class map. Per-class recall and F1 changes below.
+
+Several candidates (``candidates``, repeated in the URL): a heatmap of groups (overall, each
+class) × candidates coloured by the change in accuracy from the baseline, the significant
+cells marked as ``python -m core check`` would judge them; a click on a cell opens its newly
+broken (or fixed) images with both models' maps; accuracy across the checkpoints in config
+order below.
+
+URL: baseline (``model``), ``model_b``, ``candidates``, dataset, cell (``agree``), ``group``
+(``class:<name>`` or ``slice:<name>``, as ``check`` writes its links), sort and page.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from core import UserFacingError
 from core.analysis.comparison import Agreement, Comparison
-from core.analysis.gallery import class_maps, page_count
-from core.errors import reason_of
-from core.explain.map_cache import Unavailable
-from dashboard.parts.gallery import card_html
+from core.config import ProjectConfig
+from dashboard.parts.checkpoints import (
+    group_label,
+    group_summary,
+    parse_group,
+    show_accuracy,
+    show_heatmap,
+    significant_table,
+)
 from dashboard.parts.page import error_panel, project_view
+from dashboard.parts.pair_gallery import pair_gallery
 from dashboard.state import analyses, resources
 from dashboard.state.url import bind, set_params
+from dashboard.state.view_state import ViewState
 
-PAGE_SIZE = 12
+if TYPE_CHECKING:
+    from core.analysis.regression import Gate
+
 CELLS = {c.name.lower(): c for c in Agreement}
 SHORT = {
     Agreement.BOTH_RIGHT: "both right",
@@ -30,10 +48,8 @@ SHORT = {
     Agreement.SAME_WRONG: "both wrong, same class",
     Agreement.DIFFERENT_WRONG: "both wrong, different",
 }
-ORDERS = {
-    "gain": "true-class probability gain (B - A, largest first)",
-    "loss": "largest drop first",
-}
+CANDIDATES_KEY = "compare:candidates"
+CLEARED = ("agree", "group", "page", "csort")  # a new pair or baseline starts afresh
 
 
 def main() -> None:
@@ -41,19 +57,27 @@ def main() -> None:
     config, config_path, view = project.config, project.config_path, project.view
     models, datasets = project.models, project.datasets
     params = st.query_params.to_dict()
-    others = [m for m in models if m != view.model]
-    model_b = params.get("model_b")
-    comparable = config.comparable_models(view.model, view.dataset)
-    if model_b not in others:
-        model_b = comparable[0] if comparable else None
+    asked = _asked(params)
+    unknown = [(p, m) for p, m in asked if m not in models]
+    chosen = list(dict.fromkeys(m for _, m in asked if m in models and m != view.model))
+    if not any(p != "model" for p, _ in asked):  # no candidate in the URL: the best match
+        chosen = config.comparable_models(view.model, view.dataset)[:1]
+    options = list(dict.fromkeys([*config.comparable_models(view.model, view.dataset), *chosen]))
     with st.sidebar:
-        bind(st.selectbox, "Model A", "model", view.model, models, reset=("agree", "page"))
-        if model_b is not None:
-            bind(st.selectbox, "Model B", "model_b", model_b, others, reset=("agree", "page"))
-        bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=("agree", "page"))
+        bind(st.selectbox, "Model A (baseline)", "model", view.model, models, reset=CLEARED)
+        if options:
+            _candidates_picker(options, chosen)
+        bind(st.selectbox, "Dataset", "dataset", view.dataset, datasets, reset=CLEARED)
         bind(st.selectbox, "Maps", "method", view.method, ["Grad-CAM", "Grad-CAM++", "Saliency"])
     st.title("Compare models")
-    if model_b is None:
+    if unknown:
+        names = ", ".join(f"{m!r} ({p})" for p, m in unknown)
+        error_panel(
+            "Unknown model in the link",
+            UserFacingError(f"{names}; the models of this project: {', '.join(models)}"),
+        )
+        st.stop()
+    if not options:
         st.info(
             f"No other model of this project is evaluated on *{view.dataset}* with the classes "
             f"of **{view.model}**. Pick another model A, or add a model entry with the same "
@@ -61,13 +85,73 @@ def main() -> None:
             icon=":material/info:",
         )
         st.stop()
+    if not chosen:
+        st.info("Pick one or more candidates (model B) in the sidebar.", icon=":material/info:")
+        st.stop()
+    if len(chosen) == 1:
+        _pair_view(config_path, config, view, chosen[0], params)
+    else:
+        _checkpoints_view(config_path, config, view, chosen, params)
+
+
+def _asked(params: dict[str, str]) -> list[tuple[str, str]]:
+    """(parameter, model name) of every model the URL names: the baseline, then candidates
+    (``candidates``, repeated, else ``model_b``); an empty ``candidates=`` names none."""
+    asked = [("model", params["model"])] if "model" in params else []
+    listed = [c for c in st.query_params.get_all("candidates") if c]
+    if "candidates" in params:
+        return asked + [("candidates", c) for c in listed]
+    return asked + ([("model_b", params["model_b"])] if "model_b" in params else [])
+
+
+def _candidates_picker(options: list[str], chosen: list[str]) -> None:
+    """The candidates (model B): one gives the two-model view, several the heatmap."""
+    if st.session_state.get(CANDIDATES_KEY) != chosen:
+        st.session_state[CANDIDATES_KEY] = chosen
+    st.multiselect(
+        "Candidates (model B)",
+        options,
+        key=CANDIDATES_KEY,
+        on_change=_store_candidates,
+        help="One candidate: what it fixed and broke. Several: a heatmap of every class × "
+        "candidate against the baseline.",
+    )
+
+
+def _store_candidates() -> None:
+    picked = list(st.session_state[CANDIDATES_KEY])
+    for name in ("candidates", "model_b", *CLEARED):
+        st.query_params.pop(name, None)
+    if len(picked) == 1:
+        st.query_params["model_b"] = picked[0]
+    else:  # none (an empty parameter: no default pick) or several
+        st.query_params["candidates"] = picked or ""
+
+
+def _refusal(config: ProjectConfig, baseline: str, candidate: str, dataset: str) -> str | None:
+    """Why the config already says two models cannot be compared on ``dataset`` (or None)."""
+    if dataset not in config.datasets_for(candidate):
+        return (
+            f"{candidate!r} is not evaluated on dataset {dataset!r} (its datasets: "
+            f"{', '.join(config.datasets_for(candidate))}); pick two models of the same dataset"
+        )
+    mine, theirs = config.model(baseline).classes, config.model(candidate).classes
+    if mine is not None and theirs is not None and list(mine) != list(theirs):
+        return f"{candidate!r} declares other classes than {baseline!r}"
+    return None
+
+
+# ----------------------------------------------------------------------------- one candidate
+
+
+def _pair_view(
+    config_path: str, config: ProjectConfig, view: ViewState, model_b: str, params: dict[str, str]
+) -> None:
     st.caption(f"A = **{view.model}**, B = **{model_b}**, on *{view.dataset}*")
     try:
-        if view.dataset not in config.datasets_for(model_b):
-            raise UserFacingError(
-                f"{model_b!r} is not evaluated on dataset {view.dataset!r} (its datasets: "
-                f"{', '.join(config.datasets_for(model_b))}); pick two models of the same dataset"
-            )
+        reason = _refusal(config, view.model, model_b, view.dataset)
+        if reason is not None:
+            raise UserFacingError(reason)
         with st.spinner("Evaluating both models…"):
             prints = tuple(
                 resources.evaluation(config_path, m, view.dataset).fingerprint
@@ -79,10 +163,20 @@ def main() -> None:
         st.stop()
     _summary(result)
     cell = CELLS.get(params.get("agree", ""))
+    kind, name = parse_group(params.get("group"))
     if cell is None:
         st.info("Pick a cell of the agreement table to see its images with both models' maps.")
+    elif kind == "overall":
+        pair_gallery(config_path, view, (view.model, model_b), result, cell)
     else:
-        _gallery(config_path, view, model_b, result, cell, params)
+        with st.spinner("Testing every class…"):
+            found = analyses.checkpoints(config_path, view.model, (model_b,), view.dataset, prints)
+        if model_b in found.refused:
+            error_panel(
+                "These two models cannot be compared", UserFacingError(found.refused[model_b])
+            )
+            st.stop()
+        _group_gallery(config_path, view, found.gates[model_b], model_b, kind, name, cell)
     _per_class(result)
 
 
@@ -110,7 +204,7 @@ def _summary(result: Comparison) -> None:
                         f"{SHORT[cell]}: {counts[cell]}",
                         key=f"agree-{cell.name}",
                         on_click=set_params,
-                        args=({"agree": cell.name.lower()}, ("page",)),
+                        args=({"agree": cell.name.lower()}, ("page", "csort")),
                         width="stretch",
                         type="primary" if cell == Agreement.FIXED else "secondary",
                     )
@@ -123,74 +217,6 @@ def _summary(result: Comparison) -> None:
         )
         if result.only_a or result.only_b:
             st.caption(f"Unmatched: {result.only_a} only in A, {result.only_b} only in B.")
-
-
-def _gallery(
-    config_path: str, view, model_b: str, result: Comparison, cell: Agreement, params
-) -> None:  # type: ignore[no-untyped-def]
-    order = params.get("csort") if params.get("csort") in ORDERS else "gain"
-    positions = result.cell_positions(cell, descending=order == "gain")
-    st.subheader(f"{cell.label}: {len(positions)} images")
-    cols = st.columns(2)
-    with cols[0]:
-        bind(
-            st.selectbox, "Sort by", "csort", order, list(ORDERS), ("page",), format_func=ORDERS.get
-        )
-    pages = page_count(len(positions), PAGE_SIZE)
-    page = min(view.page, pages)
-    if pages > 1:
-        with cols[1]:
-            bind(st.number_input, f"Page (of {pages})", "page", page, min_value=1, max_value=pages)
-    shown = positions[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-    if not len(shown):
-        st.info("No images in this cell.")
-        return
-    paths = [str(p) for p in result.paths[shown]]
-    maps = {
-        name: _maps(config_path, name, view, paths, pred[shown], result.true[shown])
-        for name, pred in ((view.model, result.pred_a), (model_b, result.pred_b))
-    }
-    dataset = resources.dataset(config_path, view.dataset, view.model)
-    names = result.classes
-    cards = []
-    for n, i in enumerate(shown):
-        true = names[result.true[i]]
-        pa, pb = names[result.pred_a[i]], names[result.pred_b[i]]
-        try:
-            for side in (maps[view.model][n], maps[model_b][n]):
-                if isinstance(side, Unavailable):
-                    raise OSError(side.reason)
-            row_maps = [*maps[view.model][n], *maps[model_b][n]]
-            urls = resources.panel_cache().panels(dataset, paths[n], row_maps, view.opacity)
-        except Exception as exc:  # the file changed or vanished since the evaluation
-            cards.append(card_html(paths[n], ("", f"cannot be shown ({reason_of(exc)})"), []))
-            continue
-        caption = (
-            f"true {true}",
-            f" · A predicted {pa} (true class {result.prob_a[i]:.1%}) · B predicted {pb} "
-            f"(true class {result.prob_b[i]:.1%}) · change {result.prob_change[i]:+.1%}",
-        )
-        labels = ("image", f"A · predicted {pa}", f"A · true {true}", f"B · predicted {pb}",
-                  f"B · true {true}")  # fmt: skip
-        cards.append(card_html(paths[n], caption, zip(urls, labels, strict=True)))
-    grid = "display:grid;grid-template-columns:minmax(0,1fr);gap:1rem;max-width:60rem"
-    st.html(f'<div class="cam-gallery" style="{grid}">{"".join(cards)}</div>')
-
-
-def _maps(config_path: str, model_name: str, view, paths, pred, true):  # type: ignore[no-untyped-def]
-    """[predicted, true] maps of each image under one model (None where it cannot apply)."""
-    dataset = resources.dataset(config_path, view.dataset, model_name)
-    fingerprint = resources.evaluation(config_path, model_name, view.dataset).fingerprint
-    pairs = [(int(p), int(t)) for p, t in zip(pred, true, strict=True)]
-    try:  # stored results open without the model: it is loaded here, for the maps
-        model = resources.model(config_path, model_name)
-        _, layer = resources.layers(config_path, model_name)
-        return class_maps(
-            model, dataset, paths, pairs, view.method, layer, resources.map_cache(), fingerprint
-        )
-    except (ValueError, UserFacingError) as exc:
-        st.warning(f"{view.method} cannot be computed for {model_name!r}: {exc}")
-        return [[None, None] for _ in paths]
 
 
 def _per_class(result: Comparison) -> None:
@@ -209,6 +235,120 @@ def _per_class(result: Comparison) -> None:
         st.dataframe(top, hide_index=True, width="stretch", column_config=number)
     with st.expander(f"All {len(table)} classes"):
         st.dataframe(table, hide_index=True, width="stretch", column_config=number)
+
+
+# ----------------------------------------------------------------------------- a group's images
+
+
+def _group_gallery(
+    config_path: str,
+    view: ViewState,
+    gate: Gate,
+    model_b: str,
+    kind: str,
+    name: str,
+    cell: Agreement,
+) -> None:
+    """One group's images of a cell (``Gate.rows`` order), with a line on the group and
+    buttons between its newly broken and fixed images."""
+    if not kind:
+        error_panel(
+            "Unknown group in the link",
+            UserFacingError(f"{name!r}: write group=class:<name> or group=slice:<name>"),
+        )
+        return
+    try:
+        mask = gate.mask(kind, name)
+    except UserFacingError as exc:
+        classes = ", ".join(gate.comparison.classes[:20])
+        error_panel("Unknown group in the link", UserFacingError(f"{exc} (classes: {classes}…)"))
+        return
+    st.markdown(f"**{model_b}** vs **{view.model}** · {group_summary(gate, kind, name)}")
+    counts = gate.table[(gate.table["group"] == kind) & (gate.table["name"] == name)]
+    broken = int(counts["broken"].iloc[0]) if len(counts) else 0
+    fixed = int(counts["fixed"].iloc[0]) if len(counts) else 0
+    row = st.columns(4)
+    buttons = ((Agreement.BROKEN, f"newly broken: {broken}"), (Agreement.FIXED, f"fixed: {fixed}"))
+    for column, (shown, label) in zip(row[:2], buttons, strict=True):
+        column.button(
+            label,
+            key=f"group-{shown.name}",
+            on_click=set_params,
+            args=({"agree": shown.name.lower()}, ("page", "csort")),
+            type="primary" if shown == cell else "secondary",
+            width="stretch",
+        )
+    if "group" in st.query_params:
+        row[2].button("All images", key="group-clear", on_click=set_params, args=({}, ("group",)))
+    pair_gallery(
+        config_path, view, (view.model, model_b), gate.comparison, cell, mask,
+        group_label(kind, name),
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- N candidates
+
+
+def _checkpoints_view(
+    config_path: str,
+    config: ProjectConfig,
+    view: ViewState,
+    chosen: list[str],
+    params: dict[str, str],
+) -> None:
+    refused: dict[str, str] = {}
+    prints = [""]
+    good: list[str] = []
+    with st.spinner(f"Evaluating {len(chosen) + 1} models…"):
+        try:
+            prints[0] = resources.evaluation(config_path, view.model, view.dataset).fingerprint
+        except UserFacingError as exc:
+            error_panel(f"Cannot evaluate the baseline {view.model!r} on {view.dataset!r}", exc)
+            st.stop()
+        for model in chosen:
+            try:
+                reason = _refusal(config, view.model, model, view.dataset)
+                if reason is not None:
+                    raise UserFacingError(reason)
+                prints.append(resources.evaluation(config_path, model, view.dataset).fingerprint)
+                good.append(model)
+            except UserFacingError as exc:
+                refused[model] = str(exc)
+    with st.spinner("Testing every class of every candidate…"):
+        found = analyses.checkpoints(
+            config_path, view.model, tuple(good), view.dataset, tuple(prints)
+        )
+    refused |= found.refused
+    for model, reason in refused.items():
+        st.warning(f"**{model}** is left out: {reason}", icon=":material/warning:")
+    if not found.gates:
+        error_panel("No candidate can be compared with the baseline", UserFacingError(
+            f"{view.model!r} on {view.dataset!r}: see the reasons above"))  # fmt: skip
+        st.stop()
+    gates = found.gates
+    any_gate = next(iter(gates.values()))
+    st.caption(
+        f"Baseline **{view.model}** against {len(gates)} candidates on *{view.dataset}*, "
+        f"{len(any_gate.comparison.true):,} images: the change in accuracy (recall, for a "
+        "class) from the baseline. ▼ regression, ▲ improvement: McNemar's exact test, Holm "
+        f"within each candidate, p < {any_gate.alpha:g} and a change of at least "
+        f"{any_gate.min_drop * 100:g} point (as `python -m core check`). Click a cell for its "
+        "newly broken or fixed images."
+    )
+    model_b = params.get("model_b", "")
+    cell = CELLS.get(params.get("agree", ""))
+    kind, name = parse_group(params.get("group"))
+    picked = model_b in gates and cell is not None
+    row = found.row_of(kind, name) if picked else None
+    selected = (row, found.candidates.index(model_b)) if row is not None else None
+    show_heatmap(found, selected)
+    if picked and cell is not None:
+        _group_gallery(config_path, view, gates[model_b], model_b, kind, name, cell)
+    order = [m.name for m in config.models if m.name == view.model or m.name in gates]
+    show_accuracy(found, order, view.model)
+    significant = significant_table(found)
+    with st.expander(f"Regressions and improvements ({len(significant)})"):
+        st.dataframe(significant, hide_index=True, width="stretch")
 
 
 main()
