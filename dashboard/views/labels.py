@@ -19,6 +19,7 @@ from dashboard.parts.gallery import card_html
 from dashboard.parts.notes import author, author_input, badge_text
 from dashboard.parts.page import evaluation_or_stop, project_view
 from dashboard.parts.sidebar import model_and_dataset
+from dashboard.parts.slice_bar import slice_bar
 from dashboard.state import analyses, resources
 from dashboard.state.settings import settings
 from dashboard.state.url import bind
@@ -37,13 +38,18 @@ def main() -> None:
     author_input(server)
     st.title("Suspected label errors")
     result = evaluation_or_stop(config_path, view)
+    flt = slice_bar(project, result)
     with st.spinner(f"Finding suspected label errors in {len(result.index):,} images…"):
         flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
     rows = analyses.arrays(result)
     ranked = flags.ranked_issues()
+    total = len(flags)
+    if flt is not None:  # the slice's flagged images, in the same order
+        ranked, total = ranked[flt.positions[ranked]], flt.images
     st.caption(
-        f"cleanlab's `find_label_issues` flags **{len(ranked)} of {len(flags)}** images of "
-        f"*{view.dataset}* under *{view.model}*; most suspect first (lowest probability of the "
+        f"cleanlab's `find_label_issues` flags **{len(ranked)} of {total}** images of "
+        f"*{view.dataset}*{' in the slice' if flt is not None else ''} under *{view.model}*; "
+        "most suspect first (lowest probability of the "
         "given label). Confirm with the buttons: they only tag the image, nothing is relabelled."
     )
     if flags.unsaved:

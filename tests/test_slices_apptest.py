@@ -1,0 +1,74 @@
+"""The slice filter and the Slices page with AppTest, driven by the URL (digits: no metadata,
+so its slices are the image properties and the true class)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.apptest import APP, VIEWS, run
+from tests.projects import expected, write_config
+
+SLICES = str(VIEWS / "slices.py")
+LABELS = str(VIEWS / "labels.py")
+DIGITS = {"model": "digits-cnn", "dataset": "digits-test"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_config(tmp_path_factory.mktemp("slices"))
+    expected(path)
+    return path
+
+
+def _captions(at) -> list[str]:  # type: ignore[no-untyped-def]
+    return [c.value for c in at.caption]
+
+
+def test_a_slice_in_the_url_restricts_the_matrix(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    result = expected(project)
+    threes = int((result.true == 3).sum())
+    at = run(APP, project, monkeypatch, **DIGITS, where="class:3")
+    assert not at.exception
+    assert any(c.startswith(f"{threes} images · rows: true class") for c in _captions(at))
+    assert any(f"{threes} images in the slice" in c for c in _captions(at))
+    assert [b.label for b in at.button if b.label == "class = 3"]  # its chip
+    at.button(key="slice:chip:0").click().run()  # removing the chip: every image again
+    assert not at.exception
+    assert "where" not in at.query_params
+    total = len(result.index)
+    assert any(c.startswith(f"{total:,} images · rows: true class") for c in _captions(at))
+
+
+@pytest.mark.parametrize(
+    "where", ["nosuch:1", ";;;", "class:eleven", "brightness:abc..", "class:3;class:4", "x" * 3000]
+)
+def test_a_bad_slice_is_named_and_the_whole_set_shown(
+    project: Path,
+    monkeypatch,
+    where: str,  # type: ignore[no-untyped-def]
+) -> None:
+    result = expected(project)
+    at = run(APP, project, monkeypatch, **DIGITS, where=where)
+    assert not at.exception
+    assert any("The slice in the link is not applied" in w.value for w in at.warning)
+    total = len(result.index)
+    assert any(c.startswith(f"{total:,} images · rows: true class") for c in _captions(at))
+
+
+def test_the_slices_page_lists_columns_and_applies_a_slice(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    at = run(SLICES, project, monkeypatch, **DIGITS)
+    assert not at.exception
+    assert at.title[0].value.startswith("Slices")
+    chosen = at.multiselect[0].value
+    assert "class" in chosen and "brightness" in chosen  # a property and the true class
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_label_errors_page_keeps_to_the_slice(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    result = expected(project)
+    threes = int((result.true == 3).sum())
+    at = run(LABELS, project, monkeypatch, **DIGITS, where="class:3")
+    assert not at.exception
+    assert any(f"of {threes}** images" in c for c in _captions(at))
