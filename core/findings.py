@@ -32,6 +32,7 @@ from core.notes import (
 )
 
 __all__ = [
+    "EDITABLE",
     "KINDS",
     "MAX_CONTEXT_CHARS",
     "MAX_PATHS",

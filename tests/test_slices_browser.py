@@ -38,7 +38,8 @@ POINTS = """() => {
     return gd && gd.calcdata ? [gd.data[0].y, gd.calcdata[0].map(c => c.x)] : null;
 }"""
 COUNTS = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')[0]
-    .querySelectorAll('g.mark-text.role-mark text')].map(t => Number(t.textContent.replace(/,/g, '')))"""
+    .querySelectorAll('g.mark-text.role-mark text')]
+    .map(t => Number(t.textContent.replace(/,/g, '')))"""
 
 
 def _matrix(frame: pd.DataFrame, k: int) -> np.ndarray:

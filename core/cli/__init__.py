@@ -15,10 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from core.cli import analyses, check, evaluate, labels, report, slices, trust, verify
-from core.cli.common import arrays as _arrays
-from core.cli.common import results as _results
+from core.cli.common import arrays as _arrays  # noqa: F401 (tests and scripts use these)
+from core.cli.common import results as _results  # noqa: F401
 from core.cli.evaluate import export_batches, export_table
-from core.cli.evaluate import report as _report
+from core.cli.evaluate import report as _report  # noqa: F401
 from core.errors import UserFacingError
 
 __all__ = ["export_batches", "export_table", "main"]
