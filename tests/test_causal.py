@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,8 @@ from core.analysis.transplant import (
     spread_sample,
 )
 from core.cli import main
-from tests.test_patterns import _ranked, _sample_config
 
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_models"
 SHORTCUT = "shapes-resnet (shortcut)"
 CLEAN = "shapes-resnet (clean)"
 CORNER = (0.75, 0.75, 1.0, 1.0)
@@ -66,6 +68,7 @@ def test_hot_box_of_a_corner_cell() -> None:
     mean = np.zeros((4, 4), np.float32)
     mean[3, 3] = 1.0
     assert hot_box(mean, (16, 16)) == (13 / 16, 13 / 16, 1.0, 1.0)
+    assert hot_box(np.zeros((4, 4), np.float32), (8, 8)) == (0.0, 0.0, 1.0, 1.0)  # nowhere
     flat = np.full((4, 4), 1 / 16, np.float32)  # no place stands out: half the image, any half
     x0, y0, x1, y1 = hot_box(flat, (8, 8))
     assert (x1 - x0) * (y1 - y0) >= 0.5
@@ -194,6 +197,18 @@ def test_verdict_rule_and_round_trip() -> None:
 # ------------------------------------------------------------------------------ samples
 
 
+def _sample_config(folder: Path) -> Path:
+    """The sample config with every sample path absolute and its cache in ``folder``."""
+    text = (SAMPLE / "config.toml").read_text(encoding="utf-8")
+    text = text.replace('cache_dir = ".cache"', 'cache_dir = "cache"')
+    text = re.sub(r'"(?=(shapes|digits)/)', f'"{SAMPLE.as_posix()}/', text)
+    for name in ("digits_model.py", "shapes_models.py"):
+        shutil.copy(SAMPLE / name, folder / name)
+    path = folder / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _sample_config(tmp_path_factory.mktemp("causal-sample"))
@@ -205,12 +220,16 @@ def shortcut(sample: Path) -> dict[str, Any]:
 
 
 def _opened(config: Path, name: str) -> dict[str, Any]:
-    from core import load_config, load_model, open_dataset
+    """The model, shapes-test, the model's result on it (evaluated into the test's cache) and
+    its patterns."""
+    from core import evaluate, load_config, load_model, open_dataset
+    from core.analysis.patterns import result_patterns
 
-    patterns, result = _ranked(config, name)
     project = load_config(config)
     model = load_model(project.model(name))
     dataset = open_dataset(project.dataset("shapes-test"), model.spec.classes)
+    result = evaluate(model, dataset, project.cache_dir)
+    patterns = result_patterns(result)
     return {"patterns": patterns, "result": result, "model": model, "dataset": dataset}
 
 
@@ -278,6 +297,9 @@ def test_verdicts_are_stored_listed_and_regenerate_their_images(
     np.testing.assert_array_equal(examples.pred_control, stored.control_pred[order])
     recovered = np.argsort(stored.erase_pred == subject.pred, kind="stable")[:3]
     np.testing.assert_array_equal(examples.erased_pred, stored.erase_pred[recovered])
+    np.testing.assert_array_equal(
+        examples.erased_control_pred, stored.erase_control_pred[recovered]
+    )
     x0, y0, x1, y1 = examples.box
     changed = np.any(examples.after != examples.before, axis=(0, 3))
     assert changed[y0:y1, x0:x1].any() and not changed.sum() > changed[y0:y1, x0:x1].sum()
@@ -340,6 +362,7 @@ def test_verify_json_and_patterns_listing(sample: Path, capsys: pytest.CaptureFi
         (["--cell", "star,star", "--region", "a,b"], "--region takes"),
         (["--pattern", "1", "--region", "0,0,1,1"], "--region goes with --cell"),
         (["--pattern", "1", "--targets", "0"], "--targets must be"),
+        (["--pattern", "1", "--seed", "-1"], "--seed must be"),
     ],
 )
 def test_verify_refuses_bad_input(

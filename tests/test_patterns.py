@@ -226,7 +226,7 @@ def _sample_config(folder: Path) -> Path:
     """The sample config with absolute paths and its cache in ``folder``."""
     text = (SAMPLE / "config.toml").read_text(encoding="utf-8")
     text = text.replace('cache_dir = ".cache"', 'cache_dir = "cache"')
-    text = re.sub(r'^(weights|root) = "', rf'\1 = "{SAMPLE.as_posix()}/', text, flags=re.M)
+    text = re.sub(r'^(weights|root|metadata) = "', rf'\1 = "{SAMPLE.as_posix()}/', text, flags=re.M)
     for name in ("digits_model.py", "shapes_models.py"):
         shutil.copy(SAMPLE / name, folder / name)
     path = folder / "config.toml"

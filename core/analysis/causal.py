@@ -117,6 +117,8 @@ def hot_box(pred_map: np.ndarray, size: tuple[int, int]) -> tuple[float, float, 
     mean = np.maximum(np.asarray(pred_map, np.float64), 0.0)
     up = resize_matrix(mean.shape[0], height) @ mean @ resize_matrix(mean.shape[1], width).T
     hot = _hot_regions(up.reshape(1, -1).astype(np.float32))[0].reshape(height, width)
+    if not hot.any():  # an empty map looks nowhere: the whole input
+        return 0.0, 0.0, 1.0, 1.0
     ys, xs = np.flatnonzero(hot.any(1)), np.flatnonzero(hot.any(0))
     return xs[0] / width, ys[0] / height, (xs[-1] + 1) / width, (ys[-1] + 1) / height
 
@@ -332,6 +334,7 @@ _IMAGE_ARRAYS = (
 
 
 def image_paths(result: Results, rows: np.ndarray) -> list[str]:
+    """The manifest paths of ``rows``."""
     column = result.manifest.column("path").take(pa.array(np.asarray(rows, np.int64)))
     return [str(p) for p in column.to_pylist()]
 
@@ -353,8 +356,8 @@ def verify_subject(
     progress: Progress | None = None,
 ) -> Verdict:
     """Run the four arms on ``subject`` (see the module doc); nothing is stored."""
-    if targets < 1:
-        raise UserFacingError(f"targets must be at least 1, got {targets}")
+    if targets < 1 or seed < 0:
+        raise UserFacingError(f"targets must be at least 1 and seed at least 0: {targets}, {seed}")
     rng = np.random.default_rng(seed)
     size = model.spec.input_size
     box = pixel_box(subject.box, size)

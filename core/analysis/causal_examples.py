@@ -47,6 +47,9 @@ class Examples:
     erased: np.ndarray  # with the box inpainted
     erased_pred: np.ndarray  # prediction of ``erased``
     erased_prob: np.ndarray  # its probability
+    erased_control: np.ndarray  # the originals with the control box inpainted
+    erased_control_pred: np.ndarray  # prediction of ``erased_control``
+    erase_control_boxes: np.ndarray  # int64 [m, 4] the inpainted control box of each
 
 
 def verdict_examples(
@@ -75,13 +78,14 @@ def verdict_examples(
     after = paste(before, sources, box)
     control = paste(before, sources, box, verdict.control_from[t])
     erased = erase(originals, box)
-    new_pred, new_prob = classify(model, np.concatenate([after, control, erased]))
-    n = len(t)
+    erased_control = erase(originals, box, verdict.erase_control_at[e])
+    new_pred, new_prob = classify(model, np.concatenate([after, control, erased, erased_control]))
+    n, m = len(t), len(e)
     layer = result.meta.get("map_layer") or None
     x = model.normalize(torch.from_numpy(after).permute(0, 3, 1, 2)).to(model.device)
     maps = grad_cam(model.module, x, torch.from_numpy(new_pred[:n]), layer=layer) if n else x[:, 0]
-    w, h = box[2] - box[0], box[3] - box[1]
-    corners = verdict.control_from[t]
+    size_wh = np.array([box[2] - box[0], box[3] - box[1]])
+    corners, spots = verdict.control_from[t], verdict.erase_control_at[e]
     return Examples(
         box=box,
         target_paths=target_paths,
@@ -90,7 +94,7 @@ def verdict_examples(
         before=before,
         after=after,
         control=control,
-        control_boxes=np.concatenate([corners, corners + np.array([w, h])], 1).astype(np.int64),
+        control_boxes=np.concatenate([corners, corners + size_wh], 1).astype(np.int64),
         pred_before=result.pred[np.searchsorted(result.index, verdict.target_rows[t])],
         pred_after=new_pred[:n],
         prob_after=new_prob[:n],
@@ -99,6 +103,9 @@ def verdict_examples(
         erase_paths=erase_paths,
         originals=originals,
         erased=erased,
-        erased_pred=new_pred[2 * n :],
-        erased_prob=new_prob[2 * n :],
+        erased_pred=new_pred[2 * n : 2 * n + m],
+        erased_prob=new_prob[2 * n : 2 * n + m],
+        erased_control=erased_control,
+        erased_control_pred=new_pred[2 * n + m :],
+        erase_control_boxes=np.concatenate([spots, spots + size_wh], 1).astype(np.int64),
     )

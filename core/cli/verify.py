@@ -80,6 +80,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.targets < 1:
         raise UserFacingError(f"--targets must be at least 1, got {args.targets}")
+    if args.seed < 0:
+        raise UserFacingError(f"--seed must be at least 0, got {args.seed}")
     config = load_config(args.config)
     spec = config.model(args.model)
     dataset_name = dataset_of(config, spec.name, args.dataset)
