@@ -88,6 +88,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             source TEXT NOT NULL)""",
         "CREATE INDEX corrections_by_path ON corrections (dataset, path)",
     ),
+    (  # named slices (core.saved_slices: shared by everyone on the server, like tags)
+        """CREATE TABLE saved_slices (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, name TEXT NOT NULL,
+            slice TEXT NOT NULL, author TEXT NOT NULL, created TEXT NOT NULL, removed TEXT,
+            removed_by TEXT)""",
+        "CREATE UNIQUE INDEX saved_slices_live ON saved_slices (dataset, name)"
+        " WHERE removed IS NULL",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

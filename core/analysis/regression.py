@@ -6,8 +6,11 @@ true class, and any named boolean mask, e.g. a metadata slice) gets its size, bo
 accuracy (recall, for a class), the images the candidate **broke** (baseline right, candidate
 wrong) and **fixed** (the reverse), and McNemar's exact test on those two counts: the two-sided
 binomial test of ``fixed`` out of ``broken + fixed`` at 0.5, i.e. ``min(1, 2 P(X <= min))``
-(what :func:`scipy.stats.binomtest` computes; 1 when nothing changed). The p-values of all the
-groups are adjusted together with Holm's method. A group is a **regression** when the
+(what :func:`scipy.stats.binomtest` computes; 1 when nothing changed). The p-values are
+adjusted with Holm's method in two families: the model's own groups (overall and every class)
+together, and the slices (saved slices, metadata values) together. A dataset's many metadata
+bins then never dilute the power of the class tests, nor the classes that of the slices.
+A group is a **regression** when the
 candidate's accuracy is lower by at least ``min_drop`` and its adjusted p is below ``alpha``,
 an **improvement** by the same rule the other way.
 
@@ -147,7 +150,11 @@ def _tested(counts: pd.DataFrame, alpha: float, min_drop: float) -> pd.DataFrame
     table["candidate"] = counts["candidate_right"].to_numpy() / n
     table["change"] = (fixed - broken) / n
     table["p_raw"] = mcnemar_p(broken, fixed)
-    table["p"] = holm(table["p_raw"].to_numpy())
+    table["p"] = np.nan
+    family = (table["group"] == "slice").to_numpy()
+    for members in (~family, family):  # the model's groups; the slices
+        if members.any():
+            table.loc[members, "p"] = holm(table.loc[members, "p_raw"].to_numpy())
     significant = table["p"].to_numpy() < alpha
     floor = min_drop * n - 1e-9  # the change in images, so 1/100 counts as 0.01 exactly
     verdict = np.full(len(table), "", dtype=object)

@@ -115,13 +115,38 @@ def _dataset(config: ProjectConfig, baseline: str, candidate: str, asked: str | 
 
 
 def slice_masks(config: ProjectConfig, dataset: str, result: Results) -> dict[str, np.ndarray]:
-    """Named boolean masks over ``result``'s manifest rows, one per saved slice and metadata
-    value of ``dataset``: the "slice" groups.
+    """Named boolean masks over ``result``'s evaluated rows, one per saved slice of ``dataset``
+    (the dashboard's named slices) and per value (or quantile bin) of each of its metadata
+    columns: the "slice" groups. A saved slice that no longer fits the columns is skipped with
+    a note on stderr."""
+    from core.analysis.slice_columns import result_columns
+    from core.analysis.slices import Slice, SliceError, column_bins
+    from core.data.datasets import dataset_key, open_dataset
+    from core.notes import NotesError, NotesStore
+    from core.results.columns import result_metadata
+    from core.saved_slices import SavedSlices
 
-    Hook for ``core.analysis.slices`` (metadata columns and saved slices): until it exists
-    this returns no slice, and ``check`` tests overall and classes only.
-    """
-    return {}
+    spec = config.dataset(dataset)
+    data = open_dataset(spec, result.classes)
+    columns = result_columns(result, data, clusters=False)
+    masks: dict[str, np.ndarray] = {}
+    try:
+        named = SavedSlices(NotesStore(config.notes_db, read_only=True)).all(dataset_key(spec))
+    except NotesError as exc:
+        print(f"note: saved slices not read ({exc})", file=sys.stderr)
+        named = []
+    for saved in named:
+        try:
+            masks[saved.name] = Slice.parse(saved.slice).mask(columns)
+        except SliceError as exc:
+            print(f"note: saved slice {saved.name!r} skipped: {exc}", file=sys.stderr)
+    for name in result_metadata(result, data).names:
+        if name not in columns:
+            continue
+        bins = column_bins(columns[name])
+        for code, label in enumerate(bins.labels):
+            masks[f"{name} = {label}"] = bins.codes == code
+    return masks
 
 
 def group_link(gate: Gate, group: str, name: str, verdict: str, url: str | None = None) -> str:

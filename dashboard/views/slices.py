@@ -20,7 +20,7 @@ from core import Results
 from core.analysis.slices import Slice
 from dashboard.parts.page import ProjectView, evaluation_or_stop, project_view
 from dashboard.parts.sidebar import model_and_dataset
-from dashboard.parts.slice_bar import apply_slice, slice_bar
+from dashboard.parts.slice_bar import apply_slice, saved_slices, slice_bar
 from dashboard.state import slicing
 from dashboard.state.polling import stop_this_poll
 
@@ -47,6 +47,7 @@ def main() -> None:
         "Wilson intervals; ▼ marks a slice whose interval lies wholly below the overall "
         "accuracy. Click a slice to restrict every page to it."
     )
+    _saved(project)
     st.subheader("Where errors concentrate (slice finder)")
     found_slices(project, result)
     st.subheader("Accuracy by column")
@@ -95,6 +96,37 @@ def found_slices(project: ProjectView, result: Results) -> None:
         row[2].write(f"{item.errors:,}")
         row[3].write(f"{item.accuracy:.1%} ({item.ci[0]:.1%}–{item.ci[1]:.1%})")
         row[4].write(f"{item.p_value:.1g}")
+
+
+def _saved(project: ProjectView) -> None:
+    """The slices saved on this server for the dataset: one click applies one."""
+    from core.data.datasets import dataset_key
+    from core.notes import NotesError
+
+    try:
+        named = saved_slices(project).all(dataset_key(project.config.dataset(project.view.dataset)))
+    except NotesError as exc:
+        st.caption(f"Saved slices cannot be read: {exc}")
+        return
+    if not named:
+        return
+    st.subheader("Saved slices")
+    with st.container(horizontal=True):
+        for i, item in enumerate(named):
+            st.button(
+                item.name,
+                key=f"saved:{i}",
+                icon=":material/bookmark:",
+                help=f"{_label(item.slice)} · saved by {item.author}, "
+                f"{item.created[:16].replace('T', ' ')}",
+                on_click=_choose,
+                args=(item.slice,),
+            )
+
+
+def _label(param: str) -> str:
+    chosen = Slice.from_param(param)
+    return chosen.label() if chosen is not None else param
 
 
 def _columns(project: ProjectView, result: Results, overall: float) -> None:
