@@ -82,7 +82,7 @@ def test_click_the_first_pattern_and_see_exactly_its_images(tmp_path: Path) -> N
             "(e) => [e.innerText, ...[...e.querySelectorAll('input')].map(i => i.value)].join(' ')"
         )
         assert re.search(rf"pattern {first.cluster}: {first.images} images", value), value
-        page.locator(".pattern-strip").scroll_into_view_if_needed()
+        page.locator(".pattern-strip").first.scroll_into_view_if_needed()  # one per card
         screenshot(page, "pattern_cell")
         page.locator(".cam-card").first.scroll_into_view_if_needed()
         screenshot(page, "pattern_gallery")

@@ -104,7 +104,7 @@ class Subject:
     def key(self) -> str:
         """16 hex digits naming the cell, box and images (and the method's version)."""
         digest = hashlib.sha1(
-            f"{VERSION}|{self.true}|{self.pred}|{[round(v, 6) for v in self.box]}|".encode()
+            f"{VERSION}|{self.true}|{self.pred}|{[round(float(v), 6) for v in self.box]}|".encode()
         )
         digest.update(np.sort(np.asarray(self.rows, "<i8")).tobytes())
         return digest.hexdigest()[:16]
@@ -120,7 +120,12 @@ def hot_box(pred_map: np.ndarray, size: tuple[int, int]) -> tuple[float, float, 
     if not hot.any():  # an empty map looks nowhere: the whole input
         return 0.0, 0.0, 1.0, 1.0
     ys, xs = np.flatnonzero(hot.any(1)), np.flatnonzero(hot.any(0))
-    return xs[0] / width, ys[0] / height, (xs[-1] + 1) / width, (ys[-1] + 1) / height
+    return (
+        float(xs[0] / width),
+        float(ys[0] / height),
+        float((xs[-1] + 1) / width),
+        float((ys[-1] + 1) / height),
+    )
 
 
 def _input_size(result: Results) -> tuple[int, int]:

@@ -15,12 +15,14 @@ from core import Results, UserFacingError, cell_rows
 from core.analysis.gallery import page_count, page_rows, sort_rows
 from core.data.datasets import dataset_key
 from dashboard.parts.badges import cell_median, faithfulness_column
+from dashboard.parts.findings import cell_pin, pin_button
 from dashboard.parts.gallery import gallery_html, model_maps_at, rows_csv, stored_maps_at
 from dashboard.parts.inspect_dialog import inspect_picker
 from dashboard.parts.layers import layer_choice
 from dashboard.parts.page import error_panel
-from dashboard.parts.patterns import cell_patterns, cell_strip, pattern_filter
-from dashboard.state import analyses, resources
+from dashboard.parts.patterns import cell_patterns, pattern_filter, strip_cards
+from dashboard.parts.verdicts import pattern_strip, stored_labels
+from dashboard.state import analyses, corrections, resources
 from dashboard.state.polling import DIALOG_OPEN
 from dashboard.state.settings import settings
 from dashboard.state.slicing import SliceFilter
@@ -87,7 +89,7 @@ def cell_view(
         error_panel(f"Model {view.model!r} could not be loaded, so no maps can be shown", exc)
         return
     page = page_rows(rows, view.page, view.page_size)
-    strip = cell_strip(config_path, view, result, of_cell)
+    strip = strip_cards(config_path, view, result, of_cell, stored_labels(result, of_cell))
     gallery, problem, badges = gallery_html(
         config_path, view, result, page, layer, size, store, notes_key, heading
     )
@@ -101,7 +103,7 @@ def cell_view(
             "Patterns in this cell: groups of its images whose predicted-class maps agree "
             "(mean maps over an example image; flagged: unlikely by chance)"
         )
-        st.html(strip)
+        pattern_strip(config_path, view, result, of_cell, strip)  # with Test this pattern
     if pattern_note:
         st.caption(pattern_note)
     cols = st.columns([3, 4, 1.5, 2.5], vertical_alignment="bottom")
@@ -126,7 +128,7 @@ def cell_view(
                 max_value=pages,
                 step=1,
             )
-    with cols[3]:
+    with cols[3].container(horizontal=True, vertical_alignment="bottom"):
         st.download_button(
             "Download rows (CSV)",
             partial(rows_csv, rows, names),  # made when clicked, not on every rerun
@@ -134,6 +136,8 @@ def cell_view(
             mime="text/csv",
             help="Every image of this cell (all pages) with its probabilities and loss",
         )
+        pin = partial(cell_pin, view, result, rows, chosen.cluster if chosen else None, flt)
+        pin_button(pin, config_path=config_path, view=view, key="pin:cell")
     if problem:
         st.warning(problem)
     st.html(gallery)
@@ -157,18 +161,19 @@ def _waiting_for_model(config_path: str, model: str, subheading: str) -> DeltaGe
 
 def _with_scores(config_path: str, view: ViewState, result: Results) -> pd.DataFrame:
     """The predictions, plus the label-quality or map-faithfulness score when the gallery is
-    sorted by it."""
+    sorted by it; with the corrected labels when the URL asks for them."""
+    table = corrections.predictions(config_path, view.dataset, result)
     if SORTS[view.sort][0] == "faithfulness":
         try:
             layer = layer_choice(config_path, view)[1]
         except UserFacingError:
-            return result.predictions.assign(faithfulness=np.nan)
+            return table.assign(faithfulness=np.nan)
         scores = faithfulness_column(config_path, view, result, layer)
-        return result.predictions.assign(faithfulness=scores)
+        return table.assign(faithfulness=scores)
     if SORTS[view.sort][0] != "label_quality":
-        return result.predictions
+        return table
     flags = analyses.quality(config_path, view.model, view.dataset, result.fingerprint)
-    return result.predictions.assign(label_quality=flags.self_confidence)
+    return table.assign(label_quality=flags.self_confidence)
 
 
 def _tag_filter(view: ViewState, tags: list[str]) -> None:

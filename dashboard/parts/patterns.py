@@ -26,12 +26,12 @@ __all__ = [
     "CELL_WAITS_UP_TO",
     "cell_link",
     "cell_patterns",
-    "cell_strip",
     "display_map",
     "grid",
     "panels",
     "pattern_card",
     "pattern_filter",
+    "strip_cards",
 ]
 
 #: A click on a cell waits for the patterns up to this many images (then the strip appears once
@@ -78,9 +78,11 @@ def pattern_card(
     example: str,
     link: str | None,
     small: bool = False,
+    label: str = "",
 ) -> str:
-    """One pattern as HTML: heading (a link to its images when ``link``), counts, score and
-    centroid, and its mean predicted- and true-class maps over the example image."""
+    """One pattern as HTML: heading (a link to its images when ``link``) with ``label`` (HTML:
+    its causal test's verdict), counts, score and centroid, and its mean predicted- and
+    true-class maps over the example image."""
     true, pred = names[pattern.true], names[pattern.pred]
     other = "runner-up" if pattern.diagonal else f"true {true}"
     title = (
@@ -112,7 +114,7 @@ def pattern_card(
     return (
         f'<div class="pattern-card" data-true="{pattern.true}" data-pred="{pattern.pred}" '
         f'data-pattern="{pattern.cluster}" style="{_CARD}">'
-        f'<p style="margin:0 0 .25rem;font-weight:600">{heading}</p>'
+        f'<p style="margin:0 0 .25rem;font-weight:600">{heading} {label}</p>'
         f'<p style="{_CAPTION}">{escape(facts)}</p>'
         f'<div style="display:flex;gap:.5rem">{figures}</div>'
         f'<p style="{_CAPTION}">over {escape(example)}</p></div>'
@@ -157,21 +159,25 @@ def cell_patterns(
     return of_cell, chosen, ""
 
 
-def cell_strip(
+def strip_cards(
     config_path: str,
     view: ViewState,
     result: Results,
     of_cell: list[Pattern],
-) -> str:
-    """The cell's patterns as small cards (HTML; '' when it has none)."""
+    labels: list[str] | None = None,
+) -> list[str]:
+    """The strip's cards (HTML): the whole cell's ('' without maps), then one per pattern of
+    ``of_cell`` with its ``labels`` (verdicts); [] when the cell has no pattern."""
     if not of_cell:
-        return ""
+        return []
     dataset = resources.dataset(config_path, view.dataset, view.model)
     cards = [_whole_cell(dataset, result, of_cell[0], view.opacity)]
-    for pattern in of_cell:
+    for pattern, label in zip(of_cell, labels or [""] * len(of_cell), strict=True):
         urls, example = panels(dataset, result, pattern, view.opacity)
-        cards.append(pattern_card(pattern, result.classes, urls, example, None, small=True))
-    return grid(cards, 0, "pattern-strip")
+        cards.append(
+            pattern_card(pattern, result.classes, urls, example, None, small=True, label=label)
+        )
+    return cards
 
 
 def _whole_cell(dataset: ImageDataset, result: Results, first: Pattern, opacity: float) -> str:

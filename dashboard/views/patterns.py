@@ -2,6 +2,10 @@
 first. Each card shows the cell, its images, the score and the mean predicted- and true-class
 maps over an example image; its heading opens the Error-analysis cell view filtered to the
 pattern's images (a link: model, dataset, cell and pattern live in the URL).
+
+Up to :data:`~dashboard.state.analyses.WAIT_FOR_PATTERNS_UP_TO` images the page waits for the
+ranking; past that it is drawn at once and its cards come in a fragment that polls the
+background pass and stops its own timer once they are drawn (no page rerun).
 """
 
 from __future__ import annotations
@@ -9,15 +13,21 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from core import Results
 from core.analysis.patterns import FLAG_SCORE, Patterns
+from dashboard.parts.notes import author_input
 from dashboard.parts.page import evaluation_or_stop, project_view
-from dashboard.parts.patterns import cell_link, grid, panels, pattern_card
+from dashboard.parts.patterns import cell_link, panels, pattern_card
 from dashboard.parts.sidebar import model_and_dataset
+from dashboard.parts.verdicts import pattern_grid, stored_labels
 from dashboard.state import resources
 from dashboard.state.analyses import patterns_or_reason
+from dashboard.state.polling import until_done
+from dashboard.state.settings import settings
 from dashboard.state.url import bind
 
 PAGE_SIZE = 12
+POLL_SECONDS = 2.0  # how often the page looks for a large evaluation's ranking
 SHOW = {
     "all": "errors, then correct predictions",
     "errors": "errors only",
@@ -28,9 +38,7 @@ SHOW = {
 def main() -> None:
     project = project_view()
     config_path, view = project.config_path, project.view
-    params = st.query_params.to_dict()
-    show = params.get("show", "all") if params.get("show") in SHOW else "all"
-    flagged_only = params.get("flagged", "1") != "0"
+    show, flagged_only = _filters()
     with st.sidebar:
         model_and_dataset(project, ("page",))
         bind(st.selectbox, "Show", "show", show, list(SHOW), ("page",), format_func=SHOW.get)
@@ -40,17 +48,34 @@ def main() -> None:
             key="patterns-flagged",
             on_change=_on_flagged,
         )
+    author_input(settings())  # the name findings are pinned under
     st.title("Patterns: where many images made the model look at one place")
     result = evaluation_or_stop(config_path, view)
     with st.spinner(f"Finding patterns in {len(result.index):,} images…"):
         found, reason = patterns_or_reason(config_path, view.model, view.dataset, result)
+    until_done(_ranking, POLL_SECONDS, found is None and not reason)(config_path, result)
+
+
+def _filters() -> tuple[str, bool]:
+    """What the URL shows: "all", "errors" or "correct", and whether flagged patterns only."""
+    params = st.query_params.to_dict()
+    show = params.get("show", "all") if params.get("show") in SHOW else "all"
+    return show, params.get("flagged", "1") != "0"
+
+
+def _ranking(config_path: str, result: Results) -> bool:
+    """The ranked pattern cards, a page of them, or why there are none (a fragment: until the
+    background pass is done, it says the patterns are being found and polls). Returns whether
+    the pass is done. The view is read from the URL: the page number is a widget in here."""
+    view = project_view().view
+    show, flagged_only = _filters()
+    found, reason = patterns_or_reason(config_path, view.model, view.dataset, result)
     if reason:
         st.warning(reason, icon=":material/info:")
-        return
+        return True
     if found is None:
         st.info(f"Finding patterns in {len(result.index):,} images… (the first time only)")
-        _when_ready(config_path, view.model, view.dataset)
-        return
+        return False
     st.caption(
         "Per cell (true → predicted), the predicted-class Grad-CAM maps are clustered; a "
         "pattern is a cluster. Its score is −log10 of how likely it is that this many of the "
@@ -69,7 +94,7 @@ def main() -> None:
                 else "."
             )
         )
-        return
+        return True
     pages = -(-len(shown) // PAGE_SIZE)
     page = min(view.page, pages)
     cols = st.columns([2, 5])
@@ -78,12 +103,14 @@ def main() -> None:
             bind(st.number_input, f"Page (of {pages})", "page", page, min_value=1, max_value=pages)
     cols[1].caption(f"{len(shown):,} of {len(found):,} patterns")
     dataset = resources.dataset(config_path, view.dataset, view.model)
+    on_page = [found[int(i)] for i in shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]]
     cards = []
-    for i in shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]:
-        pattern = found[int(i)]
+    for pattern, label in zip(on_page, stored_labels(result, on_page), strict=True):
         urls, example = panels(dataset, result, pattern, view.opacity)
-        cards.append(pattern_card(pattern, result.classes, urls, example, cell_link(view, pattern)))
-    st.html(grid(cards, 3))
+        link = cell_link(view, pattern)
+        cards.append(pattern_card(pattern, result.classes, urls, example, link, label=label))
+    pattern_grid(config_path, view, result, on_page, cards, 3)  # with Test this pattern
+    return True
 
 
 def _selected(found: Patterns, show: str, flagged_only: bool) -> np.ndarray:
@@ -101,15 +128,6 @@ def _selected(found: Patterns, show: str, flagged_only: bool) -> np.ndarray:
 def _on_flagged() -> None:
     st.query_params["flagged"] = "1" if st.session_state["patterns-flagged"] else "0"
     st.query_params.pop("page", None)
-
-
-@st.fragment(run_every=2.0)
-def _when_ready(config_path: str, model: str, dataset: str) -> None:
-    """Every 2 s until the background pass is done, then the page again."""
-    result = resources.evaluation(config_path, model, dataset)
-    found, reason = patterns_or_reason(config_path, model, dataset, result)
-    if found is not None or reason:
-        st.rerun(scope="app")
 
 
 main()
