@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
 import statistics
@@ -56,6 +57,18 @@ READY_JS = """(title) => {
     const imgs = Array.from(document.querySelectorAll('.cam-card img'));
     return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) && found[1];
 }"""
+# What a page shows when its gallery did not come: why the click counts as an error
+SHOWN_JS = """() => ({
+    cell: new URLSearchParams(location.search).get('cell'),
+    headings: Array.from(document.querySelectorAll('h3'), h => h.textContent).join(' | '),
+    stale: document.querySelectorAll('[data-stale="true"]').length,
+    running: !!document.querySelector('[data-testid="stStatusWidget"]'),
+    errors: Array.from(document.querySelectorAll('[data-testid="stException"]'),
+        e => e.textContent.slice(0, 200)),
+    images: document.querySelectorAll('.cam-card img').length,
+    unloaded: Array.from(document.querySelectorAll('.cam-card img'))
+        .filter(i => !(i.complete && i.naturalWidth > 0)).length,
+})"""
 
 
 async def user(
@@ -70,6 +83,7 @@ async def user(
     until = began + seconds
     latencies, errors, current = [], 0, None
     slow = []  # (seconds after the start line, latency, cell) of clicks over 2 s
+    failed = []  # (seconds after the start line, cell, what the page showed) of the errors
     while time.monotonic() < until:
         if think:  # looking at the page before clicking (also staggers the first clicks)
             await asyncio.sleep(rng.uniform(0, 2 * think))
@@ -80,6 +94,7 @@ async def user(
             await point_at_cell_async(page, true, pred)
         except Exception:  # the hover never reached the cell: the page is not usable
             errors += 1
+            failed.append((time.monotonic() - began, cell, "the pointer never rested on it"))
             continue
         start = time.perf_counter()  # from the press: pointing is the person's time
         await page.mouse.down()
@@ -92,9 +107,10 @@ async def user(
             errors += int(await shown.json_value()) != counts[cell]
         except Exception:  # a timeout is an error of the server under load
             errors += 1
+            failed.append((time.monotonic() - began - 30, cell, await page.evaluate(SHOWN_JS)))
         current = cell
     await context.close()
-    return latencies, errors, slow
+    return latencies, errors, slow, failed
 
 
 async def run(users: int, seconds: float, think: float) -> list[str]:
@@ -128,11 +144,12 @@ async def run(users: int, seconds: float, think: float) -> list[str]:
                 )
             )
             await browser.close()
-    latencies = [t for lat, _, _ in results for t in lat]
-    errors = sum(e for _, e, _ in results)
-    slow = sorted(s for _, _, user_slow in results for s in user_slow)
+    latencies = [t for lat, *_ in results for t in lat]
+    errors = sum(e for _, e, *_ in results)
+    slow = sorted(s for _, _, user_slow, _ in results for s in user_slow)
+    failed = sorted((f for *_, user_failed in results for f in user_failed), key=lambda f: f[0])
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
-    firsts = [lat[0] for lat, _, _ in results if lat]
+    firsts = [lat[0] for lat, *_ in results if lat]
     verdict = "PASS" if p95 <= 2.0 and errors == 0 else "FAIL"
     row = [
         users,
@@ -148,7 +165,9 @@ async def run(users: int, seconds: float, think: float) -> list[str]:
         f"max {max(firsts, default=float('nan')):.3f} s; {len(slow)} clicks over 2 s"
         + (" (s after start: latency): " if slow else "")
         + ", ".join(f"{at:.1f}: {lat:.2f}" for at, lat, _ in slow[:12])
-        + (" …" if len(slow) > 12 else "")
+        + (" …" if len(slow) > 12 else ""),
+        *(f"error {at:.1f} s after start, cell {cell}: {shown}" for at, cell, shown in failed),
+        f"load average at the end: {os.getloadavg()}",
     ]
     return ["| " + " | ".join(str(v) for v in row) + " |", *notes]
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     )
     from core.analysis.patterns import Pattern, Patterns, result_patterns
     from core.analysis.similar import similar_images
+    from core.analysis.slice_columns import result_columns
+    from core.analysis.slice_finder import find_slices, result_slices
+    from core.analysis.slices import Slice, slice_table
     from core.config import DatasetSpec, ModelSpec, ProjectConfig, load_config
     from core.corrections import CorrectionsStore, corrected_true
     from core.data.datasets import ImageDataset, dataset_key, open_dataset
@@ -77,6 +80,7 @@ _EXPORTS = {
     "Patterns": "core.analysis.patterns",
     "ProjectConfig": "core.config",
     "Results": "core.results",
+    "Slice": "core.analysis.slices",
     "SkippedFile": "core.results",
     "StoreError": "core.results",
     "StoreWriteError": "core.results",
@@ -96,6 +100,7 @@ _EXPORTS = {
     "evaluate": "core.results.evaluate",
     "evaluation_maps": "core.explain.cam",
     "faithfulness": "core.explain.faithfulness",
+    "find_slices": "core.analysis.slice_finder",
     "find_target_layer": "core.explain.layers",
     "focus_classes": "core.analysis.metrics",
     "grad_cam": "core.explain.cam",
@@ -111,11 +116,14 @@ _EXPORTS = {
     "predict": "core.results.local_engine",
     "random_maps": "core.explain.faithfulness",
     "reliability": "core.analysis.calibration",
+    "result_columns": "core.analysis.slice_columns",
     "result_layout": "core.analysis.embedding_map",
     "result_patterns": "core.analysis.patterns",
+    "result_slices": "core.analysis.slice_finder",
     "saliency": "core.explain.cam",
     "sanity_check": "core.explain.sanity",
     "similar_images": "core.analysis.similar",
+    "slice_table": "core.analysis.slices",
     "top_confused_pairs": "core.analysis.metrics",
 }
 
@@ -141,6 +149,7 @@ __all__ = [
     "ProjectConfig",
     "Results",
     "SkippedFile",
+    "Slice",
     "StoreError",
     "StoreWriteError",
     "UserFacingError",
@@ -159,6 +168,7 @@ __all__ = [
     "evaluate",
     "evaluation_maps",
     "faithfulness",
+    "find_slices",
     "find_target_layer",
     "focus_classes",
     "grad_cam",
@@ -174,11 +184,14 @@ __all__ = [
     "predict",
     "random_maps",
     "reliability",
+    "result_columns",
     "result_layout",
     "result_patterns",
+    "result_slices",
     "saliency",
     "sanity_check",
     "similar_images",
+    "slice_table",
     "top_confused_pairs",
 ]  # the keys of _EXPORTS (tests/test_public_api.py)
 

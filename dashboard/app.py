@@ -38,5 +38,6 @@ pages = [
     st.Page(ROOT / "dashboard" / "views" / "patterns.py", title="Patterns", url_path="patterns"),
     st.Page(ROOT / "dashboard" / "views" / "map.py", title="Map", url_path="map"),
     st.Page(ROOT / "dashboard" / "views" / "notes.py", title="Tags & notes", url_path="notes"),
+    st.Page(ROOT / "dashboard" / "views" / "findings.py", title="Findings", url_path="findings"),
 ]
 st.navigation(pages).run()

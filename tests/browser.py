@@ -381,3 +381,48 @@ def wait_for_idle_page(page, timeout: float = 120_000) -> None:  # type: ignore[
             timeout=timeout,
         )
         page.wait_for_timeout(1_000)
+
+
+class Reruns:
+    """The reruns on one page's websocket, decoded: those the browser asks for (a click, a
+    fragment's timer: ``asked``, the fragment's id or "" for the whole page) and the page runs
+    the server starts (``page_runs``: a run of the whole page, not of a fragment). A page run
+    that no request of the browser asked for was started by the server itself (``st.rerun``)."""
+
+    def __init__(self, page) -> None:  # type: ignore[no-untyped-def]
+        self.asked: list[str] = []
+        self.page_runs = 0
+        page.on("websocket", self._watch)
+
+    def _watch(self, ws) -> None:  # type: ignore[no-untyped-def]
+        ws.on("framesent", self._sent)
+        ws.on("framereceived", self._received)
+
+    def _sent(self, frame: bytes | str) -> None:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+
+        if isinstance(frame, bytes):
+            msg = BackMsg.FromString(frame)
+            if msg.WhichOneof("type") == "rerun_script":
+                self.asked.append(msg.rerun_script.fragment_id)
+
+    def _received(self, frame: bytes | str) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        if isinstance(frame, bytes):
+            msg = ForwardMsg.FromString(frame)
+            if msg.WhichOneof("type") == "new_session" and not msg.metadata.run.fragment_ids:
+                self.page_runs += 1
+
+    @property
+    def page_requests(self) -> int:
+        """How many times the browser asked for a run of the whole page (loads, widgets)."""
+        return sum(1 for fragment in self.asked if not fragment)
+
+    def assert_quiet(self, page, seconds: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+        """No page run the browser did not ask for so far, and, for ``seconds`` from now, no
+        request at all (no poll's timer still running)."""
+        before = len(self.asked)
+        page.wait_for_timeout(seconds * 1_000)
+        assert self.asked[before:] == [], self.asked[before:]
+        assert self.page_runs <= self.page_requests, (self.page_runs, self.asked)

@@ -69,6 +69,27 @@ class Checkpoints:
         )
         return int(found[0]) if len(found) else None
 
+    def significant_rows(self) -> np.ndarray:
+        """Rows (indices into ``groups``) where any candidate regressed or improved, with the
+        overall row always first."""
+        keep = (self.values["verdict"] != "").any(axis=1) | (self.groups["group"] == "overall")
+        return np.flatnonzero(np.asarray(keep))
+
+    def subset(self, rows: np.ndarray) -> Checkpoints:
+        """The same grid with only ``rows`` (indices into ``groups``), in that order."""
+        groups = self.groups.iloc[rows].reset_index(drop=True)
+        values = {k: v[rows] for k, v in self.values.items()}
+        return Checkpoints(self.baseline, self.gates, self.refused, groups, values)
+
+    def within(self, positions: np.ndarray) -> Checkpoints:
+        """The grid on only some of the baseline's images, e.g. one slice of the test set:
+        ``positions`` is bool over the baseline's evaluated rows (``Results.true``'s order);
+        each candidate's check is run again on the images it pairs there
+        (:meth:`core.analysis.regression.Gate.subset`), so every group keeps only those."""
+        keep = np.asarray(positions, bool)
+        gates = {m: g.subset(keep[g.comparison.rows_a]) for m, g in self.gates.items()}
+        return checkpoints_of(self.baseline, gates, self.refused)
+
     def accuracy(self, order: Sequence[str] | None = None) -> pd.DataFrame:
         """Accuracy of each group (rows, as ``groups``) under each checkpoint (columns): the
         baseline and the candidates, in ``order`` (default: baseline first)."""

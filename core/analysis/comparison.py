@@ -9,7 +9,7 @@ at p = 0.5 (:func:`scipy.stats.binomtest`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import numpy as np
@@ -44,6 +44,8 @@ _LABELS = {
     Agreement.SAME_WRONG: "both wrong, same class",
     Agreement.DIFFERENT_WRONG: "both wrong, different classes",
 }
+
+_PER_IMAGE = ("paths", "rows_a", "rows_b", "true", "pred_a", "pred_b", "prob_a", "prob_b", "cell")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,16 @@ class Comparison:
         """McNemar's exact test on the discordant pairs (fixed vs newly broken)."""
         c = self.counts()
         return mcnemar_exact(c[Agreement.FIXED], c[Agreement.BROKEN])
+
+    def subset(self, mask: np.ndarray) -> Comparison:
+        """Only the matched images where ``mask`` (bool over ``paths``) is true, in the same
+        order: every count, test and table of the result is then of those images. A mask over
+        A's evaluated rows (e.g. a slice) is one over these images as ``mask[self.rows_a]``.
+        ``only_a`` and ``only_b`` still count the whole pairing's unmatched images."""
+        keep = np.asarray(mask, bool)
+        if keep.shape != self.cell.shape:
+            raise ValueError(f"mask of {keep.shape} entries for {len(self.cell)} matched images")
+        return replace(self, **{name: getattr(self, name)[keep] for name in _PER_IMAGE})
 
     def cell_positions(self, cell: Agreement, descending: bool = True) -> np.ndarray:
         """Matched positions of one cell, by change in true-class probability (B - A)."""

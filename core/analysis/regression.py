@@ -179,6 +179,7 @@ class Gate:
     alpha: float
     min_drop: float
     slices: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    by: tuple[str, ...] = GROUP_KINDS
 
     @property
     def baseline(self) -> str:
@@ -218,6 +219,17 @@ class Gate:
             return self.slices[name]
         raise UserFacingError(f"no group {group}:{name} in this check")
 
+    def subset(self, mask: np.ndarray) -> Gate:
+        """The same check on only the paired images where ``mask`` (bool over
+        ``comparison``'s images) is true, e.g. one slice of the test set: every group keeps
+        just those images (a group left with none drops out) and is tested again, Holm's
+        adjustment over the groups that remain."""
+        keep = np.asarray(mask, bool)
+        slices = {name: m[keep] for name, m in self.slices.items()}
+        return check_pairs(
+            self.comparison.subset(keep), self.dataset, self.by, slices, self.alpha, self.min_drop
+        )
+
     def rows(self, group: str, name: str, cell: Agreement | None = None) -> np.ndarray:
         """Positions (into ``comparison``'s images) of a group's newly broken images, or of
         another agreement cell (``Agreement.FIXED``: the fixed ones); the fixed ones by gain in
@@ -250,7 +262,8 @@ def check_pairs(
             )
     counts = group_counts(comparison.true, right_a, right_b, comparison.classes, by, aligned)
     table = _tested(counts, alpha, min_drop)
-    return Gate(comparison, dataset, table, alpha, min_drop, aligned if "slice" in by else {})
+    kept = aligned if "slice" in by else {}
+    return Gate(comparison, dataset, table, alpha, min_drop, kept, tuple(by))
 
 
 def check_results(

@@ -120,10 +120,12 @@ class Condition:
         text) or null for the missing value."""
         if self.value == MISSING:
             return None
+        if column is not None and not column.numeric:
+            return self.value  # a category, even one with ".." in it
         if self.is_range:
             lo, _, hi = self.value.partition("..")
             return [_json_number(lo, column), _json_number(hi, column)]
-        if column is not None and column.numeric:
+        if column is not None:
             return _json_number(self.value, column)
         return self.value
 

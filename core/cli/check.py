@@ -119,34 +119,22 @@ def slice_masks(config: ProjectConfig, dataset: str, result: Results) -> dict[st
     (the dashboard's named slices) and per value (or quantile bin) of each of its metadata
     columns: the "slice" groups. A saved slice that no longer fits the columns is skipped with
     a note on stderr."""
-    from core.analysis.slice_columns import result_columns
-    from core.analysis.slices import Slice, SliceError, column_bins
+    from core.analysis.slice_groups import result_slice_groups
     from core.data.datasets import dataset_key, open_dataset
     from core.notes import NotesError, NotesStore
-    from core.results.columns import result_metadata
     from core.saved_slices import SavedSlices
 
     spec = config.dataset(dataset)
     data = open_dataset(spec, result.classes)
-    columns = result_columns(result, data, clusters=False)
-    masks: dict[str, np.ndarray] = {}
     try:
         named = SavedSlices(NotesStore(config.notes_db, read_only=True)).all(dataset_key(spec))
     except NotesError as exc:
         print(f"note: saved slices not read ({exc})", file=sys.stderr)
         named = []
-    for saved in named:
-        try:
-            masks[saved.name] = Slice.parse(saved.slice).mask(columns)
-        except SliceError as exc:
-            print(f"note: saved slice {saved.name!r} skipped: {exc}", file=sys.stderr)
-    for name in result_metadata(result, data).names:
-        if name not in columns:
-            continue
-        bins = column_bins(columns[name])
-        for code, label in enumerate(bins.labels):
-            masks[f"{name} = {label}"] = bins.codes == code
-    return masks
+    groups = result_slice_groups(result, data, [(s.name, s.slice) for s in named])
+    for name, reason in groups.skipped.items():
+        print(f"note: saved slice {name!r} skipped: {reason}", file=sys.stderr)
+    return groups.masks
 
 
 def group_link(gate: Gate, group: str, name: str, verdict: str, url: str | None = None) -> str:

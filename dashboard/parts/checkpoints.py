@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # Plotly loads when the view is drawn
 
 __all__ = [
     "HEATMAP_KEY",
+    "LABELLED_ROWS",
     "accuracy_figure",
     "agree_of",
     "group_label",
@@ -56,6 +57,7 @@ HOVER = (
     "<br>%{customdata[12]}<extra></extra>"
 )
 LINE_CLASSES = 10  # per-class lines drawn in the accuracy chart (those that vary most)
+LABELLED_ROWS = 60  # up to this many groups, each row is labelled
 
 
 def parse_group(param: str | None) -> tuple[str, str]:
@@ -102,19 +104,6 @@ def heatmap_figure(result: Checkpoints, selected: tuple[int, int] | None = None)
     change = values["change"] * 100  # points
     span = max(1.0, float(np.nanmax(np.abs(change))) if change.size else 1.0)
     xs, ys = np.tile(np.arange(cols), rows), np.repeat(np.arange(rows), cols)
-    flat = {k: v.reshape(-1) for k, v in values.items()}
-    agree = agree_of(flat["change"], flat["broken"], flat["fixed"])
-    models = np.asarray(result.candidates, dtype=object)
-    kinds = result.groups["group"].to_numpy(dtype=object)
-    names = result.groups["name"].to_numpy(dtype=object)
-    payload = np.empty((rows * cols, len(PAYLOAD)), dtype=object)
-    payload[:, 0] = models[xs] if cols else []
-    payload[:, 1], payload[:, 2], payload[:, 3] = kinds[ys], names[ys], agree
-    for i, key in enumerate(("n", "baseline", "candidate"), start=4):
-        payload[:, i] = flat[key]
-    payload[:, 7] = flat["change"] * 100
-    for i, key in enumerate(("broken", "fixed", "p", "p_raw", "verdict"), start=8):
-        payload[:, i] = flat[key]
     row_px = int(np.clip(700 / max(rows, 1), 1, 34))
     figure = go.Figure(
         [
@@ -139,7 +128,7 @@ def heatmap_figure(result: Checkpoints, selected: tuple[int, int] | None = None)
                 marker={"size": 4, "opacity": 0, "color": "black"},
                 selected={"marker": {"opacity": 0}},
                 unselected={"marker": {"opacity": 0}},
-                customdata=payload,
+                customdata=_payload(result, xs, ys),
                 hovertemplate=HOVER,
                 showlegend=False,
                 name="cells",
@@ -161,8 +150,9 @@ def heatmap_figure(result: Checkpoints, selected: tuple[int, int] | None = None)
             "zeroline": False,
         },
         yaxis={
-            "tickvals": list(range(rows)) if rows <= 60 else None,
-            "ticktext": labels if rows <= 60 else None,
+            "tickvals": list(range(rows)) if rows <= LABELLED_ROWS else None,
+            "ticktext": labels if rows <= LABELLED_ROWS else None,
+            "showticklabels": rows <= LABELLED_ROWS,  # past that, the hover names the group
             "range": [rows - 0.5, -0.5],  # overall on top
             "showgrid": False,
             "zeroline": False,
@@ -176,6 +166,25 @@ def heatmap_figure(result: Checkpoints, selected: tuple[int, int] | None = None)
             line={"color": "black", "width": 3}, layer="above",
         )  # fmt: skip
     return figure
+
+
+def _payload(result: Checkpoints, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Each cell's :data:`PAYLOAD` (row-major, as ``xs`` and ``ys``), built column by column."""
+    flat = {k: v.reshape(-1) for k, v in result.values.items()}
+    models = np.asarray(result.candidates, dtype=object)
+    kinds = result.groups["group"].to_numpy(dtype=object)
+    names = result.groups["name"].to_numpy(dtype=object)
+    payload = np.empty((len(xs), len(PAYLOAD)), dtype=object)
+    payload[:, 0] = models[xs] if len(models) else []
+    payload[:, 1], payload[:, 2] = kinds[ys], names[ys]
+    payload[:, 3] = agree_of(flat["change"], flat["broken"], flat["fixed"])
+    for i, key in enumerate(("n", "baseline", "candidate"), start=4):
+        payload[:, i] = flat[key]
+    payload[:, 7] = flat["change"] * 100
+    for i, key in enumerate(("broken", "fixed", "p", "p_raw", "verdict"), start=8):
+        payload[:, i] = flat[key]
+    payload[pd.isna(payload)] = None  # a group a candidate lacks: null, not NaN, in the JSON
+    return payload
 
 
 def _marks(verdict: np.ndarray, row_px: int) -> go.Scatter:
@@ -236,11 +245,12 @@ def group_summary(gate: Gate, kind: str, name: str) -> str:
     verdict = {"regression": " — **regression**", "improvement": " — **improvement**"}.get(
         r["verdict"], ""
     )
+    family = int(((table["group"] == "slice") == (kind == "slice")).sum())  # Holm's family
     return (
         f"{group_label(kind, name).capitalize()}: {int(r['n']):,} images, accuracy "
         f"{r['baseline']:.1%} → {r['candidate']:.1%} ({r['change'] * 100:+.2f} points); "
         f"{int(r['broken']):,} newly broken, {int(r['fixed']):,} fixed; p = {r['p']:.3g} "
-        f"(Holm over {len(table):,} groups; McNemar {r['p_raw']:.3g}){verdict}"
+        f"(Holm over {family:,} groups; McNemar {r['p_raw']:.3g}){verdict}"
     )
 
 

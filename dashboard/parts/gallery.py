@@ -94,6 +94,7 @@ def gallery_html(
         maps: list[list[np.ndarray | None] | Unavailable]
         if uses_stored_maps(result, view.method, layer):  # made in the evaluation: no model call
             maps = stored_maps(result, rows, size)  # type: ignore[assignment]
+            maps = _corrected_maps(config_path, view, dataset, result, rows, layer, maps)
         else:
             model = resources.model(config_path, view.model)
             maps = page_maps(
@@ -167,6 +168,25 @@ def _card(
         badge_text(summary),
         panel_badges=["", *map_badges],
     )
+
+
+def _corrected_maps(config_path, view, dataset, result, rows, layer, maps):  # type: ignore[no-untyped-def]
+    """The stored maps, except for rows whose label was corrected (``given``, the dataset's
+    label, differs from ``true``): the stored second map is the dataset label's, so theirs are
+    computed for the corrected label."""
+    if "given" not in rows or not len(rows):
+        return maps
+    changed = np.flatnonzero((rows["given"] != rows["true"]).to_numpy())
+    if not len(changed):
+        return maps
+    model = resources.model(config_path, view.model)
+    cache = resources.map_cache()
+    fresh = page_maps(
+        model, dataset, rows.iloc[changed], view.method, layer, cache, result.fingerprint
+    )
+    for i, found in zip(changed, fresh, strict=True):
+        maps[i] = found
+    return maps
 
 
 def card_html(

@@ -10,6 +10,7 @@ from PIL import Image
 from core.data.datasets import dataset_key
 from core.errors import reason_of
 from dashboard.parts.curves import curves_panel
+from dashboard.parts.findings import image_pin, pin_button
 from dashboard.parts.notes import editor
 from dashboard.parts.similar import similar_section
 from dashboard.state import resources
@@ -60,7 +61,10 @@ def _inspect(
     model = resources.model(config_path, view.model)
     dataset = resources.dataset(config_path, view.dataset, view.model)
     probs = resources.evaluation(config_path, view.model, view.dataset).probs([row["index"]])[0]
-    st.markdown(f"**{row['path']}** · true {names[int(row['true'])]}")
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.markdown(f"**{row['path']}** · true {names[int(row['true'])]}")
+        pin = image_pin(row, names)
+        pin_button(pin, config_path=config_path, view=view, key="pin:image", label="Pin image")
     try:  # the gallery's own read: what a card shows, this shows
         image = dataset.image(row["path"], 3)
         x = model.normalize(model.resize(dataset.load(row["path"], model.spec.channels)))[None]

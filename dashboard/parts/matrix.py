@@ -24,13 +24,14 @@ import streamlit as st
 
 from core import Results, block_classes, block_sums, focus_classes, most_confused_classes
 from dashboard.parts.page import folded
-from dashboard.state import analyses, resources, slicing
-from dashboard.state.polling import DIALOG_OPEN
+from dashboard.state import analyses, corrections, resources, slicing
+from dashboard.state.polling import until_done
 from dashboard.state.slicing import SliceFilter
 from dashboard.state.url import bind, set_params
 from dashboard.state.view_state import COLOR_MODES, ViewState
 
 __all__ = [
+    "EXPLORER",
     "SELECTED_STROKE",
     "MatrixChart",
     "cell_of_selection",
@@ -48,6 +49,11 @@ TOP_N_OPTIONS = [0, 10, 20, 30, 50]
 FULL_MATRIX_LIMIT = 100  # past this many classes "all" is not offered: the overview replaces it
 DEFAULT_TOP = 20  # what a large matrix shows first
 OVERVIEW_BLOCKS = 40  # the overview of a large matrix: at most 40 × 40 clickable blocks
+MARK_POLL_SECONDS = 2.0  # how often the chart looks for a large evaluation's label-error marks
+#: The key of the fragment a page draws :func:`matrix_section` in, with what a click on the
+#: matrix shows (``views/analysis.py``: the selected cell's gallery). The chart sits in a
+#: fragment of its own (it is marked in place), so a click on it asks for this one's rerun.
+EXPLORER = "explorer"
 
 
 @dataclass(frozen=True)
@@ -274,10 +280,13 @@ def matrix_section(
 ) -> list[int]:
     """The matrix of the view's classes (a click selects a cell: the URL's ``cell``), its
     caption and, for many classes, the class finder and the overview; the classes shown.
-    With ``flt``, of the slice's images only."""
+    With ``flt``, of the slice's images only. Drawn in the fragment keyed :data:`EXPLORER`."""
     counts = resources.matrix(config_path, view.model, view.dataset)
     if flt is not None:
         counts = slicing.sliced_matrix(result, flt)
+    fixed = corrections.active(config_path, view.dataset, result)  # the URL's labels=corrected
+    if fixed is not None:
+        counts = fixed.matrix(flt)
     classes = result.classes
     n = len(classes)
     if n > TOP_N_THRESHOLD:
@@ -288,29 +297,21 @@ def matrix_section(
     found = (config_path, view.model, view.dataset, result.fingerprint)
     marked = analyses.quality_ready(*found)  # else drawn now, marked when they are found
     # the evaluation's fingerprint stands for the counts: new weights or images, new figure
-    scope = (result.fingerprint, view.color, tuple(shown), marked, flt.param if flt else "")
+    scope = (result.fingerprint, view.color, tuple(shown), flt.param if flt else "")
+    scope += (fixed.stamp if fixed is not None else "",)
     state = st.session_state
+    build = partial(matrix_chart, counts, classes, view.color, shown)
+    marks = partial(_flagged, found, result, flt)
     if state.get("chart_scope") != scope or state.get("chart_cell") != view.cell:
         # A change that did not come from a click on this chart: rebuild it, selection from the URL.
         state["chart_scope"], state["chart_cell"] = scope, view.cell
         state["chart_version"] = state.get("chart_version", 0) + 1
         # A click on the chart reuses this session's chart: the browser keeps what it drew.
-        flagged = analyses.flagged_matrix(*found) if marked else None
-        if marked and flt is not None:
-            issues = analyses.quality(*found).is_issue
-            flagged = slicing.sliced_matrix(result, flt, issues)
-        state["chart"] = matrix_chart(counts, classes, view.color, shown, view.cell, flagged)
-    chart = state["chart"]
+        state["chart"] = build(view.cell, marks() if marked else None)
+        state["chart_marked"] = marked
     key = f"matrix-{state['chart_version']}"
-    _draw(chart, key, partial(_on_click, key))
-    st.caption(
-        f"{int(counts.sum()):,} images · rows: true class · columns: predicted class"
-        + ("" if marked else " · finding suspected label errors (marked when found)…")
-    )
-    if not marked:
-        _mark_when_found(*found)
-    elif unsaved := analyses.quality(*found).unsaved:
-        st.caption(f"Suspected label errors are kept in memory while the server runs: {unsaved}")
+    # drawn and, while the label errors are found, marked in a fragment of its own
+    until_done(_marked_chart, MARK_POLL_SECONDS, not marked)(found, key, build, marks, counts)
     if n > TOP_N_THRESHOLD:
         _overview(view, result, counts)  # after the matrix: the page's first chart is the matrix
     return shown
@@ -329,6 +330,41 @@ def _draw(chart: MatrixChart, key: str, on_select: Callable[[], None]) -> None:
     )
 
 
+def _marked_chart(
+    found: tuple[str, str, str, str],
+    key: str,
+    build: Callable[[tuple[int, int] | None, np.ndarray | None], MatrixChart],
+    marks: Callable[[], np.ndarray],
+    counts: np.ndarray,
+) -> bool:
+    """The chart and its caption (a fragment: :func:`matrix_section`). Past
+    :data:`~dashboard.state.analyses.WAIT_FOR_QUALITY_UP_TO` probabilities it is drawn before
+    the suspected label errors are found and reruns until they are; then the same chart (same
+    key: a click on it, even one made just then, is kept) gets them in its tooltips, and nothing
+    else on the page is sent again. Returns whether they are found."""
+    state = st.session_state
+    marked = analyses.quality_ready(*found)
+    if marked and not state.get("chart_marked"):  # found since the chart was built
+        state["chart"], state["chart_marked"] = build(state.get("chart_cell"), marks()), True
+    _draw(state["chart"], key, partial(_on_click, key))
+    st.caption(
+        f"{int(counts.sum()):,} images · rows: true class · columns: predicted class"
+        + ("" if marked else " · finding suspected label errors (marked when found)…")
+    )
+    if marked and (unsaved := analyses.quality(*found).unsaved):
+        st.caption(f"Suspected label errors are kept in memory while the server runs: {unsaved}")
+    return marked
+
+
+def _flagged(
+    found: tuple[str, str, str, str], result: Results, flt: SliceFilter | None
+) -> np.ndarray:
+    """[true, pred] counts of the suspected label errors (of the slice's images, with ``flt``)."""
+    if flt is None:
+        return analyses.flagged_matrix(*found)
+    return slicing.sliced_matrix(result, flt, analyses.quality(*found).is_issue)
+
+
 def _on_click(key: str) -> None:
     cell = cell_of_selection(st.session_state[key].selection)
     st.session_state["chart_cell"] = cell  # the chart already shows it: keep the figure as is
@@ -336,15 +372,7 @@ def _on_click(key: str) -> None:
         set_params({}, reset=("cell", "page", "pattern"))
     else:
         set_params({"cell": f"{cell[0]},{cell[1]}"}, reset=("page", "pattern"))
-
-
-@st.fragment(run_every=2.0)
-def _mark_when_found(config_path: str, model: str, dataset: str, fingerprint: str) -> None:
-    """Every 2 s until the label-quality pass is done, then the matrix again, with its marks (not
-    while an Inspect dialog is open)."""
-    ready = analyses.quality_ready(config_path, model, dataset, fingerprint)
-    if ready and not st.session_state.get(DIALOG_OPEN):
-        st.rerun(scope="app")
+    st.rerun(EXPLORER)  # not only the chart's fragment: the cell's gallery too
 
 
 def matrix_settings(view: ViewState, n: int) -> None:

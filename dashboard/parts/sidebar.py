@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pandas as pd
 import streamlit as st
 
 from core import Results, accuracy
@@ -36,10 +37,13 @@ def model_and_dataset(
     bind(st.selectbox, "Dataset", "dataset", view.dataset, project.datasets, resets)
 
 
-def sidebar_summary(result: Results, flt: SliceFilter | None = None) -> None:
-    """Accuracy, counts (of the slice ``flt``, when given) and the files that could not be
-    read."""
-    table = result.predictions if flt is None else result.predictions[flt.positions]
+def sidebar_summary(
+    result: Results, flt: SliceFilter | None = None, predictions: pd.DataFrame | None = None
+) -> None:
+    """Accuracy, counts (of the slice ``flt``, when given; of ``predictions``, e.g. with
+    corrected labels, instead of the result's) and the files that could not be read."""
+    every = result.predictions if predictions is None else predictions
+    table = every if flt is None else every[flt.positions]
     errors = int((table["true"] != table["pred"]).sum())
     with st.sidebar:
         st.metric("Accuracy", f"{accuracy(table):.2%}")

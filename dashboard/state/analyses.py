@@ -9,6 +9,7 @@ search copy. Model comparisons are computed on the page's own run.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
@@ -72,10 +73,16 @@ def probabilities(result: Results) -> np.ndarray:
     return result.probs(result.index)
 
 
+def _wait_limit(name: str, default: int) -> int:
+    """A page's wait limit below, or the number in the environment variable ``name`` (tests set
+    0 to see a page that does not wait on a small project)."""
+    return int(os.environ.get(name, default))
+
+
 #: Up to this many probabilities (images × classes) a page that marks suspected label errors
 #: waits for them (about a second); past it the page is drawn at once and marked when they are
 #: found (1,000,000 × 1,000: 5–20 s, the first time only: they are saved with the results).
-WAIT_FOR_QUALITY_UP_TO = 20_000_000
+WAIT_FOR_QUALITY_UP_TO = _wait_limit("CAM_DASHBOARD_WAIT_FOR_QUALITY_UP_TO", 20_000_000)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -139,22 +146,38 @@ def checkpoints(
     candidates: tuple[str, ...],
     dataset_name: str,
     fingerprints: tuple[str, ...],
+    named: tuple[tuple[str, str], ...] = (),
+    where: str = "",
+    _positions: np.ndarray | None = None,
 ) -> Checkpoints:
-    """Each candidate checked against the baseline on one dataset, overall and per class (the
-    Compare page's grid); once per server for these evaluations (``fingerprints``: the
-    baseline's, then the candidates'). Candidates that cannot be paired are in ``refused``."""
+    """Each candidate checked against the baseline on one dataset, overall, per class and per
+    slice group (``named``: the saved slices as (name, URL form), then every metadata value,
+    as ``python -m core check`` tests them) (the Compare page's grid); once per server for
+    these evaluations (``fingerprints``: the baseline's, then the candidates') and slices.
+    With ``where`` (a slice's URL form; ``_positions`` its mask over the baseline's evaluated
+    rows), every group keeps only the slice's images. Candidates that cannot be paired are in
+    ``refused``."""
     from core.analysis.checkpoints import check_checkpoints
+    from core.analysis.regression import GROUP_KINDS
+    from core.analysis.slice_groups import result_slice_groups
+    from dashboard.state import slicing
 
+    if where and _positions is not None:
+        found = checkpoints(config_path, baseline, candidates, dataset_name, fingerprints, named)
+        return found.within(_positions)
     base = resources.evaluation(config_path, baseline, dataset_name)
     results = {m: resources.evaluation(config_path, m, dataset_name) for m in candidates}
-    return check_checkpoints(base, results, baseline)
+    data = resources.dataset(config_path, dataset_name, baseline)
+    columns = slicing.columns(config_path, baseline, dataset_name, base)
+    groups = result_slice_groups(base, data, named, columns)
+    return check_checkpoints(base, results, baseline, GROUP_KINDS, groups.masks)
 
 
 # ----------------------------------------------------------------------------- patterns
 
 #: Up to this many evaluated images a page waits for the ranking (at a million it takes tens of
 #: seconds, the first time only: it is saved with the results).
-WAIT_FOR_PATTERNS_UP_TO = 200_000
+WAIT_FOR_PATTERNS_UP_TO = _wait_limit("CAM_DASHBOARD_WAIT_FOR_PATTERNS_UP_TO", 200_000)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

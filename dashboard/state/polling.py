@@ -6,11 +6,25 @@ ending is a rerun of the whole page, which does not call the fragment again. A p
 lands while someone clicks can swallow the click, so a finished poll here asks the browser to
 stop its timer instead: the message Streamlit itself sends when a parent fragment stops
 drawing a polling child (``stop_auto_rerun``). The poll's elements stay as last drawn.
+
+:func:`until_done` is the whole pattern for a part of a page that shows what background work
+adds (the matrix's label-error marks, the Patterns page's cards, the Map's UMAP figure): the part
+is a fragment that reruns itself while the work runs and draws what it has, and once a run of it
+finds the work done it draws the result and stops its own timer. Nothing else on the page is
+sent again, so a click elsewhere, or on the part itself, is never lost to a page rerun.
 """
 
 from __future__ import annotations
 
-__all__ = ["DIALOG_OPEN", "stop_this_poll"]
+from collections.abc import Callable
+from functools import wraps
+from typing import ParamSpec
+
+import streamlit as st
+
+__all__ = ["DIALOG_OPEN", "stop_this_poll", "until_done"]
+
+P = ParamSpec("P")
 
 #: Session state: an Inspect dialog was opened since the cell last reran. A page rerun would
 #: close it, so the polls then only fill in what they can and leave the page alone.
@@ -38,3 +52,22 @@ def stop_this_poll() -> bool:
     message.stop_auto_rerun.fragment_ids.append(fragment_id)
     ctx.enqueue(message)
     return True
+
+
+def until_done(draw: Callable[P, bool], every: float, pending: bool) -> Callable[P, None]:
+    """``draw`` as a fragment, rerun every ``every`` seconds while ``pending`` (the background
+    work it shows is not done when the page or its parent fragment runs). ``draw`` returns
+    whether the work is done; the first run that says so (it has drawn the result) stops the
+    timer, with no page rerun. Not ``pending``: the same fragment with no timer, so what it draws
+    keeps its place in the page, and its widgets their keys, whether or not the work had to be
+    waited for. A widget drawn inside reruns only this fragment (a callback can widen that with
+    ``st.rerun(<fragment key>)``); ``draw`` reads what may have changed (the URL) itself, since a
+    fragment's own rerun keeps the arguments it was called with."""
+
+    @wraps(draw)  # the fragment's id comes from draw's name and its place in the page
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        done = draw(*args, **kwargs)
+        if done and pending and not stop_this_poll() and not st.session_state.get(DIALOG_OPEN):
+            st.rerun()  # this Streamlit cannot stop the timer: a page rerun ends the poll
+
+    return st.fragment(run, run_every=every if pending else None)

@@ -14,15 +14,17 @@ from core import (
     Results,
     UserFacingError,
 )
+from core.analysis.metrics import top_confused_pairs
 from core.results import StoreWriteError
 from dashboard.parts.calibration import calibration_section
 from dashboard.parts.cell import cell_view
-from dashboard.parts.matrix import matrix_section, matrix_settings
+from dashboard.parts.corrected import labels_banner, labels_toggle
+from dashboard.parts.matrix import EXPLORER, matrix_section, matrix_settings
 from dashboard.parts.notes import author_input
 from dashboard.parts.page import error_panel, folded, project_view
 from dashboard.parts.sidebar import gallery_settings, model_and_dataset, sidebar_summary
 from dashboard.parts.slice_bar import slice_bar
-from dashboard.state import resources
+from dashboard.state import corrections, resources
 from dashboard.state.settings import settings
 from dashboard.state.slicing import SliceFilter
 from dashboard.state.url import set_params
@@ -40,6 +42,7 @@ def main() -> None:
         st.header("Project")
         st.caption(f"config: `{config.path.name}`")
         model_and_dataset(project, ("cell", "page", "pattern"), model_reset=("layer",))
+        labels_toggle()
     # Stored results are drawn without the model: it loads on a thread meanwhile, so a cell
     # clicked as soon as the matrix shows waits for what is left of the load, not all of it.
     resources.model_loading(config_path, view.model)
@@ -54,6 +57,8 @@ def main() -> None:
     if description:
         st.info(description, icon=":material/lightbulb:")
     flt = slice_bar(project, result)
+    fixed = corrections.active(config_path, view.dataset, result)
+    labels_banner(result, fixed)
     tables = st.container()
     # The matrix goes out before the tables and the sidebar's settings (their places on the page
     # do not depend on the order): a new visitor's browser starts loading the chart's
@@ -62,7 +67,7 @@ def main() -> None:
     calibration_section(config_path, models, datasets, result)
     with tables:
         _tables(config_path, view)
-    sidebar_summary(result, flt)
+    sidebar_summary(result, flt, fixed.predictions if fixed is not None else None)
     matrix_settings(view, result.num_classes)
     # Drawn whether or not the model has loaded (its layer list follows at the next rerun), so
     # the page never reruns by itself when the load ends: a rerun could swallow a click.
@@ -74,7 +79,7 @@ def main() -> None:
     author_input(server)
 
 
-@st.fragment
+@st.fragment(key=EXPLORER)  # a click on the matrix reruns it
 def explorer(
     config_path: str,
     models: list[str],
@@ -141,6 +146,10 @@ def _tables(config_path: str, view: ViewState) -> None:
 
 def _pairs_table(config_path: str, view: ViewState) -> None:
     pairs = resources.confused_pairs(config_path, view.model, view.dataset, 15)
+    result = resources.evaluation(config_path, view.model, view.dataset)
+    fixed = corrections.active(config_path, view.dataset, result)
+    if fixed is not None:
+        pairs = top_confused_pairs(fixed.predictions, result.classes, 15)
     if pairs.empty:
         st.success("No errors: every image is on the diagonal.")
         return
@@ -161,6 +170,10 @@ def _pairs_table(config_path: str, view: ViewState) -> None:
 
 def _class_table(config_path: str, view: ViewState) -> None:
     table = resources.class_metrics(config_path, view.model, view.dataset)
+    result = resources.evaluation(config_path, view.model, view.dataset)
+    fixed = corrections.active(config_path, view.dataset, result)
+    if fixed is not None:
+        table = fixed.metrics
     st.dataframe(
         table,
         hide_index=True,

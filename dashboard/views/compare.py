@@ -10,8 +10,14 @@ cells marked as ``python -m core check`` would judge them; a click on a cell ope
 broken (or fixed) images with both models' maps; accuracy across the checkpoints in config
 order below.
 
+Groups: overall, each class, and the slice groups ``python -m core check`` tests (each saved
+slice, each metadata value). A slice in the URL (``where=``, the slice bar at the top; evaluated
+on the baseline's columns) restricts both views to its images: the 2 × 2 table, McNemar's test,
+the galleries, the per-class table and every group of the heatmap.
+
 URL: baseline (``model``), ``model_b``, ``candidates``, dataset, cell (``agree``), ``group``
-(``class:<name>`` or ``slice:<name>``, as ``check`` writes its links), sort and page.
+(``class:<name>`` or ``slice:<name>``, as ``check`` writes its links), ``rows``, ``where``,
+sort and page.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import streamlit as st
 from core import UserFacingError
 from core.analysis.comparison import Agreement, Comparison
 from core.config import ProjectConfig
+from core.data.datasets import dataset_key
+from core.notes import NotesError
 from dashboard.parts.checkpoints import (
+    LABELLED_ROWS,
     group_label,
     group_summary,
     parse_group,
@@ -31,13 +40,16 @@ from dashboard.parts.checkpoints import (
     show_heatmap,
     significant_table,
 )
-from dashboard.parts.page import error_panel, project_view
+from dashboard.parts.page import ProjectView, error_panel, project_view
 from dashboard.parts.pair_gallery import pair_gallery
+from dashboard.parts.slice_bar import saved_slices, slice_bar
 from dashboard.state import analyses, resources
+from dashboard.state.slicing import SliceFilter
 from dashboard.state.url import bind, set_params
 from dashboard.state.view_state import ViewState
 
 if TYPE_CHECKING:
+    from core.analysis.checkpoints import Checkpoints
     from core.analysis.regression import Gate
 
 CELLS = {c.name.lower(): c for c in Agreement}
@@ -50,17 +62,19 @@ SHORT = {
 }
 CANDIDATES_KEY = "compare:candidates"
 CLEARED = ("agree", "group", "page", "csort")  # a new pair or baseline starts afresh
+ROWS = {"all": "all", "significant": "overall and the significant ones"}
+ALL_ROWS_UP_TO = LABELLED_ROWS  # groups drawn by default; past that, the significant ones
 
 
 def main() -> None:
     project = project_view()
-    config, config_path, view = project.config, project.config_path, project.view
+    config, view = project.config, project.view
     models, datasets = project.models, project.datasets
     params = st.query_params.to_dict()
     asked = _asked(params)
     unknown = [(p, m) for p, m in asked if m not in models]
     chosen = list(dict.fromkeys(m for _, m in asked if m in models and m != view.model))
-    if not any(p != "model" for p, _ in asked):  # no candidate in the URL: the best match
+    if "candidates" not in params and "model_b" not in params:  # none asked: the best match
         chosen = config.comparable_models(view.model, view.dataset)[:1]
     options = list(dict.fromkeys([*config.comparable_models(view.model, view.dataset), *chosen]))
     with st.sidebar:
@@ -89,9 +103,9 @@ def main() -> None:
         st.info("Pick one or more candidates (model B) in the sidebar.", icon=":material/info:")
         st.stop()
     if len(chosen) == 1:
-        _pair_view(config_path, config, view, chosen[0], params)
+        _pair_view(project, chosen[0], params)
     else:
-        _checkpoints_view(config_path, config, view, chosen, params)
+        _checkpoints_view(project, chosen, params)
 
 
 def _asked(params: dict[str, str]) -> list[tuple[str, str]]:
@@ -144,9 +158,8 @@ def _refusal(config: ProjectConfig, baseline: str, candidate: str, dataset: str)
 # ----------------------------------------------------------------------------- one candidate
 
 
-def _pair_view(
-    config_path: str, config: ProjectConfig, view: ViewState, model_b: str, params: dict[str, str]
-) -> None:
+def _pair_view(project: ProjectView, model_b: str, params: dict[str, str]) -> None:
+    config, config_path, view = project.config, project.config_path, project.view
     st.caption(f"A = **{view.model}**, B = **{model_b}**, on *{view.dataset}*")
     try:
         reason = _refusal(config, view.model, model_b, view.dataset)
@@ -161,7 +174,11 @@ def _pair_view(
     except UserFacingError as exc:
         error_panel("These two models cannot be compared", exc)
         st.stop()
-    _summary(result)
+    flt = slice_bar(project, resources.evaluation(config_path, view.model, view.dataset))
+    if flt is not None:  # the slice is A's: its images among the matched ones
+        result = result.subset(flt.positions[result.rows_a])
+        _stop_if_empty(len(result.paths))
+    _summary(result, flt)
     cell = CELLS.get(params.get("agree", ""))
     kind, name = parse_group(params.get("group"))
     if cell is None:
@@ -170,7 +187,7 @@ def _pair_view(
         pair_gallery(config_path, view, (view.model, model_b), result, cell)
     else:
         with st.spinner("Testing every class…"):
-            found = analyses.checkpoints(config_path, view.model, (model_b,), view.dataset, prints)
+            found = _checkpoints(project, (model_b,), prints, flt)
         if model_b in found.refused:
             error_panel(
                 "These two models cannot be compared", UserFacingError(found.refused[model_b])
@@ -180,8 +197,19 @@ def _pair_view(
     _per_class(result)
 
 
-def _summary(result: Comparison) -> None:
-    """The 2 × 2 table as buttons (each opens its cell), and McNemar's test beside it."""
+def _stop_if_empty(images: int) -> None:
+    """Stop the page, with a note, when the slice holds none of the compared images."""
+    if not images:
+        st.info(
+            "No compared image is in this slice: remove a condition in the slice bar.",
+            icon=":material/filter_alt_off:",
+        )
+        st.stop()
+
+
+def _summary(result: Comparison, flt: SliceFilter | None) -> None:
+    """The 2 × 2 table as buttons (each opens its cell), and McNemar's test beside it (of the
+    slice's images when there is one)."""
     counts = result.counts()
     left, right = st.columns([3, 2])
     with left:
@@ -211,9 +239,11 @@ def _summary(result: Comparison) -> None:
     with right:
         st.metric("McNemar's exact test, p", f"{result.p_value():.3g}")
         fixed, broken = counts[Agreement.FIXED], counts[Agreement.BROKEN]
+        within = " in the slice" if flt is not None else ""
         st.caption(
             f"{fixed} fixed vs {broken} newly broken of {len(result.paths)} images matched by "
-            "path; p is the chance of a split at least this uneven if B were no better than A."
+            f"path{within}; p is the chance of a split at least this uneven if B were no "
+            "better than A."
         )
         if result.only_a or result.only_b:
             st.caption(f"Unmatched: {result.only_a} only in A, {result.only_b} only in B.")
@@ -289,19 +319,87 @@ def _group_gallery(
 # ----------------------------------------------------------------------------- N candidates
 
 
-def _checkpoints_view(
-    config_path: str,
-    config: ProjectConfig,
-    view: ViewState,
-    chosen: list[str],
-    params: dict[str, str],
-) -> None:
+def _checkpoints(
+    project: ProjectView,
+    candidates: tuple[str, ...],
+    prints: tuple[str, ...],
+    flt: SliceFilter | None,
+) -> Checkpoints:
+    """The candidates checked against the baseline (``project.view.model``) overall, per
+    class and per slice group (the saved slices, every metadata value), within ``flt``."""
+    view = project.view
+    try:
+        saved = saved_slices(project).all(dataset_key(project.config.dataset(view.dataset)))
+    except NotesError as exc:
+        st.caption(f"Saved slices are not tested: {exc}")
+        saved = []
+    named = tuple((s.name, s.slice) for s in saved)
+    where, positions = (flt.param, flt.positions) if flt is not None else ("", None)
+    return analyses.checkpoints(
+        project.config_path, view.model, candidates, view.dataset, prints, named, where,
+        positions,
+    )  # fmt: skip
+
+
+def _checkpoints_view(project: ProjectView, chosen: list[str], params: dict[str, str]) -> None:
+    config, config_path, view = project.config, project.config_path, project.view
+    rank = {m.name: i for i, m in enumerate(config.models)}
+    chosen = sorted(chosen, key=rank.__getitem__)  # the heatmap's columns in config order
+    good, prints, refused = _evaluated(config_path, config, view, chosen)
+    flt = slice_bar(project, resources.evaluation(config_path, view.model, view.dataset))
+    if flt is not None:
+        _stop_if_empty(flt.images)
+    if good:
+        with st.spinner("Testing every group of every candidate…"):
+            found = _checkpoints(project, good, prints, flt)
+        refused |= found.refused
+    for model, reason in refused.items():
+        st.warning(f"**{model}** is left out: {reason}", icon=":material/warning:")
+    if not good or not found.gates:
+        error_panel(
+            "No candidate can be compared with the baseline",
+            UserFacingError(f"{view.model!r} on {view.dataset!r}: see the reasons above"),
+        )
+        st.stop()
+    gates = found.gates
+    any_gate = next(iter(gates.values()))
+    within = " in the slice" if flt is not None else ""
+    st.caption(
+        f"Baseline **{view.model}** against {len(gates)} candidates on *{view.dataset}*, "
+        f"{len(any_gate.comparison.true):,} images{within}: the change in accuracy (recall, for a "
+        "class) from the baseline. ▼ regression, ▲ improvement: McNemar's exact test, Holm "
+        f"within each candidate, p < {any_gate.alpha:g} and a change of at least "
+        f"{any_gate.min_drop * 100:g} point (as `python -m core check`). Click a cell for its "
+        "newly broken or fixed images."
+    )
+    shown = _rows_shown(found, params)
+    model_b = params.get("model_b", "")
+    cell = CELLS.get(params.get("agree", ""))
+    kind, name = parse_group(params.get("group"))
+    picked = model_b in gates and cell is not None
+    row = shown.row_of(kind, name) if picked else None
+    selected = (row, shown.candidates.index(model_b)) if row is not None else None
+    show_heatmap(shown, selected)
+    if picked and cell is not None:
+        _group_gallery(config_path, view, gates[model_b], model_b, kind, name, cell)
+    order = [m.name for m in config.models if m.name == view.model or m.name in gates]
+    show_accuracy(found, order, view.model)
+    significant = significant_table(found)
+    with st.expander(f"Regressions and improvements ({len(significant)})"):
+        st.dataframe(significant, hide_index=True, width="stretch")
+
+
+def _evaluated(
+    config_path: str, config: ProjectConfig, view: ViewState, chosen: list[str]
+) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, str]]:
+    """The candidates that could be evaluated on the view's dataset, the fingerprints (the
+    baseline's first) and why each other one is left out; stops with a message when the
+    baseline itself cannot be evaluated."""
     refused: dict[str, str] = {}
-    prints = [""]
     good: list[str] = []
     with st.spinner(f"Evaluating {len(chosen) + 1} models…"):
         try:
-            prints[0] = resources.evaluation(config_path, view.model, view.dataset).fingerprint
+            prints = [resources.evaluation(config_path, view.model, view.dataset).fingerprint]
         except UserFacingError as exc:
             error_panel(f"Cannot evaluate the baseline {view.model!r} on {view.dataset!r}", exc)
             st.stop()
@@ -314,41 +412,17 @@ def _checkpoints_view(
                 good.append(model)
             except UserFacingError as exc:
                 refused[model] = str(exc)
-    with st.spinner("Testing every class of every candidate…"):
-        found = analyses.checkpoints(
-            config_path, view.model, tuple(good), view.dataset, tuple(prints)
-        )
-    refused |= found.refused
-    for model, reason in refused.items():
-        st.warning(f"**{model}** is left out: {reason}", icon=":material/warning:")
-    if not found.gates:
-        error_panel("No candidate can be compared with the baseline", UserFacingError(
-            f"{view.model!r} on {view.dataset!r}: see the reasons above"))  # fmt: skip
-        st.stop()
-    gates = found.gates
-    any_gate = next(iter(gates.values()))
-    st.caption(
-        f"Baseline **{view.model}** against {len(gates)} candidates on *{view.dataset}*, "
-        f"{len(any_gate.comparison.true):,} images: the change in accuracy (recall, for a "
-        "class) from the baseline. ▼ regression, ▲ improvement: McNemar's exact test, Holm "
-        f"within each candidate, p < {any_gate.alpha:g} and a change of at least "
-        f"{any_gate.min_drop * 100:g} point (as `python -m core check`). Click a cell for its "
-        "newly broken or fixed images."
-    )
-    model_b = params.get("model_b", "")
-    cell = CELLS.get(params.get("agree", ""))
-    kind, name = parse_group(params.get("group"))
-    picked = model_b in gates and cell is not None
-    row = found.row_of(kind, name) if picked else None
-    selected = (row, found.candidates.index(model_b)) if row is not None else None
-    show_heatmap(found, selected)
-    if picked and cell is not None:
-        _group_gallery(config_path, view, gates[model_b], model_b, kind, name, cell)
-    order = [m.name for m in config.models if m.name == view.model or m.name in gates]
-    show_accuracy(found, order, view.model)
-    significant = significant_table(found)
-    with st.expander(f"Regressions and improvements ({len(significant)})"):
-        st.dataframe(significant, hide_index=True, width="stretch")
+    return tuple(good), tuple(prints), refused
+
+
+def _rows_shown(found: Checkpoints, params: dict[str, str]) -> Checkpoints:
+    """All groups, or (``rows=significant``, the default past :data:`ALL_ROWS_UP_TO` groups)
+    only overall and those where a candidate regressed or improved."""
+    many = len(found.groups) > ALL_ROWS_UP_TO
+    asked = params.get("rows") if params.get("rows") in ROWS else None
+    choice = asked or ("significant" if many else "all")
+    bind(st.radio, "Groups", "rows", choice, list(ROWS), format_func=ROWS.get, horizontal=True)
+    return found.subset(found.significant_rows()) if choice == "significant" else found
 
 
 main()

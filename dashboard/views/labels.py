@@ -18,6 +18,7 @@ from core.notes import NotesError
 from dashboard.parts.gallery import card_html
 from dashboard.parts.notes import author, author_input, badge_text
 from dashboard.parts.page import evaluation_or_stop, project_view
+from dashboard.parts.relabel import relabel_export
 from dashboard.parts.sidebar import model_and_dataset
 from dashboard.parts.slice_bar import slice_bar
 from dashboard.state import analyses, resources
@@ -60,6 +61,15 @@ def main() -> None:
     if not len(ranked):
         st.success("No image looks mislabelled to this model.")
         return
+    relabel_export(  # every flagged image (of the slice), most suspect first
+        config_path,
+        view,
+        result,
+        lambda: [str(p) for p in rows.paths[ranked]],
+        f"label_errors_{view.dataset}".replace(" ", "_"),
+        "labels-export",
+        count=len(ranked),
+    )
     pages = page_count(len(ranked), PAGE_SIZE)
     page = min(view.page, pages)
     if pages > 1:

@@ -1,8 +1,10 @@
 """Map: every test image as a point of its embedding's 2-D layout; a box or lasso shows them.
 
 The layout is UMAP of the classifier head's inputs (computed once per result in the background;
-PCA is shown until it is ready). Up to 100,000 points are drawn with WebGL; past that every
-error and a sample of the rest, over a density of all points. A box or lasso selection is
+PCA is shown until it is ready: the figure and the selection's gallery are a fragment that polls
+the UMAP pass, swaps the figure in place and stops its own timer, with no page rerun). Up to
+100,000 points are drawn with WebGL; past that every error and a sample of the rest, over a
+density of all points. A box or lasso selection is
 stored in the URL as its shape (``sel=box:...`` / ``sel=lasso:...``) and the gallery below shows
 every image whose coordinates fall in it (sampled-out points included), paged, with the same
 cards as the error-analysis cell view. The URL's ``cell`` (a confusion-matrix cell) highlights
@@ -16,30 +18,31 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from core import UserFacingError
+from core import Results, UserFacingError
 from core.analysis.embedding_map import MAX_POINTS, Region
 from core.analysis.gallery import page_count, page_rows
 from dashboard.parts import map_figure
+from dashboard.parts.findings import map_pin, pin_button
 from dashboard.parts.gallery import gallery_page, rows_csv
 from dashboard.parts.map_figure import COLOURS, HOVER_NAMES_MAX
 from dashboard.parts.notes import author_input
 from dashboard.parts.page import error_panel, evaluation_or_stop, project_view
 from dashboard.parts.sidebar import model_and_dataset
 from dashboard.state import analyses, resources
+from dashboard.state.polling import until_done
 from dashboard.state.settings import settings
 from dashboard.state.url import bind, set_params
 
 PROJECT_OPEN = "map-project-open"  # session state: the folded model and dataset pickers
 MODEL_LOAD_DELAY = 3.0  # seconds after a fresh server's first map page: the map is drawn by then
+POLL_SECONDS = 3.0  # how often the page looks for the UMAP layout while PCA is shown
 
 
 def main() -> None:
     server = settings()
     project = project_view()
     config_path, view = project.config_path, project.view
-    params = st.query_params
-    colour = params.get("mapcolor", "outcome")
-    colour = colour if colour in COLOURS else "outcome"
+    colour = _colour()
     with st.sidebar:
         # Model and dataset are folded (built only while open, like the gallery settings): two
         # selectboxes fewer to draw make a new visitor's map 0.2 s quicker on 2 cores
@@ -70,8 +73,26 @@ def main() -> None:
         st.info("No image could be evaluated, so there is nothing to map.")
         st.stop()
     key = (config_path, view.model, view.dataset, result.fingerprint)
+    computing = not analyses.map_layout_job(*key).future.done()
+    until_done(_map, POLL_SECONDS, computing)(config_path, result)
+
+
+def _colour() -> str:
+    colour = st.query_params.get("mapcolor", "outcome")
+    return colour if colour in COLOURS else "outcome"
+
+
+def _map(config_path: str, result: Results) -> bool:
+    """The figure, its caption and the selection's gallery (a fragment: while the UMAP pass
+    runs, PCA is drawn and the fragment reruns; it draws UMAP when the pass is done). A box or
+    lasso on the figure reruns only this. Returns whether the pass is done. The view is read
+    from the URL (the selection and the page change inside this fragment)."""
+    view = project_view().view
+    colour = _colour()
+    key = (config_path, view.model, view.dataset, result.fingerprint)
+    done = analyses.map_layout_job(*key).future.done()  # before map_layout: it clears a failure
     layout, note = analyses.map_layout(*key)
-    region = Region.from_param(params.get("sel"))
+    region = Region.from_param(st.query_params.get("sel"))
     n = result.num_classes
     cell = view.cell if view.cell is not None and max(view.cell) < n else None
     drawn_colour = colour
@@ -84,7 +105,7 @@ def main() -> None:
                 + " Coloured right / wrong meanwhile."
             )
     figure = map_figure.figure(*key, layout.method, drawn_colour, cell)
-    chart_key = f"map-{result.fingerprint[:8]}-{layout.method}"
+    chart_key = f"map-{result.fingerprint[:8]}"  # the same when UMAP replaces PCA
     st.plotly_chart(
         figure,
         key=chart_key,
@@ -106,17 +127,16 @@ def main() -> None:
         + (" · hover: its colour group" if min(count, MAX_POINTS) > HOVER_NAMES_MAX else "")
         + (f" · {note}" if note else "")
     )
-    if note:
-        _redraw_when_ready(*key)
     if region is None:
         st.info("Select a region of the map to see its images and their maps.")
         # the model loads a few seconds from now (a selection's cards show the stored maps
         # without it; its badges and other methods need it): a fresh server's first visitor
         # does not share the cores with torch's import while the map is drawn
         resources.model_loading(config_path, view.model, start_in=MODEL_LOAD_DELAY)
-        return
+        return done
     inside = np.flatnonzero(region.contains(layout.xy))
     _selection_gallery(config_path, view, result, inside)
+    return done
 
 
 def _on_select(key: str) -> None:
@@ -139,13 +159,6 @@ def region_of_selection(selection) -> Region | None:  # type: ignore[no-untyped-
         if len(xs) == 2 and len(ys) == 2:
             return Region("box", ((float(xs[0]), float(ys[0])), (float(xs[1]), float(ys[1]))))
     return None
-
-
-@st.fragment(run_every=3.0)
-def _redraw_when_ready(config_path: str, model: str, dataset: str, fingerprint: str) -> None:
-    """Every 3 s until the UMAP layout is done, then the page again with it."""
-    if analyses.map_layout_job(config_path, model, dataset, fingerprint).future.done():
-        st.rerun(scope="app")
 
 
 def _selection_gallery(config_path, view, result, inside: np.ndarray) -> None:  # type: ignore[no-untyped-def]
@@ -175,13 +188,15 @@ def _selection_gallery(config_path, view, result, inside: np.ndarray) -> None:  
                 st.number_input, f"Page (of {pages})", "page", min(view.page, pages),
                 min_value=1, max_value=pages, step=1,
             )  # fmt: skip
-    with right:
+    with right.container(horizontal=True):
         st.download_button(
             "Download the selection (CSV)",
             partial(rows_csv, rows, result.classes),
             file_name="map_selection.csv",
             mime="text/csv",
         )
+        pin = partial(map_pin, result, rows)
+        pin_button(pin, config_path=config_path, view=view, key="pin:map")
     if problem:
         st.warning(problem)
     st.html(gallery)
