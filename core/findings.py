@@ -210,6 +210,8 @@ class FindingsStore:
 
     def get(self, finding_id: int) -> Finding:
         """The current version of a finding; :class:`NotesError` if there is none."""
+        if not 0 < finding_id < 2**63:  # SQLite's integers
+            raise NotesError(f"there is no finding {finding_id}")
         with self.notes.transaction() as conn:
             if not _has_findings(conn):
                 raise NotesError(f"there is no finding {finding_id}")

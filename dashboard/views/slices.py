@@ -18,11 +18,13 @@ import streamlit as st
 
 from core import Results
 from core.analysis.slices import Slice
+from dashboard.parts.notes import author_input
 from dashboard.parts.page import ProjectView, evaluation_or_stop, project_view
 from dashboard.parts.sidebar import model_and_dataset
 from dashboard.parts.slice_bar import apply_slice, saved_slices, slice_bar
 from dashboard.state import slicing
 from dashboard.state.polling import stop_this_poll
+from dashboard.state.settings import settings
 
 SHOWN_COLUMNS = 8  # columns drawn at first, those whose accuracy varies most
 GO = "slices:go"  # session state: a slice was chosen, open the Error-analysis page with it
@@ -34,6 +36,7 @@ def main() -> None:
     config_path, view = project.config_path, project.view
     with st.sidebar:
         model_and_dataset(project, ("cols",))
+    author_input(settings())
     st.title("Slices: where in the data does the model fail?")
     result = evaluation_or_stop(config_path, view)
     if st.session_state.pop(GO, None):
