@@ -254,7 +254,7 @@ def test_a_notes_only_database_is_migrated_and_keeps_its_notes(db: Path) -> None
     notes = NotesStore(db)
     assert [n.text for n in notes.notes(DS, "a.png")] == ["old note"]
     with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     raw.close()
     assert FindingsStore(notes).create(DS, "image", "t", "ann").id == 1
 
