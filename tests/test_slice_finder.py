@@ -10,7 +10,13 @@ import pytest
 from scipy.stats import binomtest, fisher_exact
 
 from core.analysis.clusters import cluster_count, cluster_embeddings
-from core.analysis.slice_finder import ALPHA, FoundSlices, find_slices, result_slices
+from core.analysis.slice_finder import (
+    ALPHA,
+    FoundSlices,
+    find_slices,
+    result_slices,
+    stored_slices,
+)
 from core.analysis.slices import Slice
 from core.data.metadata import Column, ColumnSet
 
@@ -154,4 +160,8 @@ def test_on_the_shapes_sample_the_finder_names_the_marked_site(
     finally:
         slice_finder.find_slices = original
     assert again == found
+    other = ColumnSet(list(columns), columns.rows, source="edited metadata")
+    assert stored_slices(result, other) is None  # found on other columns: found again, saved
+    assert result_slices(result, other) == found
+    assert stored_slices(result, other) == found and stored_slices(result, columns) is None
     shutil.rmtree(tmp_path / "result")

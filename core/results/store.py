@@ -762,6 +762,10 @@ def save_derived(
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
         for key, value in arrays.items():
             np.save(tmp / f"{key}.npy", np.asarray(value))
+        if target.exists():  # recomputed (another version): renaming onto a full folder fails
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.old."))
+            os.replace(target, old / name)
+            shutil.rmtree(old, ignore_errors=True)  # open memory maps keep their data
         os.replace(tmp, target)
     except OSError as exc:
         if tmp is not None:
