@@ -22,7 +22,7 @@ import streamlit as st
 from core.analysis.badges import badge_text
 from core.errors import UserFacingError
 from dashboard.state import analyses, resources
-from dashboard.state.polling import DIALOG_OPEN, stop_this_poll
+from dashboard.state.polling import DIALOG_OPEN, of_subject, stop_this_poll
 from dashboard.state.view_state import ViewState
 
 if TYPE_CHECKING:
@@ -140,9 +140,12 @@ _INLINE = "faithfulness-poll-inline"  # session state: the poll's first (inline)
 def poll(scope_key: Hashable, paths: Sequence[str], classes: Sequence[Sequence[int]]) -> None:
     """A fragment that reruns every half second and fills the badge slots that are ready,
     and says the page's medians. Once all are there it stops its timer (the page is not
-    rerun: that could swallow a click); the next rerun of the cell draws them in the cards."""
+    rerun: that could swallow a click); the next rerun of the cell draws them in the cards.
+    Each page's poll is a fragment of its own (:func:`~dashboard.state.polling.of_subject`): a
+    tick of the previous page's, sent while a click's run ends, is dropped on arrival."""
     st.session_state[_INLINE] = True
-    fill = st.fragment(run_every=POLL_SECONDS)(_fill)
+    page = hashlib.blake2b(repr((scope_key, tuple(paths))).encode(), digest_size=6).hexdigest()
+    fill = st.fragment(run_every=POLL_SECONDS)(of_subject(_fill, page))
     fill(scope_key, tuple(paths), tuple(map(tuple, classes)))
 
 

@@ -12,6 +12,15 @@ adds (the matrix's label-error marks, the Patterns page's cards, the Map's UMAP 
 is a fragment that reruns itself while the work runs and draws what it has, and once a run of it
 finds the work done it draws the result and stops its own timer. Nothing else on the page is
 sent again, so a click elsewhere, or on the part itself, is never lost to a page rerun.
+
+A poll inside a part that a click redraws (the badges of a gallery page) is a fragment of its
+own per subject (:func:`of_subject`). Streamlit starts a new ScriptRunner for a request that
+arrives when the session's runner has just finished a run but the server has not sent all of
+that run's messages yet, and it drops the rest of them (``AppSession``: "Ignoring event from
+non-current ScriptRunner"). A tick of the previous page's poll, on its way while the cell's
+run ends, did that and lost the new page's cards (1 click in 287 under 8 users). A tick of a
+poll that the new run did not draw again names a fragment Streamlit no longer has: it is
+dropped on arrival, before any runner is started.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from typing import ParamSpec
 
 import streamlit as st
 
-__all__ = ["DIALOG_OPEN", "stop_this_poll", "until_done"]
+__all__ = ["DIALOG_OPEN", "of_subject", "stop_this_poll", "until_done"]
 
 P = ParamSpec("P")
 
@@ -52,6 +61,19 @@ def stop_this_poll() -> bool:
     message.stop_auto_rerun.fragment_ids.append(fragment_id)
     ctx.enqueue(message)
     return True
+
+
+def of_subject(draw: Callable[P, None], subject: str) -> Callable[P, None]:
+    """``draw`` under a name of its own for ``subject`` (a short digest of what it polls):
+    a fragment's id comes from its function's name and its place in the page, so this makes
+    the poll of each subject a fragment of its own."""
+
+    @wraps(draw)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        draw(*args, **kwargs)
+
+    run.__qualname__ = f"{draw.__qualname__}[{subject}]"
+    return run
 
 
 def until_done(draw: Callable[P, bool], every: float, pending: bool) -> Callable[P, None]:
