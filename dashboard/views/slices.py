@@ -22,10 +22,11 @@ from dashboard.parts.notes import author_input
 from dashboard.parts.page import ProjectView, evaluation_or_stop, project_view
 from dashboard.parts.sidebar import model_and_dataset
 from dashboard.parts.slice_bar import apply_slice, saved_slices, slice_bar
-from dashboard.state import slicing
+from dashboard.state import resources, slicing
 from dashboard.state.polling import stop_this_poll
 from dashboard.state.settings import settings
 
+EXAMPLES = 8  # images shown per embedding cluster
 SHOWN_COLUMNS = 8  # columns drawn at first, those whose accuracy varies most
 GO = "slices:go"  # session state: a slice was chosen, open the Error-analysis page with it
 ANALYSIS = "views/analysis.py"
@@ -154,9 +155,47 @@ def _columns(project: ProjectView, result: Results, overall: float) -> None:
         selection_mode="points",
         config={"displayModeBar": False},
     )
+    if "cluster" in chosen:
+        cluster_examples(project, result, rows[rows["column"] == "cluster"])
     with st.expander("The same as a table"):
         shown = rows[["column", "label", "images", "errors", "accuracy", "ci_low", "ci_high"]]
         st.dataframe(shown, hide_index=True, width="stretch")
+
+
+def cluster_examples(project: ProjectView, result: Results, rows: pd.DataFrame) -> None:
+    """Folded: a few images of each embedding cluster shown, those nearest its centre, so a
+    cluster reads as what it holds (built only while open)."""
+    from core.analysis.clusters import stored_clusters
+    from dashboard.parts.page import folded
+
+    box = folded(st, "Embedding clusters: example images", "slices:cluster-examples")
+    found = stored_clusters(result) if box is not None else None
+    if box is None or found is None:
+        return
+    view = project.view
+    data = resources.dataset(project.config_path, view.dataset, view.model)
+    paths = result.manifest.column("path")
+    with box:
+        for value, label, accuracy in zip(
+            rows["value"], rows["label"], rows["accuracy"], strict=True
+        ):
+            number = int(str(value).rsplit(" ", 1)[-1]) - 1
+            urls = []
+            for row in found.examples(number, EXAMPLES):
+                try:
+                    urls.append(
+                        resources.panel_cache().panels(data, paths[int(row)].as_py(), [], 0.5)[0]
+                    )
+                except Exception:  # an image that cannot be read: left out
+                    continue
+            st.caption(f"{label} · accuracy {accuracy:.1%}")
+            st.html(
+                "<div style='display:flex;gap:4px;flex-wrap:wrap'>"
+                + "".join(
+                    f"<img src='{u}' style='width:72px;height:72px;object-fit:cover'>" for u in urls
+                )
+                + "</div>"
+            )
 
 
 def interval_figure(rows: pd.DataFrame, overall: float):  # type: ignore[no-untyped-def]
