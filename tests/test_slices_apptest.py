@@ -3,6 +3,7 @@ so its slices are the image properties and the true class)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,36 @@ def test_label_errors_page_keeps_to_the_slice(project: Path, monkeypatch) -> Non
     at = run(LABELS, project, monkeypatch, **DIGITS, where="class:3")
     assert not at.exception
     assert any(f"of {threes}** images" in c for c in _captions(at))
+
+
+def test_patterns_page_keeps_to_the_slice(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from core.analysis.patterns import result_patterns
+
+    result = expected(project)
+    found = result_patterns(result)
+    true_of_row = dict(zip(result.index.tolist(), result.true.tolist(), strict=True))
+    with_threes = {
+        i for i in range(len(found)) if any(true_of_row.get(int(r)) == 3 for r in found[i].rows)
+    }
+    at = run(
+        str(VIEWS / "patterns.py"), project, monkeypatch, **DIGITS, where="class:3", flagged="0"
+    )
+    assert not at.exception
+    cards = [h.value for h in at.html if "pattern-card" in h.value]
+    shown = {int(n) - 1 for page in cards for n in re.findall(r"#(\d+) · true", page)}
+    assert shown and shown <= with_threes  # only patterns with images in the slice
+    assert all("in the slice" in page for page in cards)
+
+
+def test_map_draws_only_the_slice(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tests.test_patterns import _points
+
+    result = expected(project)
+    threes = int((result.true == 3).sum())
+    at = run(str(VIEWS / "map.py"), project, monkeypatch, **DIGITS, where="class:3")
+    assert not at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    traces = [t for t in spec["data"] if t.get("type") == "scattergl"]
+    assert sum(_points(t) for t in traces) == threes

@@ -14,8 +14,9 @@ import numpy as np
 import streamlit as st
 
 from core.analysis.embedding_map import MAX_POINTS, density, drawn_sample
+from core.analysis.slices import SliceError
 from core.results import Results
-from dashboard.state import analyses, resources
+from dashboard.state import analyses, resources, slicing
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -77,8 +78,10 @@ def figure(
     method: str,
     colour: str,
     cell: tuple[int, int] | None,
+    where: str = "",
 ) -> go.Figure:
-    """The map's Plotly figure, built once per view and shared (never mutated afterwards).
+    """The map's Plotly figure, built once per view and shared (never mutated afterwards);
+    with ``where``, only the slice's points (the density layer stays that of every image).
 
     Points carry their coordinates (float32 typed arrays) and, up to :data:`HOVER_NAMES_MAX`
     points, a short hover text with the class names, so a 100,000-point figure serialises in
@@ -93,6 +96,13 @@ def figure(
     xy = current.xy if current.method == method else analyses.pca_layout(*key).xy  # as asked
     shown = drawn(*key, method, MAX_POINTS)
     rows = shown.rows
+    if where:
+        try:
+            flt = slicing.slice_filter(config_path, model, dataset, result, where)
+        except SliceError:  # the slice bar says why; every point is drawn
+            flt = None
+        if flt is not None:
+            rows = rows[flt.positions[rows]]
     true, pred = result.true[rows], result.pred[rows]
     names = np.asarray(result.classes, dtype=str)
     if len(rows) <= HOVER_NAMES_MAX:

@@ -21,6 +21,7 @@ import streamlit as st
 from core import Results, UserFacingError
 from core.analysis.embedding_map import MAX_POINTS, Region
 from core.analysis.gallery import page_count, page_rows
+from core.analysis.slices import SliceError
 from dashboard.parts import map_figure
 from dashboard.parts.findings import map_pin, pin_button
 from dashboard.parts.gallery import gallery_page, rows_csv
@@ -28,7 +29,8 @@ from dashboard.parts.map_figure import COLOURS, HOVER_NAMES_MAX
 from dashboard.parts.notes import author_input
 from dashboard.parts.page import error_panel, evaluation_or_stop, project_view
 from dashboard.parts.sidebar import model_and_dataset
-from dashboard.state import analyses, resources
+from dashboard.parts.slice_bar import slice_bar
+from dashboard.state import analyses, resources, slicing
 from dashboard.state.polling import until_done
 from dashboard.state.settings import settings
 from dashboard.state.url import bind, set_params
@@ -62,6 +64,7 @@ def main() -> None:
     author_input(server)
     st.title("Map of the test set")
     result = evaluation_or_stop(config_path, view)
+    slice_bar(project, result)
     if not result.has_embeddings:
         st.info(
             "These results hold no embeddings (evaluated with `embeddings = false`, "
@@ -104,7 +107,7 @@ def _map(config_path: str, result: Results) -> bool:
                 (reason or "The patterns are still being found (see the Patterns page).")
                 + " Coloured right / wrong meanwhile."
             )
-    figure = map_figure.figure(*key, layout.method, drawn_colour, cell)
+    figure = map_figure.figure(*key, layout.method, drawn_colour, cell, view.where)
     chart_key = f"map-{result.fingerprint[:8]}"  # the same when UMAP replaces PCA
     st.plotly_chart(
         figure,
@@ -134,8 +137,14 @@ def _map(config_path: str, result: Results) -> bool:
         # does not share the cores with torch's import while the map is drawn
         resources.model_loading(config_path, view.model, start_in=MODEL_LOAD_DELAY)
         return done
-    inside = np.flatnonzero(region.contains(layout.xy))
-    _selection_gallery(config_path, view, result, inside)
+    contained = region.contains(layout.xy)
+    try:  # a selection keeps to the slice, as the figure does
+        flt = slicing.slice_filter(config_path, view.model, view.dataset, result, view.where)
+    except SliceError:
+        flt = None
+    if flt is not None:
+        contained &= flt.positions
+    _selection_gallery(config_path, view, result, np.flatnonzero(contained))
     return done
 
 

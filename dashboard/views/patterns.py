@@ -15,16 +15,19 @@ import streamlit as st
 
 from core import Results
 from core.analysis.patterns import FLAG_SCORE, Patterns
+from core.analysis.slices import SliceError
 from dashboard.parts.notes import author_input
 from dashboard.parts.page import evaluation_or_stop, project_view
 from dashboard.parts.patterns import cell_link, panels, pattern_card
 from dashboard.parts.sidebar import model_and_dataset
+from dashboard.parts.slice_bar import slice_bar
 from dashboard.parts.verdicts import pattern_grid, stored_labels
-from dashboard.state import resources
+from dashboard.state import resources, slicing
 from dashboard.state.analyses import patterns_or_reason
 from dashboard.state.polling import until_done
 from dashboard.state.settings import settings
 from dashboard.state.url import bind
+from dashboard.state.view_state import ViewState
 
 PAGE_SIZE = 12
 POLL_SECONDS = 2.0  # how often the page looks for a large evaluation's ranking
@@ -51,6 +54,7 @@ def main() -> None:
     author_input(settings())  # the name findings are pinned under
     st.title("Patterns: where many images made the model look at one place")
     result = evaluation_or_stop(config_path, view)
+    slice_bar(project, result)
     with st.spinner(f"Finding patterns in {len(result.index):,} images…"):
         found, reason = patterns_or_reason(config_path, view.model, view.dataset, result)
     until_done(_ranking, POLL_SECONDS, found is None and not reason)(config_path, result)
@@ -83,7 +87,10 @@ def _ranking(config_path: str, result: Results) -> bool:
         f"classes (flagged: score ≥ {FLAG_SCORE:g}). Errors come first. Click a pattern's heading "
         "to see its images."
     )
+    in_slice = _in_slice(config_path, view, result, found)
     shown = _selected(found, show, flagged_only)
+    if in_slice is not None:  # only patterns with images in the slice
+        shown = shown[in_slice[shown] > 0]
     if not len(shown):
         st.success(
             "No pattern matches these filters"
@@ -106,11 +113,31 @@ def _ranking(config_path: str, result: Results) -> bool:
     on_page = [found[int(i)] for i in shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]]
     cards = []
     for pattern, label in zip(on_page, stored_labels(result, on_page), strict=True):
+        if in_slice is not None:
+            label += (
+                f' <span class="pattern-in-slice">{in_slice[pattern.rank]:,} in the slice</span>'
+            )
         urls, example = panels(dataset, result, pattern, view.opacity)
         link = cell_link(view, pattern)
         cards.append(pattern_card(pattern, result.classes, urls, example, link, label=label))
     pattern_grid(config_path, view, result, on_page, cards, 3)  # with Test this pattern
     return True
+
+
+def _in_slice(
+    config_path: str, view: ViewState, result: Results, found: Patterns
+) -> np.ndarray | None:
+    """Per pattern, how many of its images are in the URL's slice (None: no slice, or one that
+    does not fit; the slice bar says why)."""
+    try:
+        flt = slicing.slice_filter(config_path, view.model, view.dataset, result, view.where)
+    except SliceError:
+        return None
+    if flt is None or not len(found):
+        return None
+    inside = flt.rows[found.rows].astype(np.int64)
+    sums = np.concatenate([[0], np.cumsum(inside)])
+    return sums[found.offsets[1:]] - sums[found.offsets[:-1]]
 
 
 def _selected(found: Patterns, show: str, flagged_only: bool) -> np.ndarray:
