@@ -73,6 +73,7 @@ def test_click_test_this_pattern_and_see_the_verdict(tmp_path: Path) -> None:
         assert _example_count(page) == 5 * transplants + 3 * erasures
         captions = page.locator(".verdict-transplants figcaption").all_inner_texts()
         assert any(f"predicted {names[first.pred]} (" in c for c in captions)  # a flip
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)  # drawn after the text
         assert page.locator(".js-plotly-plot").count() == 1  # the interval chart
         assert parse_qs(urlparse(page.url).query)["test"] == ["1"]
         # the card's label is filled in place, and the poll has stopped its timer
