@@ -59,7 +59,7 @@ def _add_note(page, text: str) -> None:  # type: ignore[no-untyped-def]
     dialog = open_inspect(page)
     dialog.get_by_label("Add a note").fill(text)
     dialog.get_by_role("button", name="Save note").click()
-    dialog.get_by_text(text, exact=True).wait_for()
+    dialog.get_by_test_id("stText").get_by_text(text, exact=True).wait_for()  # the saved note
 
 
 def test_notes_are_shared_plain_text_and_survive_a_restart(project: Path, browser) -> None:  # type: ignore[no-untyped-def]
@@ -77,7 +77,7 @@ def test_notes_are_shared_plain_text_and_survive_a_restart(project: Path, browse
         wait_for_gallery(reader, "3", "9")
         assert reader.get_by_text("1 note", exact=True).count() == 1  # badge on the card
         dialog = open_inspect(reader)
-        dialog.get_by_text(text, exact=True).wait_for()  # shown as typed, not as HTML
+        dialog.get_by_test_id("stText").get_by_text(text, exact=True).wait_for()  # as typed
         assert dialog.locator("b", has_text="not bold").count() == 0
         reader.context.close()
 
