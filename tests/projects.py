@@ -4,6 +4,7 @@ dashboard tests."""
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,19 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_models"
 MARKS = SAMPLE / "shapes" / "test" / "marks.csv"  # which shapes-test images carry the mark
+
+
+def sample_config(folder: Path) -> Path:
+    """The bundled sample config with every sample path absolute and its cache in ``folder``
+    (a fresh cache: nothing the server or another test stored)."""
+    text = (SAMPLE / "config.toml").read_text(encoding="utf-8")
+    text = text.replace('cache_dir = ".cache"', 'cache_dir = "cache"')
+    text = re.sub(r'"(?=(shapes|digits)/)', f'"{SAMPLE.as_posix()}/', text)
+    for name in ("digits_model.py", "shapes_models.py"):
+        shutil.copy(SAMPLE / name, folder / name)
+    path = folder / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def write_config(folder: Path) -> Path:

@@ -32,9 +32,9 @@ from tests.browser import (
     wait_for_matrix,
     wait_idle,
 )
-from tests.projects import expected, write_config
+from tests.projects import expected, sample_config, write_config
 from tests.test_map_browser import DRAWN, PATHS, TO_PIXELS, cluster_region, drag, selected_region
-from tests.test_patterns import SHAPES, _sample_config
+from tests.test_patterns import SHAPES
 
 pytestmark = pytest.mark.browser
 
@@ -83,7 +83,7 @@ def test_the_matrix_is_marked_in_place_and_a_click_then_is_kept(tmp_path: Path) 
 def test_pattern_cards_come_without_a_page_rerun_and_a_click_then_is_kept(
     tmp_path: Path,
 ) -> None:
-    config_path = _sample_config(tmp_path)
+    config_path = sample_config(tmp_path)
     config = load_config(config_path)
     model = "shapes-resnet (shortcut)"
     loaded = load_model(config.model(model))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from core.analysis.transplant import (
     spread_sample,
 )
 from core.cli import main
+from tests.projects import sample_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_models"
 SHORTCUT = "shapes-resnet (shortcut)"
@@ -197,21 +196,9 @@ def test_verdict_rule_and_round_trip() -> None:
 # ------------------------------------------------------------------------------ samples
 
 
-def _sample_config(folder: Path) -> Path:
-    """The sample config with every sample path absolute and its cache in ``folder``."""
-    text = (SAMPLE / "config.toml").read_text(encoding="utf-8")
-    text = text.replace('cache_dir = ".cache"', 'cache_dir = "cache"')
-    text = re.sub(r'"(?=(shapes|digits)/)', f'"{SAMPLE.as_posix()}/', text)
-    for name in ("digits_model.py", "shapes_models.py"):
-        shutil.copy(SAMPLE / name, folder / name)
-    path = folder / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _sample_config(tmp_path_factory.mktemp("causal-sample"))
+    return sample_config(tmp_path_factory.mktemp("causal-sample"))
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from tests.browser import (
     streamlit_server,
     wait_idle,
 )
-from tests.projects import SAMPLE
-from tests.test_patterns import SHAPES, _sample_config
+from tests.projects import SAMPLE, sample_config
+from tests.test_patterns import SHAPES
 
 pytestmark = pytest.mark.browser
 MODEL = "shapes-resnet (shortcut)"
@@ -31,7 +31,7 @@ NAME = "Your name (for tags and notes)"
 
 def _config(folder: Path) -> Path:
     """The sample with absolute paths, its stored evaluations and a notes database of its own."""
-    path = _sample_config(folder)
+    path = sample_config(folder)
     cache = (SAMPLE / ".cache").as_posix()
     notes = (folder / "notes.sqlite").as_posix()
     text = path.read_text(encoding="utf-8")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ from core.analysis.patterns import (
 from core.cli import main
 from core.results import ResultWriter, StoreError, open_results
 from core.results.store import BatchScores
+from tests.projects import sample_config
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_models"
@@ -222,21 +221,9 @@ def test_result_without_maps_says_so(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ samples
 
 
-def _sample_config(folder: Path) -> Path:
-    """The sample config with absolute paths and its cache in ``folder``."""
-    text = (SAMPLE / "config.toml").read_text(encoding="utf-8")
-    text = text.replace('cache_dir = ".cache"', 'cache_dir = "cache"')
-    text = re.sub(r'^(weights|root|metadata) = "', rf'\1 = "{SAMPLE.as_posix()}/', text, flags=re.M)
-    for name in ("digits_model.py", "shapes_models.py"):
-        shutil.copy(SAMPLE / name, folder / name)
-    path = folder / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _sample_config(tmp_path_factory.mktemp("patterns-sample"))
+    return sample_config(tmp_path_factory.mktemp("patterns-sample"))
 
 
 def _ranked(config: Path, model: str, dataset: str = SHAPES) -> tuple[Patterns, object]:

@@ -20,14 +20,15 @@ from tests.browser import (
     streamlit_server,
     wait_for_cards,
 )
-from tests.test_patterns import SHAPES, _sample_config
+from tests.projects import sample_config
+from tests.test_patterns import SHAPES
 
 pytestmark = pytest.mark.browser
 MODEL = "shapes-resnet (shortcut)"
 
 
 def test_click_the_first_pattern_and_see_exactly_its_images(tmp_path: Path) -> None:
-    config_path = _sample_config(tmp_path)
+    config_path = sample_config(tmp_path)
     config = load_config(config_path)
     model = load_model(config.model(MODEL))
     dataset = open_dataset(config.dataset(SHAPES), model.spec.classes)

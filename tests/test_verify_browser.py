@@ -15,7 +15,8 @@ import pytest
 from core import evaluate, load_config, load_model, open_dataset, result_patterns
 from core.analysis.causal import pattern_subject, stored_verdict
 from tests.browser import Reruns, chromium, new_page, screenshot, streamlit_server, wait_idle
-from tests.test_causal import SHORTCUT, _sample_config
+from tests.projects import sample_config
+from tests.test_causal import SHORTCUT
 
 pytestmark = pytest.mark.browser
 SHAPES = "shapes-test"
@@ -31,7 +32,7 @@ def _example_count(page) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_click_test_this_pattern_and_see_the_verdict(tmp_path: Path) -> None:
-    config_path = _sample_config(tmp_path)
+    config_path = sample_config(tmp_path)
     config = load_config(config_path)
     model = load_model(config.model(SHORTCUT))
     dataset = open_dataset(config.dataset(SHAPES), model.spec.classes)
