@@ -9,7 +9,7 @@ the URL (``chart=rel:3``, ``chart=wrong:18``, ``chart=recall:7``, ``chart=precis
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from core.analysis.calibration import confidence_histogram, in_bin, reliability
 from core.analysis.gallery import page_count, page_rows
 from core.errors import UserFacingError
 from core.results import Results
+from dashboard.parts.clickable_chart import clickable_chart
 from dashboard.parts.gallery import gallery_page
 from dashboard.parts.page import error_panel
 from dashboard.state import resources
@@ -66,22 +67,14 @@ def calibration_section(
 
 
 def _draw(figure, key: str) -> None:  # type: ignore[no-untyped-def]
-    st.plotly_chart(
-        figure,
-        key=key,
-        on_select=partial(_on_click, key),
-        selection_mode="points",
-        config={"displayModeBar": False},
-    )
+    clickable_chart(figure, key, _on_bar)
 
 
-def _on_click(key: str) -> None:
-    points = st.session_state[key].selection.get("points") or []
-    for point in points:
-        data = point.get("customdata")
-        if isinstance(data, list) and len(data) == 2:
-            set_params({"chart": f"{data[0]}:{int(data[1])}"}, reset=("bpage",))
-            return
+def _on_bar(data: Any) -> bool:
+    if isinstance(data, list) and len(data) == 2:
+        set_params({"chart": f"{data[0]}:{int(data[1])}"}, reset=("bpage",))
+        return True
+    return False
 
 
 def chart_rows(result: Results, picked: str) -> tuple[pd.DataFrame, str] | None:

@@ -14,13 +14,13 @@ is three traces, not 5,000 shapes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dashboard.parts.clickable_chart import clickable_chart
 from dashboard.state.url import set_params
 
 if TYPE_CHECKING:  # Plotly loads when the view is drawn
@@ -212,27 +212,19 @@ def _marks(verdict: np.ndarray, row_px: int) -> go.Scatter:
 
 def show_heatmap(result: Checkpoints, selected: tuple[int, int] | None) -> None:
     """Draw the heatmap; a click on a cell puts its candidate, group and images in the URL."""
-    st.plotly_chart(
-        heatmap_figure(result, selected),
-        key=HEATMAP_KEY,
-        on_select=partial(_on_click, HEATMAP_KEY),
-        selection_mode="points",
-        config={"displayModeBar": False},
-    )
+    clickable_chart(heatmap_figure(result, selected), HEATMAP_KEY, _on_cell)
 
 
-def _on_click(key: str) -> None:
-    points = st.session_state[key].selection.get("points") or []
-    for point in points:
-        data = point.get("customdata")
-        if isinstance(data, list) and len(data) == len(PAYLOAD):
-            model, kind, name, agree = (str(v) for v in data[:4])
-            values = {"model_b": model, "agree": agree}
-            group = group_param(kind, name)
-            if group is not None:
-                values["group"] = group
-            set_params(values, reset=("group", "page", "csort"))
-            return
+def _on_cell(data: Any) -> bool:
+    if not (isinstance(data, list) and len(data) == len(PAYLOAD)):
+        return False
+    model, kind, name, agree = (str(v) for v in data[:4])
+    values = {"model_b": model, "agree": agree}
+    group = group_param(kind, name)
+    if group is not None:
+        values["group"] = group
+    set_params(values, reset=("group", "page", "csort"))
+    return True
 
 
 def group_summary(gate: Gate, kind: str, name: str) -> str:

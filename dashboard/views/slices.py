@@ -10,7 +10,6 @@ Error-analysis page opens restricted to its images (``where=`` in the URL).
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ import streamlit as st
 
 from core import Results
 from core.analysis.slices import Slice
+from dashboard.parts.clickable_chart import clickable_chart
 from dashboard.parts.notes import author_input
 from dashboard.parts.page import ProjectView, evaluation_or_stop, project_view
 from dashboard.parts.sidebar import model_and_dataset
@@ -148,13 +148,7 @@ def _columns(project: ProjectView, result: Results, overall: float) -> None:
     if rows.empty:
         return
     key = f"slices:chart:{len(rows)}:{','.join(chosen)}"
-    st.plotly_chart(
-        interval_figure(rows, overall),
-        key=key,
-        on_select=partial(_on_point, key),
-        selection_mode="points",
-        config={"displayModeBar": False},
-    )
+    clickable_chart(interval_figure(rows, overall), key, _on_point)
     if "cluster" in chosen:
         cluster_examples(project, result, rows[rows["column"] == "cluster"])
     with st.expander("The same as a table"):
@@ -243,18 +237,17 @@ def interval_figure(rows: pd.DataFrame, overall: float):  # type: ignore[no-unty
     return fig
 
 
-def _on_point(key: str) -> None:
-    points = st.session_state[key].selection.get("points", [])
-    if points and points[0].get("customdata"):
-        _choose(str(points[0]["customdata"]))
+def _on_point(data: object) -> bool:
+    return bool(data) and _choose(str(data))
 
 
-def _choose(param: str) -> None:
-    """Apply a slice and open the Error-analysis page with it."""
+def _choose(param: str) -> bool:
+    """Apply a slice and open the Error-analysis page with it (False: not a slice)."""
     if Slice.from_param(param) is None:
-        return
+        return False
     apply_slice(param)
     st.session_state[GO] = True
+    return True
 
 
 main()
