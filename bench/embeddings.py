@@ -13,8 +13,12 @@ layout   the 100,000 × 1,000 project (``tests/large_project.py``, 100 per class
 browser  a fresh server on that project (layout stored): the Map page's first draw in headless
          Chromium (a fresh browser context: nothing cached), then a box dragged over the map →
          complete gallery page, and Chromium's memory (PSS, all processes) with the map open;
-         targets ≤ 3 s, ≤ 1 s, ≤ 800 MB. The reference is a bare Streamlit page with a small
-         Plotly chart (``bench/reference_app.py``), timed the same way in the same run.
+         then more visitors, each in a fresh context; then, on another fresh server, a first
+         visitor who lands on Error analysis and opens the Map from the sidebar. Targets: every
+         page within 1.2× the reference, box → gallery ≤ 1 s, ≤ 800 MB. The reference is a bare
+         Streamlit page with a small Plotly chart (``bench/reference_app.py``) on a fresh server,
+         timed the same way in the same run: a fresh server's first visitor is compared with its
+         first visit, the others with the median of its later visits.
 nn       the million part's nearest-neighbour queries only.
 million  a synthetic 1,000,000-row result with clustered embeddings written through the store's
          own writer: one nearest-neighbour query (median of 9; target ≤ 0.3 s; the reference is
@@ -48,13 +52,12 @@ BOX = """([x0, y0, x1, y1]) => {
     return [box.left + xa.l2p(x0), box.top + ya.l2p(y0), box.left + xa.l2p(x1),
             box.top + ya.l2p(y1)];
 }"""
-DRAWN = """(n) => {
-    const gd = document.querySelector('.js-plotly-plot');
-    if (!gd || !gd._fullLayout || !gd.data) return false;
+DRAWN = """(n) => Array.from(document.querySelectorAll('.js-plotly-plot')).some(gd => {
+    if (!gd._fullLayout || !gd.data) return false;
     const full = gd._fullData || [];
     const points = full.reduce((s, t) => s + (t.type === 'scattergl' ? t._length || 0 : 0), 0);
     return points >= n && !!gd.querySelector('canvas');
-}"""
+})"""
 
 
 def row(name: str, ours: str, target: str, reference: str = "-") -> None:
@@ -296,16 +299,47 @@ def drag_box(page, xy, fraction: float) -> tuple[float, str]:  # type: ignore[no
     return time.perf_counter() - start, str(heading)
 
 
-def browser_part(per_class: int) -> None:
+def via_error_analysis(browser, url: str, points: int) -> float:  # type: ignore[no-untyped-def]
+    """A first visitor lands on Error analysis, then opens the Map from the sidebar: seconds
+    from the click to the map drawn."""
+    from tests.browser import new_page, wait_for_matrix
+
+    page = new_page(browser)
+    page.goto(url)
+    wait_for_matrix(page, timeout=300_000)
+    start = time.perf_counter()
+    page.get_by_role("link", name="Map", exact=True).click()
+    page.wait_for_function(DRAWN, arg=points, timeout=300_000)
+    page.get_by_text("of the classifier head's inputs").wait_for(timeout=300_000)
+    seconds = time.perf_counter() - start
+    page.context.close()
+    return seconds
+
+
+def bare_page(browser, url: str) -> float:  # type: ignore[no-untyped-def]
+    from tests.browser import new_page
+
+    page = new_page(browser)
+    start = time.perf_counter()
+    page.goto(f"{url}/?plotly=1")
+    page.wait_for_selector(".js-plotly-plot .main-svg")
+    page.get_by_text("Reference page").wait_for()
+    seconds = time.perf_counter() - start
+    page.context.close()
+    return seconds
+
+
+def browser_part(per_class: int, visitors: int = 5) -> None:
     from core.analysis.embedding_map import MAX_POINTS, result_layout
     from tests.browser import chromium, streamlit_server
 
     config_path, result = large_result(per_class)
     xy = result_layout(result).xy  # stored: the page draws UMAP at once
     n = len(xy)
+    drawn = min(n, MAX_POINTS)
     query = "/map?page_size=24"
     with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
-        first, page = map_load(browser, url + query, min(n, MAX_POINTS))
+        first, page = map_load(browser, url + query, drawn)
         time.sleep(2)
         pss_open = chromium_pss_mb()
         heap = page.evaluate("() => performance.memory.usedJSHeapSize") / 2**20
@@ -313,29 +347,37 @@ def browser_part(per_class: int) -> None:
         pss_after = chromium_pss_mb()
         page.context.close()
         nexts = []
-        for _ in range(3):
-            seconds, other = map_load(browser, url + query, min(n, MAX_POINTS))
+        for _ in range(visitors):
+            seconds, other = map_load(browser, url + query, drawn)
             other.context.close()
             nexts.append(seconds)
+    with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
+        via = via_error_analysis(browser, url, drawn)
     with streamlit_server(app=REPO / "bench" / "reference_app.py") as url, chromium() as browser:
-        from tests.browser import new_page
-
-        reference = []
-        for _ in range(3):
-            page = new_page(browser)
-            start = time.perf_counter()
-            page.goto(f"{url}/?plotly=1")
-            page.wait_for_selector(".js-plotly-plot .main-svg")
-            page.get_by_text("Reference page").wait_for()
-            reference.append(time.perf_counter() - start)
-            page.context.close()
+        bare_first = bare_page(browser, url)
+        bare = [bare_page(browser, url) for _ in range(visitors)]
+    floor = statistics.median(bare)
     header(f"Map page in Chromium: {n:,} images × 1,000 classes, layout stored")
-    row("fresh server, first visitor: open /map → all points drawn", f"{first:.1f} s", "≤ 3 s")
     row(
-        "next visitors (fresh browser contexts), 3 runs",
-        ", ".join(f"{s:.1f} s" for s in nexts),
-        "≤ 3 s",
-        "bare page + small Plotly chart: " + ", ".join(f"{s:.1f} s" for s in reference),
+        f"fresh server, first visitor: open /map → map drawn ({drawn:,} points)",
+        f"{first:.2f} s ({first / bare_first:.2f}×)",
+        "≤ 1.2×",
+        f"bare page, fresh server's first visit: {bare_first:.2f} s",
+    )
+    row(
+        f"next visitors (fresh browser contexts), {visitors} runs",
+        ", ".join(f"{s:.2f} s" for s in nexts)
+        + f" ({max(nexts) / floor:.2f}× at most, {statistics.median(nexts) / floor:.2f}× median)",
+        "≤ 1.2×",
+        "bare page, later visits: "
+        + ", ".join(f"{s:.2f} s" for s in bare)
+        + f" (median {floor:.2f} s)",
+    )
+    row(
+        "fresh server, first visitor on Error analysis → click Map → map drawn",
+        f"{via:.2f} s ({via / floor:.2f}×)",
+        "≤ 1.2×",
+        f"bare page: {floor:.2f} s",
     )
     for seconds, heading in drags:
         row(f"box → complete gallery page ({heading})", f"{seconds:.2f} s", "≤ 1 s")

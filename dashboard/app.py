@@ -11,6 +11,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the pat
 
 import streamlit as st  # noqa: E402
 
+from dashboard.parts.plotly_early import plotly_loading  # noqa: E402
 from dashboard.state.settings import settings  # noqa: E402
 
 st.set_page_config(
@@ -40,4 +41,12 @@ pages = [
     st.Page(ROOT / "dashboard" / "views" / "notes.py", title="Tags & notes", url_path="notes"),
     st.Page(ROOT / "dashboard" / "views" / "findings.py", title="Findings", url_path="findings"),
 ]
-st.navigation(pages).run()
+#: Pages whose main view is one large Plotly chart: the browser loads Plotly while the server
+#: opens the results (bench/embeddings.py --part browser).
+PLOTLY_FIRST = {"map"}
+page = st.navigation(pages)
+if page.url_path in PLOTLY_FIRST:
+    with plotly_loading():
+        page.run()
+else:
+    page.run()

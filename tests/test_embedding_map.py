@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.analysis.calibration import confidence_histogram, in_bin, reliability
 from core.analysis.embedding_map import (
+    DENSITY_OPACITY,
     Region,
     density,
+    density_png,
     drawn_sample,
     pca_layout,
     pca_project,
@@ -92,6 +97,24 @@ def test_drawn_sample_keeps_every_error() -> None:
     assert np.all(np.diff(kept) > 0)
     counts, xs, ys = density(rng.normal(size=(1000, 2)), bins=10)
     assert counts.shape == (10, 10) and counts.sum() == 1000 and len(xs) == len(ys) == 10
+
+
+def test_drawn_sample_of_more_errors_than_the_limit_is_errors_only() -> None:
+    wrong = np.random.default_rng(2).random(10_000) < 0.4
+    kept = drawn_sample(wrong, 1_000)
+    assert len(kept) == 1_000 and wrong[kept].all() and np.all(np.diff(kept) > 0)
+    assert np.array_equal(kept, drawn_sample(wrong, 1_000))  # seeded: the same on every page
+
+
+def test_density_png_is_transparent_where_empty_and_darkest_where_densest() -> None:
+    counts = np.zeros((4, 5))
+    counts[0, 1], counts[3, 4], counts[2, 2] = 1, 100, 10  # row 0: the lowest y
+    image = np.asarray(Image.open(io.BytesIO(density_png(counts))))
+    assert image.shape == (4, 5, 4) and not image[..., :3].any()  # black, shown by its alpha
+    alpha = image[..., 3][::-1]  # back to rows of ascending y
+    assert (alpha[counts == 0] == 0).all()
+    assert alpha[3, 4] == round(255 * DENSITY_OPACITY) > alpha[2, 2] > alpha[0, 1] > 0
+    assert not np.asarray(Image.open(io.BytesIO(density_png(np.zeros((3, 3))))))[..., 3].any()
 
 
 def test_reliability_and_ece_by_hand() -> None:

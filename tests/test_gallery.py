@@ -18,7 +18,10 @@ from core.analysis.gallery import (
     page_maps,
     page_rows,
     sort_rows,
+    stored_maps,
+    stored_size,
     warm_pages,
+    warm_stored_pages,
 )
 from core.analysis.panels import PanelCache
 from core.errors import ImageRefusedError
@@ -205,6 +208,24 @@ def test_warm_pages_leaves_nothing_for_the_first_click(digits) -> None:  # type:
             assert not isinstance(row_maps, Unavailable)
             panels.panels(data, path, list(row_maps), 0.5)
     assert (len(maps), len(panels)) == (n_maps, n_panels)
+
+
+def test_stored_pages_warm_without_a_model(digits) -> None:  # type: ignore[no-untyped-def]
+    """A fresh server warms the first pages from the stored maps before its model loads: the
+    panels are the ones the gallery draws from those maps."""
+    model, data, result = digits
+    assert result.has_maps
+    pages = first_pages(result.predictions, "confidence", False, page_size=4, limit=12)
+    panels = PanelCache()
+    size = stored_size(result)
+    assert size == model.spec.input_size
+    done = warm_stored_pages(result, data, pages, size, panels, 0.5)
+    n_images = sum(len(p) for p in pages)
+    assert done == n_images and len(panels) == n_images * 3
+    for rows in pages:  # the gallery's stored maps find every panel encoded
+        for path, row_maps in zip(rows["path"], stored_maps(result, rows, size), strict=True):
+            panels.panels(data, path, list(row_maps), 0.5)
+    assert len(panels) == n_images * 3
 
 
 def test_warm_pages_stops_quietly_where_the_method_does_not_apply(digits) -> None:  # type: ignore[no-untyped-def]

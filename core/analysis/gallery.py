@@ -44,6 +44,7 @@ __all__ = [
     "stored_size",
     "uses_stored_maps",
     "warm_pages",
+    "warm_stored_pages",
 ]
 
 STORED_METHOD = "Grad-CAM"  # the method whose maps the evaluation stores
@@ -199,19 +200,41 @@ def warm_pages(
     never fail where the gallery itself would show a clear message. With ``result`` holding
     the maps asked for, they are read from it (no model call).
     """
+    if result is not None and uses_stored_maps(result, method, layer):
+        return warm_stored_pages(result, dataset, pages, model.spec.input_size, panels, alpha)
+    page_of = partial(
+        page_maps, model, dataset, method=method, layer=layer, cache=maps, fingerprint=fingerprint
+    )
+    return _encode_pages(dataset, pages, page_of, panels, alpha)
+
+
+def warm_stored_pages(
+    result: Results,
+    dataset: ImageDataset,
+    pages: list[pd.DataFrame],
+    size: tuple[int, int],
+    panels: PanelCache,
+    alpha: float,
+) -> int:
+    """:func:`warm_pages` from the maps the result stores, drawn at the model's input ``size``:
+    no model, so a fresh server warms its first pages without waiting for torch."""
+    page_of = partial(stored_maps, result, size=size)
+    return _encode_pages(dataset, pages, page_of, panels, alpha)
+
+
+def _encode_pages(
+    dataset: ImageDataset,
+    pages: list[pd.DataFrame],
+    page_of: Callable[[pd.DataFrame], Sequence[Sequence[np.ndarray] | Unavailable]],
+    panels: PanelCache,
+    alpha: float,
+) -> int:
     from core.explain.map_cache import Unavailable
 
     done = 0
-    stored = result is not None and uses_stored_maps(result, method, layer)
     for rows in pages:
         try:
-            if stored:
-                assert result is not None
-                page: list[list[np.ndarray] | Unavailable] = list(
-                    stored_maps(result, rows, model.spec.input_size)
-                )
-            else:
-                page = page_maps(model, dataset, rows, method, layer, maps, fingerprint)
+            page = page_of(rows)
         except (ValueError, OSError, UserFacingError):
             return done
         for path, row_maps in zip(rows["path"], page, strict=True):

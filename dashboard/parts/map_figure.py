@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import streamlit as st
 
-from core.analysis.embedding_map import MAX_POINTS, density, drawn_sample
+from core.analysis.embedding_map import MAX_POINTS, density, density_png, drawn_sample
 from core.analysis.slices import SliceError
 from core.results import Results
 from dashboard.state import analyses, resources, slicing
@@ -21,7 +21,7 @@ from dashboard.state import analyses, resources, slicing
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = ["COLOURS", "HOVER_NAMES_MAX", "MAP_PATTERNS", "Drawn", "drawn", "figure"]
+__all__ = ["COLOURS", "MAP_PATTERNS", "Drawn", "drawn", "figure"]
 
 COLOURS = {
     "outcome": "right / wrong",
@@ -36,10 +36,9 @@ _PALETTE = (
     *("#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"),
     *("#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"),
 )
-#: Up to this many drawn points the hover names each point's classes (a string per point);
-#: past it, the hover names its group (right / wrong, or the class it is coloured by): at
-#: 100,000 points the strings held 70 MB of the browser's memory (bench/embeddings.py).
-HOVER_NAMES_MAX = 20_000
+#: Points are drawn this big, and smaller past :data:`SMALL_POINTS_FROM` of them: a browser
+#: without a GPU fills every pixel of every point (20,000 points at 3 pixels: 0.1 s less).
+POINT_SIZE, SMALL_POINT_SIZE, SMALL_POINTS_FROM = 5, 3, 5_000
 MAP_PATTERNS = 10  # patterns coloured on the map: a legend people can still read
 _GREYS = ("#7f7f7f", "#636363")  # too close to the points in no pattern
 _RING = {"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#000"}}
@@ -83,8 +82,8 @@ def figure(
     """The map's Plotly figure, built once per view and shared (never mutated afterwards);
     with ``where``, only the slice's points (the density layer stays that of every image).
 
-    Points carry their coordinates (float32 typed arrays) and, up to :data:`HOVER_NAMES_MAX`
-    points, a short hover text with the class names, so a 100,000-point figure serialises in
+    Points carry their coordinates (float32 typed arrays) and a short hover text with the class
+    names (at most :data:`MAX_POINTS` of them are drawn), so the figure serialises in
     milliseconds on every rerun; a selection is resolved on the server from its shape, not from
     the points the browser sends back.
     """
@@ -105,27 +104,19 @@ def figure(
             rows = rows[flt.positions[rows]]
     true, pred = result.true[rows], result.pred[rows]
     names = np.asarray(result.classes, dtype=str)
-    if len(rows) <= HOVER_NAMES_MAX:
-        text = np.char.add(np.char.add(names[true], " → "), names[pred]) if len(rows) else None
-        hover = "true → predicted: %{text}<extra></extra>"
-    else:  # the trace's name: right / wrong, the class, ...
-        text, hover = None, "%{fullData.name}<extra></extra>"
+    text = np.char.add(np.char.add(names[true], " → "), names[pred]) if len(rows) else None
+    hover = "true → predicted: %{text}<extra></extra>"
     fig = go.Figure()
     if shown.grid is not None:
-        counts, xs, ys = shown.grid
-        fig.add_trace(
-            go.Heatmap(
-                z=np.log1p(counts), x=xs, y=ys, colorscale="Greys", showscale=False,
-                hoverinfo="skip", opacity=0.5, name="density",
-            )
-        )  # fmt: skip
+        _draw_density(fig, *shown.grid)
+    size = POINT_SIZE if len(rows) <= SMALL_POINTS_FROM else SMALL_POINT_SIZE
     for label, mask, color in _groups(key, result, rows, true, pred, colour):
         if not mask.any():
             continue
         fig.add_trace(
             go.Scattergl(
                 x=xy[rows[mask], 0], y=xy[rows[mask], 1], mode="markers", name=label,
-                marker={"size": 5, "color": color, "opacity": 0.8},
+                marker={"size": size, "color": color, "opacity": 0.8},
                 text=None if text is None else text[mask], hovertemplate=hover,
             )
         )  # fmt: skip
@@ -143,12 +134,30 @@ def figure(
         margin={"l": 10, "r": 10, "t": 10, "b": 10},
         dragmode="select",
         uirevision=fingerprint,
+        showlegend=True,  # also when a sample holds only errors: the legend names them
         legend={"itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top"},
         xaxis={"showticklabels": False, "title": None},
         yaxis={"showticklabels": False, "title": None},
         plot_bgcolor="white",
     )
     return fig
+
+
+def _draw_density(fig: go.Figure, counts: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> None:
+    """Every image's density as one picture under the points (a heatmap of the same cells took
+    a browser 0.1 s longer to draw), the axes spanning it."""
+    import base64
+
+    half_x = (xs[1] - xs[0]) / 2 if len(xs) > 1 else 0.5
+    half_y = (ys[1] - ys[0]) / 2 if len(ys) > 1 else 0.5
+    (x0, x1), (y0, y1) = (xs[0] - half_x, xs[-1] + half_x), (ys[0] - half_y, ys[-1] + half_y)
+    fig.add_layout_image(
+        source="data:image/png;base64," + base64.b64encode(density_png(counts)).decode(),
+        xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0, sizey=y1 - y0,
+        sizing="stretch", layer="below",
+    )  # fmt: skip
+    fig.update_xaxes(range=[x0, x1])
+    fig.update_yaxes(range=[y0, y1])
 
 
 def _groups(key, result: Results, rows, true, pred, colour: str):  # type: ignore[no-untyped-def]

@@ -20,7 +20,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.analysis.gallery import first_pages, warm_pages
+from core.analysis.gallery import (
+    first_pages,
+    stored_size,
+    uses_stored_maps,
+    warm_pages,
+    warm_stored_pages,
+)
 from core.analysis.metrics import confusion_matrix, per_class_metrics, top_confused_pairs
 from core.config import ModelSpec, ProjectConfig, load_config
 from core.data.datasets import ImageDataset, open_dataset
@@ -322,32 +328,37 @@ def warm_up(
     config_path: str, model_name: str, dataset_name: str, fingerprint: str
 ) -> threading.Thread:
     """Once per server and evaluation (``fingerprint``: changed weights or images warm again):
-    a background thread that waits for the model's background load, then computes and encodes
-    page 1 of the cells in the default view, errors first, so first clicks are as quick as
-    later ones. A model that fails to load or has no layer to map warms nothing (the page says
-    why when a cell is opened).
+    a background thread that computes and encodes page 1 of the cells in the default view,
+    errors first, so first clicks are as quick as later ones. Maps the evaluation stored are
+    encoded at once; others wait for the model's background load. A model that fails to load
+    or has no layer to map warms nothing (the page says why when a cell is opened).
     """
-    loading = model_loading(config_path, model_name)
     default = ViewState()
     column, ascending, _ = SORTS[default.sort]
     result = evaluation(config_path, model_name, dataset_name)
     data = dataset(config_path, dataset_name, model_name)
     maps, panels = map_cache(), panel_cache()
+    size = stored_size(result) if uses_stored_maps(result, default.method, None) else None
+    loading = model_loading(config_path, model_name) if size is None else None
 
     def warm() -> None:  # choosing the pages is work too: all of it off the page's first run
+        pages = partial(
+            first_pages, result.predictions, column, ascending, default.page_size, WARM_UP_IMAGES
+        )
+        if size is not None:  # stored: no model, so no wait for torch's import
+            warm_stored_pages(result, data, pages(), size, panels, default.opacity)
+            return
+        assert loading is not None
         try:
             ready = loading.result()
         except Exception:  # the page that asks for the model shows why it did not load
             return
         if ready.default_layer is None:
             return
-        pages = first_pages(
-            result.predictions, column, ascending, default.page_size, WARM_UP_IMAGES
-        )
         warm_pages(
             ready.loaded,
             data,
-            pages,
+            pages(),
             default.method,
             ready.default_layer,
             maps,

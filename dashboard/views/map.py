@@ -3,7 +3,7 @@
 The layout is UMAP of the classifier head's inputs (computed once per result in the background;
 PCA is shown until it is ready: the figure and the selection's gallery are a fragment that polls
 the UMAP pass, swaps the figure in place and stops its own timer, with no page rerun). Up to
-100,000 points are drawn with WebGL; past that every error and a sample of the rest, over a
+20,000 points are drawn with WebGL; past that errors first, then a sample of the rest, over a
 density of all points. A box or lasso selection is
 stored in the URL as its shape (``sel=box:...`` / ``sel=lasso:...``) and the gallery below shows
 every image whose coordinates fall in it (sampled-out points included), paged, with the same
@@ -25,7 +25,7 @@ from core.analysis.slices import SliceError
 from dashboard.parts import map_figure
 from dashboard.parts.findings import map_pin, pin_button
 from dashboard.parts.gallery import gallery_page, rows_csv
-from dashboard.parts.map_figure import COLOURS, HOVER_NAMES_MAX
+from dashboard.parts.map_figure import COLOURS
 from dashboard.parts.notes import author_input
 from dashboard.parts.page import error_panel, evaluation_or_stop, project_view
 from dashboard.parts.sidebar import model_and_dataset
@@ -121,13 +121,14 @@ def _map(config_path: str, result: Results) -> bool:
     )
     count = len(result.index)
     shown = (
-        f"all {count:,} images" if count <= MAX_POINTS else f"{MAX_POINTS:,} of {count:,} images"
+        f"all {count:,} images"
+        if count <= MAX_POINTS
+        else f"{MAX_POINTS:,} of {count:,} images as points (errors first) over a grey density "
+        "of all"
     )
     st.caption(
-        f"{layout.method.upper()} of the classifier head's inputs · {shown} "
-        "(past 100,000: every error, a sample of the rest, and a density of all) · drag a box "
+        f"{layout.method.upper()} of the classifier head's inputs · {shown} · drag a box "
         "(or pick the lasso in the chart's toolbar) to see those images"
-        + (" · hover: its colour group" if min(count, MAX_POINTS) > HOVER_NAMES_MAX else "")
         + (f" · {note}" if note else "")
     )
     if region is None:
