@@ -165,9 +165,10 @@ def _evaluated(result: Results) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ the drawn map
 
-#: Drawn as points; past this a sample (errors first) over a density of every image. Each
-#: 10,000 points cost a 2-core browser about 0.1 s to draw (bench/embeddings.py).
-MAX_POINTS = 20_000
+#: Drawn as points; past this a sample (errors first) over a density of every image. Points
+#: cost a browser without a GPU about 0.1 s per 10,000 to draw, so the Map page keeps within
+#: 1.2× a bare page's load time (20,000 points took it to 1.22-1.30×; bench/embeddings.py).
+MAX_POINTS = 10_000
 DENSITY_OPACITY = 0.5  # of the densest cell of the density drawn under a sample
 
 

@@ -3,7 +3,7 @@
 The layout is UMAP of the classifier head's inputs (computed once per result in the background;
 PCA is shown until it is ready: the figure and the selection's gallery are a fragment that polls
 the UMAP pass, swaps the figure in place and stops its own timer, with no page rerun). Up to
-20,000 points are drawn with WebGL; past that errors first, then a sample of the rest, over a
+10,000 points are drawn with WebGL; past that errors first, then a sample of the rest, over a
 density of all points. A box or lasso selection is
 stored in the URL as its shape (``sel=box:...`` / ``sel=lasso:...``) and the gallery below shows
 every image whose coordinates fall in it (sampled-out points included), paged, with the same
