@@ -10,10 +10,10 @@ Three kinds of click on every non-empty cell of the sample:
   the predictions were ready;
 * revisit: the same cells again (``--rounds`` - 1 more rounds).
 
-``--fresh N`` times instead N fresh servers (stored results, model not loaded): each one's
-first visitor clicks a cell as soon as the matrix is drawn, so the click waits for what is
-left of the model's background load (target: complete cards p50 ≤ 1.5 s), and, as the floor,
-a second cell 5 s later.
+``--fresh N`` times instead N fresh servers (stored results, model not loaded), each with a
+newly started Chromium: its first visitor clicks an off-diagonal cell the moment the matrix
+is drawn, at once (no pointing first), as a person sees it: from the click to the complete
+gallery (target ≤ 1 s); and, as the floor, a second cell 5 s later (the model loaded).
 
 The mouse is first moved onto the cell until it rests on it (a person's click follows the
 pointer; see ``tests.browser.point_at_cell``), then pressed: the time runs from
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from core import cell_rows  # noqa: E402
 from core.analysis.gallery import page_rows, sort_rows  # noqa: E402
 from tests.browser import (  # noqa: E402
+    cell_centre,
     chromium,
     heading_pattern,
     new_page,
@@ -96,38 +97,54 @@ def timed_click(page, result, true: int, pred: int) -> tuple[float, float]:  # t
     return (done - up) / 1000, wall
 
 
+def at_once(page, result, true: int, pred: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Click a cell the moment the matrix is drawn, without pointing at it first: (in page,
+    wall) seconds to its complete first page."""
+    names, preds = result.classes, result.predictions
+    x, y = cell_centre(page, true, pred)
+    first_page = page_rows(sort_rows(cell_rows(preds, true, pred), "confidence", False), 1, 24)
+    page.evaluate(WATCH, [heading_pattern(names[true], names[pred]), list(first_page["path"])])
+    start = time.perf_counter()
+    page.mouse.click(x, y)
+    wait_for_gallery(page, names[true], names[pred])
+    wall = time.perf_counter() - start
+    page.wait_for_function("() => window.__click.done !== null")
+    up, done = page.evaluate("() => [window.__click.up, window.__click.done]")
+    return (done - up) / 1000, wall
+
+
 def fresh(config: Path, result, servers: int) -> None:  # type: ignore[no-untyped-def]
-    """A click as soon as a fresh server's first page shows its matrix, then one 5 s later."""
+    """A click the moment a fresh server's first page shows its matrix, then one 5 s later."""
     counts = result.predictions.groupby(["true", "pred"]).size()
     errors = [(int(t), int(p)) for (t, p) in counts.index if t != p]
-    first, later = "as soon as the matrix shows", "5 s later (model loaded)"
+    first, later = "at once, as the matrix shows", "5 s later (model loaded)"
     in_page: dict[str, list[float]] = {first: [], later: []}
     wall: dict[str, list[float]] = {first: [], later: []}
-    with chromium() as browser:
-        for _ in range(servers):
-            with streamlit_server("--config", str(config)) as url:
-                page = new_page(browser)
-                page.goto(url)
-                wait_for_matrix(page)
-                for kind, (true, pred) in zip((first, later), errors[:2], strict=True):
-                    if kind == later:
-                        page.wait_for_timeout(5_000)
-                    seconds, waited = timed_click(page, result, true, pred)
-                    in_page[kind].append(seconds)
-                    wall[kind].append(waited)
-                page.context.close()
-    print(f"\nfirst click on a fresh server ({servers} servers, the sample's digits model)\n")
+    for server in range(servers):
+        with chromium() as browser, streamlit_server("--config", str(config)) as url:
+            page = new_page(browser)
+            page.goto(url)
+            wait_for_matrix(page)
+            cells = errors[2 * server % len(errors)], errors[(2 * server + 1) % len(errors)]
+            seconds, waited = at_once(page, result, *cells[0])
+            in_page[first].append(seconds)
+            wall[first].append(waited)
+            page.wait_for_timeout(5_000)
+            seconds, waited = timed_click(page, result, *cells[1])
+            in_page[later].append(seconds)
+            wall[later].append(waited)
+            page.context.close()
+    print(f"\nfirst click on a fresh server ({servers} servers and browsers, the digits model)\n")
     print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| click | n | in page p50 s | all, in page s | wall p50 s | target p50 |")
+    print("| click | n | wall p50 s | all, wall s | all, in page s | target |")
     print("|---|---|---|---|---|---|")
-    for kind, target in ((first, 1.5), (later, None)):
-        values, p50 = in_page[kind], statistics.median(in_page[kind])
-        verdict = f"≤ {target} s {'PASS' if p50 <= target else 'FAIL'}" if target else "-"
-        runs = ", ".join(f"{v:.2f}" for v in values)
-        print(
-            f"| {kind} | {len(values)} | {p50:.3f} | {runs} | "
-            f"{statistics.median(wall[kind]):.3f} | {verdict} |"
-        )
+    for kind, target in ((first, 1.0), (later, None)):
+        p50 = statistics.median(wall[kind])
+        met = target is not None and max(wall[kind]) <= target
+        verdict = f"≤ {target} s, every run: {'PASS' if met else 'FAIL'}" if target else "-"
+        runs = ", ".join(f"{v:.2f}" for v in wall[kind])
+        pages = ", ".join(f"{v:.2f}" for v in in_page[kind])
+        print(f"| {kind} | {len(wall[kind])} | {p50:.3f} | {runs} | {pages} | {verdict} |")
 
 
 def main() -> None:
