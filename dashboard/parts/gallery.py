@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 
+BADGES_LOAD_DELAY = 1.0  # seconds: torch's import holds the GIL in stalls of up to 0.4 s
+
+
 def gallery_page(
     config_path: str, view: ViewState, result: Results, rows: pd.DataFrame, heading: str
 ) -> tuple[str, str | None, PageBadges]:
@@ -104,7 +107,9 @@ def gallery_html(
         problem = f"{view.method} cannot be computed for this model: {exc}"
         maps = [[None, None] for _ in range(len(rows))]
     summaries = store.counts_by_path(notes_key, rows["path"]) if len(rows) else {}
-    loading = resources.model_loading(config_path, view.model)  # badges wait for it, not the page
+    # badges wait for the model, not the page: where nothing has started its load yet (a Map
+    # selection of stored maps), it starts once this page's images are served
+    loading = resources.model_loading(config_path, view.model, start_in=BADGES_LOAD_DELAY)
     badges = PageBadges.of(
         lambda: loading.result().loaded,
         dataset,

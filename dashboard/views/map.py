@@ -30,13 +30,12 @@ from dashboard.parts.notes import author_input
 from dashboard.parts.page import error_panel, evaluation_or_stop, project_view
 from dashboard.parts.sidebar import model_and_dataset
 from dashboard.parts.slice_bar import slice_bar
-from dashboard.state import analyses, resources, slicing
+from dashboard.state import analyses, slicing
 from dashboard.state.polling import until_done
 from dashboard.state.settings import settings
 from dashboard.state.url import bind, set_params
 
 PROJECT_OPEN = "map-project-open"  # session state: the folded model and dataset pickers
-MODEL_LOAD_DELAY = 3.0  # seconds after a fresh server's first map page: the map is drawn by then
 POLL_SECONDS = 3.0  # how often the page looks for the UMAP layout while PCA is shown
 
 
@@ -132,11 +131,10 @@ def _map(config_path: str, result: Results) -> bool:
         + (f" · {note}" if note else "")
     )
     if region is None:
+        # no model load from here: a selection's cards show the stored maps without it, and
+        # its badges start the load (a fresh server's next visitors do not share the cores with
+        # torch's import)
         st.info("Select a region of the map to see its images and their maps.")
-        # the model loads a few seconds from now (a selection's cards show the stored maps
-        # without it; its badges and other methods need it): a fresh server's first visitor
-        # does not share the cores with torch's import while the map is drawn
-        resources.model_loading(config_path, view.model, start_in=MODEL_LOAD_DELAY)
         return done
     contained = region.contains(layout.xy)
     try:  # a selection keeps to the slice, as the figure does
