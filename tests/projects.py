@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from core import cell_rows, evaluate, load_config, load_model, open_dataset
 from core.analysis.gallery import sort_rows
 
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from core import ImageDataset, LoadedModel, Results
+    from core.analysis.embedding_map import Region
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_models"
@@ -85,6 +88,17 @@ def expected(config_path: Path, model: str = "digits-cnn", dataset: str = "digit
     loaded = load_model(config.model(model))
     data = open_dataset(config.dataset(dataset), loaded.spec.classes)
     return evaluate(loaded, data, cache_dir=config.cache_dir)
+
+
+def region_around_median(xy: np.ndarray, k: int = 30) -> Region:
+    """The box around the ``k`` points of a map layout nearest its median point: chosen from
+    the layout itself (where its clusters lie changes with the libraries' versions), holding
+    at least those ``k``."""
+    from core.analysis.embedding_map import Region
+
+    nearest = np.argsort(((xy - np.median(xy, axis=0)) ** 2).sum(1))[:k]
+    lo, hi = xy[nearest].min(0) - 1e-3, xy[nearest].max(0) + 1e-3
+    return Region("box", (tuple(map(float, lo)), tuple(map(float, hi))))
 
 
 def marked_paths() -> list[str]:

@@ -20,7 +20,7 @@ from core.data.datasets import dataset_key
 from core.findings import FindingSaveError, FindingsStore
 from core.notes import NotesStore
 from tests.apptest import VIEWS, card_paths, run
-from tests.projects import expected, write_config
+from tests.projects import expected, region_around_median, write_config
 
 ANALYSIS = str(VIEWS / "analysis.py")
 FINDINGS = str(VIEWS / "findings.py")
@@ -216,14 +216,13 @@ def test_pinning_an_image_from_the_inspect_dialog(project: Path, monkeypatch) ->
 
 
 def test_pinning_a_map_selection(project: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from core.analysis.embedding_map import Region, result_layout
+    from core.analysis.embedding_map import result_layout
 
     result = expected(project)
     xy = result_layout(result).xy  # computed once, stored beside the result
-    centre = np.median(xy, axis=0)
-    region = Region("box", (tuple(centre - 3), tuple(centre + 3)))  # type: ignore[arg-type]
+    region = region_around_median(xy)
     inside = np.flatnonzero(region.contains(xy))
-    assert len(inside)
+    assert len(inside) >= 30
     rows = result.predictions.iloc[inside]
     rows = rows.iloc[np.lexsort((-rows["confidence"].to_numpy(), rows["true"] == rows["pred"]))]
     monkeypatch.setenv("CAM_DASHBOARD_CONFIG", str(project))
