@@ -17,8 +17,9 @@ browser  a fresh server on that project (layout stored): the Map page's first dr
          visitor who lands on Error analysis and opens the Map from the sidebar. Targets: every
          page within 1.2× the reference, box → gallery ≤ 1 s, ≤ 800 MB. The reference is a bare
          Streamlit page with a small Plotly chart (``bench/reference_app.py``) on a fresh server,
-         timed the same way in the same run: a fresh server's first visitor is compared with its
-         first visit, the others with the median of its later visits.
+         timed the same way in the same run, its later visits alternated with the Map's next
+         visitors: a fresh server's first visitor is compared with its first visit, the others
+         with the median of its later visits.
 nn       the million part's nearest-neighbour queries only.
 million  a synthetic 1,000,000-row result with clustered embeddings written through the store's
          own writer: one nearest-neighbour query (median of 9; target ≤ 0.3 s; the reference is
@@ -364,7 +365,13 @@ def browser_part(per_class: int, visitors: int = 5) -> None:
     n = len(xy)
     drawn = min(n, MAX_POINTS)
     query = "/map?page_size=24"
-    with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
+    reference = REPO / "bench" / "reference_app.py"
+    with (
+        chromium() as browser,
+        streamlit_server(app=reference) as bare_url,
+        streamlit_server("--config", str(config_path)) as url,
+    ):
+        bare_first = bare_page(browser, bare_url)
         first, page = map_load(browser, url + query, drawn)
         time.sleep(2)
         pss_open = chromium_pss_mb()
@@ -373,16 +380,14 @@ def browser_part(per_class: int, visitors: int = 5) -> None:
         pss_after = chromium_pss_mb()
         page.context.close()
         settled = server_idle()
-        nexts = []
-        for _ in range(visitors):
+        nexts, bare = [], []
+        for _ in range(visitors):  # alternated: both pages meet the same machine
             seconds, other = map_load(browser, url + query, drawn)
             other.context.close()
             nexts.append(seconds)
+            bare.append(bare_page(browser, bare_url))
     with streamlit_server("--config", str(config_path)) as url, chromium() as browser:
         via = via_error_analysis(browser, url, drawn)
-    with streamlit_server(app=REPO / "bench" / "reference_app.py") as url, chromium() as browser:
-        bare_first = bare_page(browser, url)
-        bare = [bare_page(browser, url) for _ in range(visitors)]
     floor = statistics.median(bare)
     header(f"Map page in Chromium: {n:,} images × 1,000 classes, layout stored")
     row(

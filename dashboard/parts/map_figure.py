@@ -134,6 +134,10 @@ def figure(
         margin={"l": 10, "r": 10, "t": 10, "b": 10},
         dragmode="select",
         uirevision=fingerprint,
+        # what the points are (this function's arguments): Streamlit hands the browser's Plotly
+        # the same figure a second time as it mounts the chart, and an unchanged datarevision
+        # lets Plotly keep the drawn points instead of computing and drawing them again
+        datarevision=f"{fingerprint}:{method}:{colour}:{cell}:{where}",
         showlegend=True,  # also when a sample holds only errors: the legend names them
         legend={"itemsizing": "constant", "orientation": "h", "y": -0.02, "yanchor": "top"},
         xaxis={"showticklabels": False, "title": None},
