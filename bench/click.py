@@ -81,31 +81,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def timed_click(page, result, true: int, pred: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Point at a cell, press, wait for its complete first page: (in page, wall) seconds."""
+def timed_click(page, result, true: int, pred: int, point: bool = True) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Press a cell, wait for its complete first page: (in page, wall) seconds. ``point``:
+    point at it first, as a person does before a click; else click its centre at once (the
+    moment the matrix is drawn)."""
     names, preds = result.classes, result.predictions
-    point_at_cell(page, true, pred)  # a person points, sees the tooltip, clicks
+    if point:
+        point_at_cell(page, true, pred)  # a person points, sees the tooltip, clicks
+    else:
+        page.mouse.move(*cell_centre(page, true, pred))
     first_page = page_rows(sort_rows(cell_rows(preds, true, pred), "confidence", False), 1, 24)
     page.evaluate(WATCH, [heading_pattern(names[true], names[pred]), list(first_page["path"])])
     start = time.perf_counter()
     page.mouse.down()
     page.mouse.up()
-    wait_for_gallery(page, names[true], names[pred])
-    wall = time.perf_counter() - start
-    page.wait_for_function("() => window.__click.done !== null")
-    up, done = page.evaluate("() => [window.__click.up, window.__click.done]")
-    return (done - up) / 1000, wall
-
-
-def at_once(page, result, true: int, pred: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Click a cell the moment the matrix is drawn, without pointing at it first: (in page,
-    wall) seconds to its complete first page."""
-    names, preds = result.classes, result.predictions
-    x, y = cell_centre(page, true, pred)
-    first_page = page_rows(sort_rows(cell_rows(preds, true, pred), "confidence", False), 1, 24)
-    page.evaluate(WATCH, [heading_pattern(names[true], names[pred]), list(first_page["path"])])
-    start = time.perf_counter()
-    page.mouse.click(x, y)
     wait_for_gallery(page, names[true], names[pred])
     wall = time.perf_counter() - start
     page.wait_for_function("() => window.__click.done !== null")
@@ -126,7 +115,7 @@ def fresh(config: Path, result, servers: int) -> None:  # type: ignore[no-untype
             page.goto(url)
             wait_for_matrix(page)
             cells = errors[2 * server % len(errors)], errors[(2 * server + 1) % len(errors)]
-            seconds, waited = at_once(page, result, *cells[0])
+            seconds, waited = timed_click(page, result, *cells[0], point=False)
             in_page[first].append(seconds)
             wall[first].append(waited)
             page.wait_for_timeout(5_000)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ import core.analysis.causal as causal  # noqa: E402
 from core import evaluate, load_config, load_model, open_dataset  # noqa: E402
 from core.analysis.causal import pattern_subject, region_subject, verify_subject  # noqa: E402
 from core.analysis.patterns import result_patterns  # noqa: E402
+from tests.projects import sample_config  # noqa: E402
 
 SAMPLE = ROOT / "sample_models"
 SHAPES_TARGET_S = 3.0
@@ -80,19 +80,6 @@ def reference(run: Callable[[], Any]) -> tuple[float, Any]:
         return timed(run)
     finally:
         causal.classify = batched
-
-
-def sample_config(folder: Path) -> Path:
-    """The sample config with absolute paths and its cache in ``folder``."""
-    text = (SAMPLE / "config.toml").read_text(encoding="utf-8")
-    text = text.replace('cache_dir = ".cache"', f'cache_dir = "{(folder / "cache").as_posix()}"')
-    # every path under the sample folder made absolute: weights, root, metadata, parquet ...
-    text = re.sub(r'"(?=(shapes|digits)/)', f'"{SAMPLE.as_posix()}/', text)
-    for name in ("digits_model.py", "shapes_models.py"):
-        shutil.copy(SAMPLE / name, folder / name)
-    path = folder / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def bench_shapes(rounds: int, folder: Path) -> list[tuple[str, ...]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +46,5 @@ pages = [
 #: opens the results (bench/embeddings.py --part browser).
 PLOTLY_FIRST = {"map"}
 page = st.navigation(pages)
-if page.url_path in PLOTLY_FIRST:
-    with plotly_loading():
-        page.run()
-else:
+with plotly_loading() if page.url_path in PLOTLY_FIRST else nullcontext():
     page.run()

@@ -152,8 +152,7 @@ def _draw_density(fig: go.Figure, counts: np.ndarray, xs: np.ndarray, ys: np.nda
     a browser 0.1 s longer to draw), the axes spanning it."""
     import base64
 
-    half_x = (xs[1] - xs[0]) / 2 if len(xs) > 1 else 0.5
-    half_y = (ys[1] - ys[0]) / 2 if len(ys) > 1 else 0.5
+    half_x, half_y = (xs[1] - xs[0]) / 2, (ys[1] - ys[0]) / 2  # bin centres → the outer edges
     (x0, x1), (y0, y1) = (xs[0] - half_x, xs[-1] + half_x), (ys[0] - half_y, ys[-1] + half_y)
     fig.add_layout_image(
         source="data:image/png;base64," + base64.b64encode(density_png(counts)).decode(),

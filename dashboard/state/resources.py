@@ -342,11 +342,11 @@ def warm_up(
     loading = model_loading(config_path, model_name) if size is None else None
 
     def warm() -> None:  # choosing the pages is work too: all of it off the page's first run
-        pages = partial(
-            first_pages, result.predictions, column, ascending, default.page_size, WARM_UP_IMAGES
+        pages = first_pages(
+            result.predictions, column, ascending, default.page_size, WARM_UP_IMAGES
         )
         if size is not None:  # stored: no model, so no wait for torch's import
-            warm_stored_pages(result, data, pages(), size, panels, default.opacity)
+            warm_stored_pages(result, data, pages, size, panels, default.opacity)
             return
         assert loading is not None
         try:
@@ -358,7 +358,7 @@ def warm_up(
         warm_pages(
             ready.loaded,
             data,
-            pages(),
+            pages,
             default.method,
             ready.default_layer,
             maps,
