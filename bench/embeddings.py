@@ -53,12 +53,9 @@ BOX = """([x0, y0, x1, y1]) => {
     return [box.left + xa.l2p(x0), box.top + ya.l2p(y0), box.left + xa.l2p(x1),
             box.top + ya.l2p(y1)];
 }"""
-DRAWN = """(n) => Array.from(document.querySelectorAll('.js-plotly-plot')).some(gd => {
-    if (!gd._fullLayout || !gd.data) return false;
-    const full = gd._fullData || [];
-    const points = full.reduce((s, t) => s + (t.type === 'scattergl' ? t._length || 0 : 0), 0);
-    return points >= n && !!gd.querySelector('canvas');
-})"""
+# the map's points are in the page: n SVG points in its scatter layer
+DRAWN = """(n) => Array.from(document.querySelectorAll('.js-plotly-plot')).some(
+    gd => gd.querySelectorAll('.scatterlayer .point').length >= n)"""
 
 
 def row(name: str, ours: str, target: str, reference: str = "-") -> None:

@@ -104,5 +104,5 @@ def test_map_draws_only_the_slice(project: Path, monkeypatch) -> None:  # type: 
     at = run(str(VIEWS / "map.py"), project, monkeypatch, **DIGITS, where="class:3")
     assert not at.exception
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    traces = [t for t in spec["data"] if t.get("type") == "scattergl"]
+    traces = [t for t in spec["data"] if t.get("type") == "scatter"]
     assert sum(_points(t) for t in traces) == threes

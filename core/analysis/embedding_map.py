@@ -165,10 +165,11 @@ def _evaluated(result: Results) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ the drawn map
 
-#: Drawn as points; past this a sample (errors first) over a density of every image. Points
-#: cost a browser without a GPU about 0.1 s per 10,000 to draw, so the Map page keeps within
-#: 1.2× a bare page's load time (20,000 points took it to 1.22-1.30×; bench/embeddings.py).
-MAX_POINTS = 10_000
+#: Drawn as points; past this a sample (errors first) over a density of every image. The
+#: points are SVG: WebGL's start alone (two contexts, its shaders compiled on a box-select map)
+#: cost a browser without a GPU more than 2,000 SVG points, and held the Map page at 1.19-1.26×
+#: a bare page's load with 10,000 points, against 1.10-1.12× now (bench/embeddings.py).
+MAX_POINTS = 2_000
 DENSITY_OPACITY = 0.5  # of the densest cell of the density drawn under a sample
 
 

@@ -36,9 +36,7 @@ _PALETTE = (
     *("#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"),
     *("#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"),
 )
-#: Points are drawn this big, and smaller past :data:`SMALL_POINTS_FROM` of them: a browser
-#: without a GPU fills every pixel of every point (20,000 points at 3 pixels: 0.1 s less).
-POINT_SIZE, SMALL_POINT_SIZE, SMALL_POINTS_FROM = 5, 3, 5_000
+POINT_SIZE = 5  # pixels across
 MAP_PATTERNS = 10  # patterns coloured on the map: a legend people can still read
 _GREYS = ("#7f7f7f", "#636363")  # too close to the points in no pattern
 _RING = {"size": 11, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#000"}}
@@ -109,21 +107,20 @@ def figure(
     fig = go.Figure()
     if shown.grid is not None:
         _draw_density(fig, *shown.grid)
-    size = POINT_SIZE if len(rows) <= SMALL_POINTS_FROM else SMALL_POINT_SIZE
     for label, mask, color in _groups(key, result, rows, true, pred, colour):
         if not mask.any():
             continue
         fig.add_trace(
-            go.Scattergl(
+            go.Scatter(
                 x=xy[rows[mask], 0], y=xy[rows[mask], 1], mode="markers", name=label,
-                marker={"size": size, "color": color, "opacity": 0.8},
+                marker={"size": POINT_SIZE, "color": color, "opacity": 0.8},
                 text=None if text is None else text[mask], hovertemplate=hover,
             )
         )  # fmt: skip
     if cell is not None:
         mask = (true == cell[0]) & (pred == cell[1])
         fig.add_trace(
-            go.Scattergl(
+            go.Scatter(
                 x=xy[rows[mask], 0], y=xy[rows[mask], 1], mode="markers",
                 name=f"cell {names[cell[0]]} → {names[cell[1]]}", marker=_RING,
                 text=None if text is None else text[mask], hovertemplate=hover,

@@ -10,7 +10,6 @@ search copy. Model comparisons are computed on the page's own run.
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -333,7 +332,7 @@ def map_layout_job(config_path: str, model: str, dataset: str, fingerprint: str)
         except BaseException as exc:  # shown on the page; a rerun after clearing retries
             job.future.set_exception(exc)
 
-    threading.Thread(target=run, name="embedding-map", daemon=True).start()
+    resources.background_thread("embedding-map", run)
     return job
 
 

@@ -8,10 +8,12 @@ so two configs never mix.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
@@ -43,8 +45,10 @@ if TYPE_CHECKING:  # torch and the model load on first use: stored results need 
     from core.explain.map_cache import MapCache
 
 __all__ = [
+    "BACKGROUND_NICENESS",
     "WARM_UP_IMAGES",
     "ModelReady",
+    "background_thread",
     "badge_worker",
     "class_metrics",
     "confused_pairs",
@@ -69,10 +73,36 @@ __all__ = [
 T = TypeVar("T")
 
 
-def in_background(name: str, compute: Callable[[], T], delay: float = 0.0) -> Future[T]:
-    """``compute()`` on a daemon thread of its own, ``delay`` seconds from now; its value, or
-    its exception, in the future (handed to whoever waits: a message on a page, never a
-    thread's traceback)."""
+#: The nice value of background work (label quality, patterns, layouts, the warm-up): on a
+#: busy machine it yields the cores to page runs and to a browser on the same machine (a Map
+#: visit during a fresh server's warm-up; bench/embeddings.py --part browser).
+BACKGROUND_NICENESS = 10
+
+
+def background_thread(
+    name: str, work: Callable[[], object], low_priority: bool = True
+) -> threading.Thread:
+    """Start ``work()`` on a daemon thread, at :data:`BACKGROUND_NICENESS` unless
+    ``low_priority`` is False (on Linux a thread has a nice value of its own; elsewhere this
+    is a plain thread)."""
+
+    def run() -> None:
+        if low_priority:
+            with suppress(AttributeError, OSError):  # no per-thread priority here
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+        work()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def in_background(
+    name: str, compute: Callable[[], T], delay: float = 0.0, low_priority: bool = True
+) -> Future[T]:
+    """``compute()`` on a daemon thread of its own (see :func:`background_thread`), ``delay``
+    seconds from now; its value, or its exception, in the future (handed to whoever waits: a
+    message on a page, never a thread's traceback)."""
     future: Future[T] = Future()
 
     def run() -> None:
@@ -83,7 +113,7 @@ def in_background(name: str, compute: Callable[[], T], delay: float = 0.0) -> Fu
         except BaseException as exc:
             future.set_exception(exc)
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    background_thread(name, run, low_priority)
     return future
 
 
@@ -137,7 +167,9 @@ def _model_loading(
     config_path: str, name: str, stamp: tuple[object, ...], _start_in: float = 0.0
 ) -> Future[ModelReady]:
     spec = project(config_path).model(name)
-    return in_background(f"load-model {name}", partial(_load, spec), _start_in)
+    # at the page's priority: torch's import holds the interpreter lock in long stretches, and
+    # a thread put behind others would hold it longer
+    return in_background(f"load-model {name}", partial(_load, spec), _start_in, False)
 
 
 def model_ready(config_path: str, name: str) -> bool:
@@ -368,6 +400,4 @@ def warm_up(
             result,
         )
 
-    thread = threading.Thread(target=warm, name="warm-up", daemon=True)
-    thread.start()
-    return thread
+    return background_thread("warm-up", warm)

@@ -3,12 +3,11 @@
 The layout is UMAP of the classifier head's inputs (computed once per result in the background;
 PCA is shown until it is ready: the figure and the selection's gallery are a fragment that polls
 the UMAP pass, swaps the figure in place and stops its own timer, with no page rerun). Up to
-10,000 points are drawn with WebGL; past that errors first, then a sample of the rest, over a
-density of all points. A box or lasso selection is
-stored in the URL as its shape (``sel=box:...`` / ``sel=lasso:...``) and the gallery below shows
-every image whose coordinates fall in it (sampled-out points included), paged, with the same
-cards as the error-analysis cell view. The URL's ``cell`` (a confusion-matrix cell) highlights
-that cell's points.
+2,000 points are drawn (SVG); past that errors first, then a sample of the rest, over a density
+of all points. A box or lasso selection is stored in the URL as its shape (``sel=box:...`` /
+``sel=lasso:...``) and the gallery below shows every image whose coordinates fall in it
+(sampled-out points included), paged, with the same cards as the error-analysis cell view.
+The URL's ``cell`` (a confusion-matrix cell) highlights that cell's points.
 """
 
 from __future__ import annotations
@@ -113,10 +112,7 @@ def _map(config_path: str, result: Results) -> bool:
         key=chart_key,
         on_select=partial(_on_select, chart_key),
         selection_mode=("box", "lasso"),
-        # WebGL drawn at one device pixel per CSS pixel (Plotly's default is 2): a quarter of
-        # the pixels to fill, 0.6 s less per page load and 180 MB less GPU memory at 100,000
-        # points on a 2-core machine without a GPU (bench/embeddings.py)
-        config={"displaylogo": False, "scrollZoom": True, "plotGlPixelRatio": 1},
+        config={"displaylogo": False, "scrollZoom": True},
     )
     count = len(result.index)
     shown = (
