@@ -53,6 +53,7 @@ __all__ = [
     "quality",
     "quality_ready",
     "search_copy",
+    "start_patterns",
     "stored_faithfulness",
 ]
 
@@ -88,9 +89,12 @@ WAIT_FOR_QUALITY_UP_TO = _wait_limit("CAM_DASHBOARD_WAIT_FOR_QUALITY_UP_TO", 20_
 def _quality_pass(
     config_path: str, model_name: str, dataset_name: str, fingerprint: str
 ) -> Future[LabelQuality]:
-    """Label quality of one evaluation, computed once per server on a thread of its own."""
+    """Label quality of one evaluation, computed once per server on a thread of its own (at the
+    page's priority where pages wait for it, below it where they do not)."""
     result = resources.evaluation(config_path, model_name, dataset_name)
-    return resources.in_background("label-quality", partial(result_label_quality, result))
+    waited = len(result.index) * result.num_classes <= WAIT_FOR_QUALITY_UP_TO
+    compute = partial(result_label_quality, result)
+    return resources.in_background("label-quality", compute, low_priority=not waited)
 
 
 def quality(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> LabelQuality:
@@ -183,9 +187,19 @@ WAIT_FOR_PATTERNS_UP_TO = _wait_limit("CAM_DASHBOARD_WAIT_FOR_PATTERNS_UP_TO", 2
 def _patterns_pass(
     config_path: str, model: str, dataset: str, fingerprint: str
 ) -> Future[Patterns]:
-    """The ranking of one evaluation, computed once per server on a thread of its own."""
+    """The ranking of one evaluation, computed once per server on a thread of its own (at the
+    page's priority where pages wait for it, below it where they do not)."""
     result = resources.evaluation(config_path, model, dataset)
-    return resources.in_background("patterns", partial(result_patterns, result))
+    waited = len(result.index) <= WAIT_FOR_PATTERNS_UP_TO
+    compute = partial(result_patterns, result)
+    return resources.in_background("patterns", compute, low_priority=not waited)
+
+
+def start_patterns(config_path: str, model: str, dataset: str, result: Results) -> None:
+    """Start the ranking's pass without waiting (a cell's first click waits for what is left of
+    it, on a small result); nothing for a result stored without maps."""
+    if result.has_maps:
+        _patterns_pass(config_path, model, dataset, result.fingerprint)
 
 
 def patterns(

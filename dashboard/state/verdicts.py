@@ -130,7 +130,14 @@ def verdict_run(
             return found
         progress = Progress()
         work = partial(_test, progress, loading, data, result, subject, render)
-        run = VerdictRun(progress, resources.in_background(f"verdict {subject.key}", work))
+        run = VerdictRun(
+            progress,
+            resources.in_background(
+                f"verdict {subject.key}",
+                work,
+                low_priority=False,  # a person waits for it
+            ),
+        )
         registry.put(key, run)
         return run
 

@@ -24,7 +24,7 @@ from dashboard.parts.notes import author_input
 from dashboard.parts.page import error_panel, folded, project_view
 from dashboard.parts.sidebar import gallery_settings, model_and_dataset, sidebar_summary
 from dashboard.parts.slice_bar import slice_bar
-from dashboard.state import corrections, resources
+from dashboard.state import analyses, corrections, resources
 from dashboard.state.settings import settings
 from dashboard.state.slicing import SliceFilter
 from dashboard.state.url import set_params
@@ -76,6 +76,8 @@ def main() -> None:
     except UserFacingError as exc:
         error_panel(f"{_failure_title(exc, view)}; its stored results are shown", exc)
     resources.warm_up(config_path, view.model, view.dataset, result.fingerprint)
+    # a cell's patterns strip needs the ranking: found while the visitor reads the matrix
+    analyses.start_patterns(config_path, view.model, view.dataset, result)
     author_input(server)
 
 
