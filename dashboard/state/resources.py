@@ -167,9 +167,7 @@ def _model_loading(
     config_path: str, name: str, stamp: tuple[object, ...], _start_in: float = 0.0
 ) -> Future[ModelReady]:
     spec = project(config_path).model(name)
-    # at the page's priority: torch's import holds the interpreter lock in long stretches, and
-    # a thread put behind others would hold it longer
-    return in_background(f"load-model {name}", partial(_load, spec), _start_in, False)
+    return in_background(f"load-model {name}", partial(_load, spec), _start_in)
 
 
 def model_ready(config_path: str, name: str) -> bool:

@@ -14,7 +14,6 @@ from core import (
     Results,
     UserFacingError,
 )
-from core.analysis.gallery import uses_stored_maps
 from core.analysis.metrics import top_confused_pairs
 from core.results import StoreWriteError
 from dashboard.parts.calibration import calibration_section
@@ -31,10 +30,6 @@ from dashboard.state.slicing import SliceFilter
 from dashboard.state.url import set_params
 from dashboard.state.view_state import ViewState, parse_view
 
-#: Seconds from a page's run to the model's load, where the page's maps are stored (see
-#: :func:`_start_model_load`).
-MODEL_LOAD_DELAY = 3.0
-
 
 def main() -> None:
     server = settings()
@@ -48,8 +43,10 @@ def main() -> None:
         st.caption(f"config: `{config.path.name}`")
         model_and_dataset(project, ("cell", "page", "pattern"), model_reset=("layer",))
         labels_toggle()
+    # Stored results are drawn without the model: it loads on a thread meanwhile, so a cell
+    # clicked as soon as the matrix shows waits for what is left of the load, not all of it.
+    resources.model_loading(config_path, view.model)
     try:
-        _start_model_load(config_path, view)
         result = _evaluation(config_path, view)
     except UserFacingError as exc:
         author_input(server)
@@ -119,20 +116,6 @@ def _failure_title(exc: UserFacingError, view: ViewState) -> str:
     if isinstance(exc, ClassCountMismatchError):
         return f"Model {view.model!r} does not fit dataset {view.dataset!r}"
     return f"Cannot evaluate {view.model!r} on {view.dataset!r}"
-
-
-def _start_model_load(config_path: str, view: ViewState) -> None:
-    """Start loading the model on a thread, so that a cell clicked later does not wait for it.
-
-    Stored results are drawn without it. Where the view's maps are stored too, a click needs no
-    model either, and the load starts :data:`MODEL_LOAD_DELAY` later: torch's import holds the
-    interpreter lock in stretches of up to 0.4 s, which would land in a click made as the matrix
-    shows (bench/click.py --fresh)."""
-    job = resources.evaluation_job(config_path, view.model, view.dataset)
-    stored = job.finished and uses_stored_maps(
-        resources.evaluation(config_path, view.model, view.dataset), view.method, view.layer
-    )
-    resources.model_loading(config_path, view.model, MODEL_LOAD_DELAY if stored else 0.0)
 
 
 def _evaluation(config_path: str, view: ViewState) -> Results:
