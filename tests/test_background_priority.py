@@ -30,7 +30,7 @@ def test_background_threads_run_below_the_page() -> None:
     resources.background_thread("probe-low", lambda: probe("low")).join(10)
     resources.background_thread("probe-page", lambda: probe("page"), low_priority=False).join(10)
     future = resources.in_background("probe-future", _niceness)
-    at_page = resources.in_background("probe-model", _niceness, low_priority=False)
+    at_page = resources.in_background("probe-page-future", _niceness, low_priority=False)
 
     lowered = min(19, page + resources.BACKGROUND_NICENESS)
     assert lowered > page or page == 19  # the machine's nice values allow a lower priority

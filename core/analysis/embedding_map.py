@@ -168,7 +168,7 @@ def _evaluated(result: Results) -> np.ndarray:
 #: Drawn as points; past this a sample (errors first) over a density of every image. The
 #: points are SVG: WebGL's start alone (two contexts, its shaders compiled on a box-select map)
 #: cost a browser without a GPU more than 2,000 SVG points, and held the Map page at 1.19-1.26×
-#: a bare page's load with 10,000 points, against 1.10-1.12× now (bench/embeddings.py).
+#: a bare page's load with 10,000 points, against 1.05-1.12× now (bench/embeddings.py).
 MAX_POINTS = 2_000
 DENSITY_OPACITY = 0.5  # of the densest cell of the density drawn under a sample
 

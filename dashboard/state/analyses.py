@@ -92,9 +92,13 @@ def _quality_pass(
     """Label quality of one evaluation, computed once per server on a thread of its own (at the
     page's priority where pages wait for it, below it where they do not)."""
     result = resources.evaluation(config_path, model_name, dataset_name)
-    waited = len(result.index) * result.num_classes <= WAIT_FOR_QUALITY_UP_TO
     compute = partial(result_label_quality, result)
-    return resources.in_background("label-quality", compute, low_priority=not waited)
+    return resources.in_background("label-quality", compute, low_priority=not _waits(result))
+
+
+def _waits(result: Results) -> bool:
+    """Whether a page waits for the label quality of ``result`` (see :func:`quality_ready`)."""
+    return len(result.index) * result.num_classes <= WAIT_FOR_QUALITY_UP_TO
 
 
 def quality(config_path: str, model_name: str, dataset_name: str, fingerprint: str) -> LabelQuality:
@@ -113,7 +117,7 @@ def quality_ready(config_path: str, model_name: str, dataset_name: str, fingerpr
     :data:`WAIT_FOR_QUALITY_UP_TO` probabilities waits for it, so it always is."""
     future = _quality_pass(config_path, model_name, dataset_name, fingerprint)
     result = resources.evaluation(config_path, model_name, dataset_name)
-    if len(result.index) * result.num_classes <= WAIT_FOR_QUALITY_UP_TO:
+    if _waits(result):
         wait([future])
     return future.done()
 

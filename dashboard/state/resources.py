@@ -73,9 +73,9 @@ __all__ = [
 T = TypeVar("T")
 
 
-#: The nice value of background work (label quality, patterns, layouts, the warm-up): on a
-#: busy machine it yields the cores to page runs and to a browser on the same machine (a Map
-#: visit during a fresh server's warm-up; bench/embeddings.py --part browser).
+#: The nice value of background work (the model's load, the warm-up, layouts, label quality and
+#: patterns where no page waits for them): on a busy machine it yields the cores to page runs
+#: and to a browser on the same machine (bench/embeddings.py --part browser, bench/click.py).
 BACKGROUND_NICENESS = 10
 
 
